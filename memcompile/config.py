@@ -1,0 +1,154 @@
+"""MemConfig: the validated options of the memcompile backend (one frozen dataclass)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+LOSSLESS_MODES = ("keep", "recompute")
+"""Modes the planner may use without being asked (they give the same gradients as eager)."""
+
+ALL_MODES = ("keep", "recompute", "quantize", "fewbit", "offload", "inplace")
+"""Every mode of the design; the ones not in IMPLEMENTED_MODES are refused with a clear error."""
+
+IMPLEMENTED_MODES = ("keep", "recompute")
+
+INNER_COMPILERS = ("inductor", "eager")
+ON_INFEASIBLE = ("raise", "best_effort")
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(text: str) -> int:
+    """'6GiB' -> 6442450944, '800MB' -> 800000000, '1.5e9' -> 1500000000.
+
+    Raises ValueError naming the accepted forms when ``text`` does not parse.
+    """
+    match = _BYTES_RE.match(text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(
+            f"memory_budget: cannot parse {text!r} as a byte count; expected a number with an optional unit "
+            f"({', '.join(u for u in ('B', 'KB', 'MB', 'GB', 'TB', 'KiB', 'MiB', 'GiB', 'TiB'))}), "
+            "for example '6GiB', '800MB' or '1.5e9'"
+        )
+    value = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"memory_budget: {text!r} must be a positive byte count")
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemConfig:
+    """Options of ``torch.compile(model, backend="memcompile", options={...})``."""
+
+    memory_budget: float | int | str | None = None
+    """None: default partition, analysis only. A float in [0, 1]: fraction between the smallest reachable
+    peak (0.0) and the default partition's peak (1.0), the same scale as torch's activation_memory_budget.
+    An int or a string such as "6GiB": cap on the predicted peak bytes of the step, inputs included."""
+    modes: tuple[str, ...] = LOSSLESS_MODES
+    """Modes the planner may choose from; "keep" is always allowed."""
+    inner: str = "inductor"
+    """Compiler for the rewritten graphs: "inductor" or "eager" (debugging)."""
+    solver_time_limit: float = 20.0
+    """Seconds CBC may spend per solve; on time-out the best plan found (or a greedy plan) is used."""
+    on_infeasible: str = "raise"
+    """What a byte budget no plan meets does: "raise" MemoryBudgetError, or "best_effort" (warn, smallest peak)."""
+    report_dir: str | None = None
+    """If set, a JSON report (and a PNG when matplotlib is installed) is written per compiled graph."""
+    budget_fraction: float | None = field(init=False, default=None)
+    budget_bytes: int | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        fraction, nbytes = _parse_budget(self.memory_budget)
+        object.__setattr__(self, "budget_fraction", fraction)
+        object.__setattr__(self, "budget_bytes", nbytes)
+        modes = self.modes
+        if isinstance(modes, str):
+            modes = (modes,)
+        if not isinstance(modes, (tuple, list)) or not all(isinstance(m, str) for m in modes):
+            raise TypeError(f"modes: expected a tuple of mode names from {ALL_MODES}, got {self.modes!r}")
+        unknown = [m for m in modes if m not in ALL_MODES]
+        if unknown:
+            raise ValueError(f"modes: unknown mode(s) {unknown}; accepted: {ALL_MODES}")
+        missing = [m for m in modes if m not in IMPLEMENTED_MODES]
+        if missing:
+            raise ValueError(
+                f"modes: {missing} not available in this version of memcompile; available now: {IMPLEMENTED_MODES}"
+            )
+        modes = tuple(dict.fromkeys(("keep", *modes)))
+        object.__setattr__(self, "modes", modes)
+        if self.inner not in INNER_COMPILERS:
+            raise ValueError(f"inner: expected one of {INNER_COMPILERS}, got {self.inner!r}")
+        if isinstance(self.solver_time_limit, bool) or not isinstance(self.solver_time_limit, (int, float)):
+            raise TypeError(f"solver_time_limit: expected seconds as a number, got {self.solver_time_limit!r}")
+        if not self.solver_time_limit > 0:
+            raise ValueError(f"solver_time_limit: expected a positive number of seconds, got {self.solver_time_limit!r}")
+        if self.on_infeasible not in ON_INFEASIBLE:
+            raise ValueError(f"on_infeasible: expected one of {ON_INFEASIBLE}, got {self.on_infeasible!r}")
+        if self.report_dir is not None and not isinstance(self.report_dir, str):
+            raise TypeError(f"report_dir: expected a directory path as str, got {self.report_dir!r}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None) -> "MemConfig":
+        """Build from ``torch.compile(..., options=...)``; unknown keys raise ValueError listing the known ones."""
+        if options is None:
+            return cls()
+        if isinstance(options, MemConfig):
+            return options
+        if not isinstance(options, Mapping):
+            raise TypeError(f"options: expected a dict of memcompile options, got {type(options).__name__}")
+        known = [f.name for f in dataclasses.fields(cls) if f.init]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"options: unknown key(s) {unknown}; accepted keys: {known}")
+        return cls(**dict(options))
+
+    @property
+    def has_budget(self) -> bool:
+        return self.budget_fraction is not None or self.budget_bytes is not None
+
+    def cache_key(self) -> str:
+        """A stable digest of every option (part of the partitioner's uuid)."""
+        items = [(f.name, repr(getattr(self, f.name))) for f in dataclasses.fields(self)]
+        return hashlib.sha256(repr(items).encode()).hexdigest()
+
+
+def _parse_budget(budget: Any) -> tuple[float | None, int | None]:
+    if budget is None:
+        return None, None
+    if isinstance(budget, bool):
+        raise TypeError("memory_budget: expected a float in [0, 1], an int of bytes or a string like '6GiB', got a bool")
+    if isinstance(budget, float):
+        if not math.isfinite(budget) or not 0.0 <= budget <= 1.0:
+            raise ValueError(
+                f"memory_budget: a float budget is a fraction in [0, 1], got {budget!r}; "
+                "for a byte budget pass an int or a string such as '800MB'"
+            )
+        return float(budget), None
+    if isinstance(budget, int):
+        if budget <= 0:
+            raise ValueError(f"memory_budget: a byte budget must be a positive int, got {budget!r}")
+        return None, int(budget)
+    if isinstance(budget, str):
+        return None, parse_bytes(budget)
+    raise TypeError(
+        f"memory_budget: expected a float in [0, 1], an int of bytes or a string like '6GiB', got {type(budget).__name__}"
+    )

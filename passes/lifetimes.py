@@ -1,0 +1,275 @@
+"""Tensor lifetimes of an FX graph: bytes, dtype, device, producer, users, alias root, uses, side.
+
+Works on the AOT-autograd joint graph (forward then backward, tangents as inputs) and on
+the forward and backward graphs a partition produces. Values are keyed by node name:
+the partitioner keeps names when it splits the joint graph, so a name identifies one
+storage across the forward and the backward.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import sympy
+import torch
+import torch.fx as fx
+
+INPUT, FORWARD, BACKWARD = "input", "forward", "backward"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TensorInfo:
+    """What the planner needs to know about one value of the graph."""
+
+    name: str
+    index: int
+    """Position of the producing node in execution order."""
+    kind: str
+    """"tensor", "tuple" (a multi-output op; its getitems are the tensors), "symint" or "other"."""
+    shape: tuple[int | sympy.Expr, ...] | None
+    dtype: torch.dtype | None
+    device: str | None
+    nbytes: int | sympy.Expr
+    """Bytes of the storage this value allocates: 0 for views, tuples and non-tensors; a sympy
+    expression when the shape is symbolic."""
+    nbytes_hint: int
+    """``nbytes`` at the size hints (the example input's sizes)."""
+    producer: str
+    """The op that produces it ("placeholder" for graph inputs)."""
+    users: tuple[str, ...]
+    alias_root: str
+    """Name of the value that owns the storage (itself unless it is a view or an in-place result)."""
+    first_use: int | None
+    last_use: int | None
+    """Execution indices of the first and last node reading this value (None if unused)."""
+    side: str
+    """"input" (primal or tangent), "forward" or "backward" (depends on a tangent)."""
+    is_primal: bool
+    is_tangent: bool
+    fusible: bool = False
+    """A pointwise result read only by pointwise ops or reductions: Inductor computes it inside its
+    readers' kernels, so it never gets a buffer of its own (the simulator's "inductor" model)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LifetimeTable:
+    order: tuple[str, ...]
+    """Node names in execution order (placeholders included, output excluded)."""
+    tensors: Mapping[str, TensorInfo]
+    outputs: tuple[str | None, ...]
+    """Names returned by the graph, in order (None for a None output)."""
+
+    def storage_bytes(self, name: str) -> int:
+        """Hinted bytes of the storage behind ``name`` (its alias root)."""
+        return self.tensors[self.tensors[name].alias_root].nbytes_hint
+
+    def aliases_of(self, root: str) -> tuple[str, ...]:
+        return tuple(n for n, t in self.tensors.items() if t.alias_root == root)
+
+    def saved_for_backward(self) -> tuple[str, ...]:
+        """Joint graph: forward-side values (primals included) read by a backward node.
+
+        This is the saved set of a partition that recomputes nothing; the partition a
+        compiler picks saves a subset of these plus what it chose not to recompute.
+        """
+        out = []
+        for name in self.order:
+            info = self.tensors[name]
+            if info.side == BACKWARD or info.is_tangent or info.kind not in ("tensor", "symint"):
+                continue
+            if any(self.tensors[u].side == BACKWARD for u in info.users if u in self.tensors):
+                out.append(name)
+        return tuple(out)
+
+
+def is_tangent(node: fx.Node) -> bool:
+    return node.op == "placeholder" and "tangents" in str(node.target)
+
+
+def is_primal(node: fx.Node) -> bool:
+    return node.op == "placeholder" and not is_tangent(node)
+
+
+def _schema_alias_arg(node: fx.Node) -> fx.Node | None:
+    """The argument whose storage ``node``'s output shares (views, in-place and out= ops), if any."""
+    target = node.target
+    if node.op != "call_function":
+        return None
+    if target is operator.getitem:
+        return None
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.returns:
+        return None
+    ret_alias = schema.returns[0].alias_info
+    if ret_alias is None:
+        return None
+    sets = set(ret_alias.before_set)
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and sets & set(arg.alias_info.before_set):
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            if isinstance(value, fx.Node):
+                return value
+    return None
+
+
+def alias_source(node: fx.Node) -> fx.Node | None:
+    """The node whose storage ``node`` shares, or None when ``node`` owns new storage."""
+    if node.op == "call_function" and node.target is operator.getitem:
+        parent = node.args[0]
+        if isinstance(parent, fx.Node):
+            # getitem of an aliasing multi-output op (split, unbind, chunk) is a view of its input.
+            return _schema_alias_arg(parent)
+        return None
+    return _schema_alias_arg(node)
+
+
+# Inductor realizes a pointwise buffer when it is read by more kernels than this
+# (torch._inductor.config.realize_reads_threshold); below it the op is inlined into its readers.
+_INLINE_MAX_READERS = 4
+
+_REDUCTIONS = frozenset(
+    {
+        "aten.sum.dim_IntList",
+        "aten.sum.default",
+        "aten.mean.dim",
+        "aten.amax.default",
+        "aten.amin.default",
+        "aten.var_mean.correction",
+        "aten.var.correction",
+        "prims.sum.default",
+        "prims.var.default",
+    }
+)
+
+
+def is_pointwise(node: fx.Node) -> bool:
+    return node.op == "call_function" and torch.Tag.pointwise in getattr(node.target, "tags", ())
+
+
+def _fusible(node: fx.Node) -> bool:
+    if not is_pointwise(node):
+        return False
+    users = list(node.users)
+    if not users or len(users) > _INLINE_MAX_READERS:
+        return False
+    return all(u.op == "call_function" and (is_pointwise(u) or str(u.target) in _REDUCTIONS) for u in users)
+
+
+def to_sympy(x) -> sympy.Expr:
+    if isinstance(x, torch.SymInt):
+        return x.node.expr
+    return sympy.Integer(int(x))
+
+
+def size_hint(x) -> int:
+    """Concrete value of an int or SymInt (its hint: the size seen when tracing)."""
+    if not isinstance(x, torch.SymInt):
+        return int(x)
+    node = x.node
+    if getattr(node, "hint", None) is not None:
+        return int(node.hint)
+    shape_env = node.shape_env
+    expr = node.expr
+    for attr in ("optimization_hint", "size_hint"):
+        fn = getattr(shape_env, attr, None)
+        if fn is not None:
+            try:
+                return int(fn(expr))
+            except Exception:  # noqa: BLE001 - try the next way of asking
+                pass
+    return int(expr.xreplace(shape_env.var_to_val))
+
+
+def _tensor_facts(val) -> tuple[str, tuple | None, torch.dtype | None, str | None, int | sympy.Expr, int]:
+    if isinstance(val, torch.Tensor):
+        shape = tuple(d.node.expr if isinstance(d, torch.SymInt) else int(d) for d in val.shape)
+        itemsize = val.element_size()
+        numel = val.numel()
+        if isinstance(numel, torch.SymInt):
+            nbytes: int | sympy.Expr = sympy.expand(to_sympy(numel) * itemsize)
+            hint = size_hint(numel) * itemsize
+        else:
+            nbytes = hint = int(numel) * itemsize
+        return "tensor", shape, val.dtype, str(val.device), nbytes, hint
+    if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return "symint", None, None, None, 0, 0
+    if isinstance(val, (tuple, list)):
+        return "tuple", None, None, None, 0, 0
+    return "other", None, None, None, 0, 0
+
+
+def _backward_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes that depend on a tangent (the joint graph's backward)."""
+    back: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "output":
+            continue
+        if is_tangent(node) or any(a in back for a in node.all_input_nodes):
+            back.add(node)
+    return back
+
+
+def analyse(gm: fx.GraphModule | fx.Graph) -> LifetimeTable:
+    """Lifetime facts for every value of ``gm`` (joint, forward or backward graph)."""
+    graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
+    nodes = [n for n in graph.nodes if n.op != "output"]
+    index = {n: i for i, n in enumerate(nodes)}
+    backward = _backward_nodes(graph)
+    output_node = next(iter(graph.find_nodes(op="output")), None)
+    outputs: tuple[str | None, ...] = ()
+    if output_node is not None:
+        outputs = tuple(a.name if isinstance(a, fx.Node) else None for a in _flatten(output_node.args[0]))
+
+    roots: dict[fx.Node, fx.Node] = {}
+    tensors: dict[str, TensorInfo] = {}
+    for node in nodes:
+        src = alias_source(node)
+        roots[node] = roots.get(src, src) if src is not None else node
+        kind, shape, dtype, device, nbytes, hint = _tensor_facts(node.meta.get("val"))
+        if src is not None:
+            nbytes, hint = 0, 0
+        uses = [index[u] for u in node.users if u in index]
+        if node.op == "placeholder":
+            side = INPUT
+            producer = "placeholder"
+        else:
+            side = BACKWARD if node in backward else FORWARD
+            producer = str(node.target) if node.op == "call_function" else node.op
+        tensors[node.name] = TensorInfo(
+            name=node.name,
+            index=index[node],
+            kind=kind,
+            shape=shape,
+            dtype=dtype,
+            device=device,
+            nbytes=nbytes,
+            nbytes_hint=hint,
+            producer=producer,
+            users=tuple(u.name for u in node.users if u.op != "output"),
+            alias_root=roots[node].name,
+            first_use=min(uses) if uses else None,
+            last_use=max(uses) if uses else None,
+            side=side,
+            is_primal=is_primal(node),
+            is_tangent=is_tangent(node),
+            fusible=_fusible(node),
+        )
+    return LifetimeTable(order=tuple(n.name for n in nodes), tensors=tensors, outputs=outputs)
+
+
+def _flatten(x) -> Iterable:
+    if isinstance(x, (tuple, list)):
+        for item in x:
+            yield from _flatten(item)
+    elif isinstance(x, dict):
+        for item in x.values():
+            yield from _flatten(item)
+    else:
+        yield x
+
+
+def partition_saved(fw_gm: fx.GraphModule, bw_gm: fx.GraphModule) -> tuple[str, ...]:
+    """Names the forward saves for the backward under a partition: the backward's non-tangent inputs."""
+    return tuple(n.name for n in bw_gm.graph.find_nodes(op="placeholder") if not is_tangent(n))
