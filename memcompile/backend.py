@@ -1,0 +1,77 @@
+"""The ``memcompile`` torch.compile backend.
+
+``torch.compile(model, backend="memcompile", options={...})`` compiles through Inductor
+with MemPartitioner as its partitioner (passed as a config patch for this compile only,
+never by changing global config), or through AOT autograd with eager execution when
+``options={"inner": "eager"}``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .config import MemConfig
+from .partitioner import MemPartitioner
+from .plan import Plan
+
+_lock = threading.Lock()
+_plans: list[Plan] = []
+
+
+def _remember(plan: Plan) -> None:
+    with _lock:
+        _plans.append(plan)
+    if plan.config.report_dir:
+        from .report import Report
+
+        Report((plan,)).write(plan.config.report_dir, stem=f"graph{plan.graph_index}_{id(plan):x}")
+
+
+def last_plans() -> tuple[Plan, ...]:
+    """Plans recorded by the most recent compile (one per graph), oldest first."""
+    with _lock:
+        return tuple(_plans)
+
+
+def clear_plans() -> None:
+    with _lock:
+        _plans.clear()
+
+
+def memcompile_backend(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], *, options: Mapping[str, Any] | MemConfig | None = None, **kwargs: Any
+):
+    """torch.compile backend entry point (registered as "memcompile")."""
+    if kwargs.get("mode") not in (None, "default"):
+        raise ValueError(f"mode: memcompile takes no torch.compile mode, got {kwargs['mode']!r}; pass options instead")
+    config = MemConfig.from_options(options)
+    partitioner = MemPartitioner(config, on_plan=_remember)
+    if config.inner == "eager":
+        return _eager(gm, example_inputs, partitioner)
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches={"custom_partitioner_fn": partitioner})
+
+
+def _eager(gm: fx.GraphModule, example_inputs: Sequence[Any], partitioner: MemPartitioner):
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    def boxed(graph_module: fx.GraphModule, _inputs):
+        # Boxed calling convention: the generated code clears its argument list, so saved
+        # tensors die at their last use as they do under Inductor.
+        graph_module.graph.set_codegen(torch.fx.graph._BoxedCodeGen())
+        graph_module.recompile()  # with _BoxedCodeGen, GraphModule._boxed_call is then True
+        return graph_module
+
+    def partition(joint, joint_inputs, **kw):
+        kw.setdefault("compiler", "inductor")
+        return partitioner(joint, joint_inputs, **kw)
+
+    backend = aot_autograd(fw_compiler=boxed, bw_compiler=boxed, partition_fn=partition)
+    return backend(gm, example_inputs)

@@ -1,0 +1,372 @@
+"""MemPartitioner: Inductor's partitioner hook, with the saved set chosen by memcompile's planner.
+
+NOTE on torch internals: we follow ``min_cut_rematerialization_partition`` step for step
+(the same graph clean-up, the same node classification and the same extraction of the
+forward and backward modules) and replace only its choice of saved values. With no budget
+that choice is torch's own, so the result is Inductor's default partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch._functorch import partitioners as tp
+from torch._inductor.custom_graph_pass import CustomPartitionerFn, get_hash_for_files
+
+from memcompile.passes import candidates as cand_mod
+from memcompile.passes.costs import DeviceProfile, estimate_costs
+from memcompile.passes.lifetimes import analyse, is_tangent, partition_saved
+from memcompile.passes.planner.greedy import solve_greedy
+from memcompile.passes.planner.ilp import solve_ilp
+from memcompile.passes.planner.problem import build_problem
+from memcompile.passes.planner.solution import PEAK, TIME, PlanSolution
+from memcompile.passes.simulate import Timeline, simulate_step
+
+from . import __version__
+from ._errors import MemoryBudgetError
+from .config import MemConfig
+from .plan import Plan, TensorDecision
+
+log = logging.getLogger(__name__)
+
+_REPAIR_ROUNDS = 4
+
+
+def _source_files() -> tuple[str, ...]:
+    import memcompile.passes.candidates as c
+    import memcompile.passes.costs as co
+    import memcompile.passes.lifetimes as li
+    import memcompile.passes.planner.greedy as g
+    import memcompile.passes.planner.ilp as il
+    import memcompile.passes.planner.problem as pr
+    import memcompile.passes.simulate as si
+
+    return tuple(m.__file__ for m in (c, co, li, g, il, pr, si)) + (__file__,)
+
+
+class MemPartitioner(CustomPartitionerFn):
+    """Partition the joint graph under ``config``; ``on_plan`` receives each graph's Plan."""
+
+    def __init__(self, config: MemConfig, *, on_plan: Callable[[Plan], None] | None = None) -> None:
+        self.config = config
+        self.on_plan = on_plan
+        self._graph_count = 0
+
+    def uuid(self) -> str:
+        # Inductor's cache key: our source, version and every option, so no plan made for
+        # other options (or another memcompile) is ever served from the cache.
+        digest = hashlib.sha256()
+        digest.update(get_hash_for_files(_source_files()))
+        digest.update(__version__.encode())
+        digest.update(self.config.cache_key().encode())
+        digest.update(torch.__version__.encode())
+        return digest.hexdigest()
+
+    def __call__(
+        self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any
+    ) -> tuple[fx.GraphModule, fx.GraphModule]:
+        graph_index = self._graph_count
+        self._graph_count += 1
+        backup = fx.GraphModule(gm, _copy_graph(gm.graph))
+        try:
+            return self._partition(gm, joint_inputs, graph_index=graph_index, **kwargs)
+        except MemoryBudgetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - never hand Inductor a graph we are unsure of
+            message = (
+                f"memcompile: planning graph {graph_index} failed ({type(exc).__name__}: {exc}); "
+                "falling back to Inductor's default partition for this graph. "
+                "Please report this with the model that triggered it."
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            log.exception("memcompile planning failed")
+            kwargs.pop("compiler", None)
+            return tp.min_cut_rematerialization_partition(backup, joint_inputs, compiler="inductor", **kwargs)
+
+    # ------------------------------------------------------------------ pipeline
+    def _partition(
+        self,
+        gm: fx.GraphModule,
+        joint_inputs: Sequence[object],
+        *,
+        graph_index: int,
+        num_fwd_outputs: int,
+        static_lifetime_input_indices: list[int] | None = None,
+        compiler: str = "inductor",
+        **_: Any,
+    ) -> tuple[fx.GraphModule, fx.GraphModule]:
+        start = time.perf_counter()
+        cfg = self.config
+        joint = _prepare_joint(gm)
+        node_info = tp.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
+        if len(node_info.required_bw_nodes) == 0:
+            fw, bw = tp.default_partition(
+                joint, joint_inputs, num_fwd_outputs=num_fwd_outputs,
+                static_lifetime_input_indices=static_lifetime_input_indices,
+            )
+            self._record(cfg, graph_index, fw, bw, fw, bw, num_fwd_outputs, None, None, None, start, "default",
+                         ("the graph has no backward: nothing to plan",))
+            return fw, bw
+
+        _annotate_dist_from_bw(joint, node_info)
+        extract = _Extractor(joint, node_info, num_fwd_outputs)
+        default_saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=1.0)
+        fw_def, bw_def = extract(default_saved)
+        baseline = simulate_step(fw_def, bw_def, num_fwd_outputs=num_fwd_outputs)
+        if not cfg.has_budget:
+            self._record(cfg, graph_index, fw_def, bw_def, fw_def, bw_def, num_fwd_outputs, None, None, None,
+                         start, "default", ())
+            return fw_def, bw_def
+
+        table = analyse(joint)
+        device = _graph_device(joint)
+        costs = estimate_costs(joint, table, DeviceProfile.for_device(device))
+        required_fw = {n.name for n in node_info.required_fw_nodes}
+        forward_nodes = {
+            n.name
+            for n in joint.graph.nodes
+            if n.op == "call_function"
+            and (n.name in required_fw or node_info.is_unclaimed(n))
+            and table.tensors[n.name].kind != "symint"
+        }
+        backward_nodes = {n.name for n in node_info.required_bw_nodes}
+        cset = cand_mod.build_candidates(
+            joint, table=table, forward_nodes=forward_nodes, backward_nodes=backward_nodes,
+            forward_only=required_fw, default_timeline=baseline, costs=costs,
+        )
+        problem = build_problem(cset)
+
+        def realize(sol: PlanSolution) -> tuple[fx.GraphModule, fx.GraphModule, Timeline]:
+            saved = _saved_for(joint, backward_nodes, sol.recompute)
+            fw, bw = extract(saved)
+            return fw, bw, simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs)
+
+        def solve(budget: int | None, objective: str) -> PlanSolution:
+            sol = solve_ilp(problem, budget_bytes=budget, objective=objective, time_limit_seconds=cfg.solver_time_limit)
+            if sol.feasible:
+                if sol.time_limit_hit:
+                    warnings.warn(
+                        f"memcompile: the ILP hit solver_time_limit={cfg.solver_time_limit}s on graph {graph_index}; "
+                        "using the best plan found so far (raise solver_time_limit for a better one)",
+                        RuntimeWarning, stacklevel=3,
+                    )
+                return sol
+            if sol.status.startswith("Infeasible"):
+                return sol
+            warnings.warn(
+                f"memcompile: CBC found no plan within solver_time_limit={cfg.solver_time_limit}s on graph "
+                f"{graph_index} (status {sol.status}); using the greedy planner instead",
+                RuntimeWarning, stacklevel=3,
+            )
+            return solve_greedy(problem, budget_bytes=budget, objective=objective)
+
+        notes: list[str] = []
+        # The smallest peak any plan reaches: the floor of every budget.
+        min_sol = solve(None, PEAK)
+        min_fw, min_bw, min_tl = realize(min_sol)
+        if min_tl.peak_bytes >= baseline.peak_bytes:
+            min_fw, min_bw, min_tl, min_sol = fw_def, bw_def, baseline, None
+            notes.append("no plan lowers the peak below Inductor's default partition")
+
+        if cfg.budget_fraction is not None:
+            target = int(min_tl.peak_bytes + cfg.budget_fraction * (baseline.peak_bytes - min_tl.peak_bytes))
+        else:
+            target = int(cfg.budget_bytes)
+
+        if baseline.peak_bytes <= target:
+            chosen = (fw_def, bw_def, baseline, None, "default")
+        elif min_tl.peak_bytes > target:
+            message = (
+                f"memory budget {_fmt(target)} cannot be met on graph {graph_index}: the smallest peak "
+                f"memcompile reaches is {_fmt(min_tl.peak_bytes)} (Inductor's default partition peaks at "
+                f"{_fmt(baseline.peak_bytes)}, of which {_fmt(baseline.held_bytes)} are the graph's inputs). "
+                "Raise the budget to at least that, use a smaller batch, or pass "
+                "on_infeasible='best_effort' to run with the smallest-peak plan."
+            )
+            if cfg.budget_bytes is not None and cfg.on_infeasible == "raise":
+                raise MemoryBudgetError(message, budget_bytes=target, min_peak_bytes=min_tl.peak_bytes)
+            warnings.warn("memcompile: " + message, RuntimeWarning, stacklevel=2)
+            notes.append(f"budget {_fmt(target)} not met; smallest-peak plan used")
+            chosen = (min_fw, min_bw, min_tl, min_sol, min_sol.solver if min_sol else "default")
+        else:
+            chosen = (min_fw, min_bw, min_tl, min_sol, min_sol.solver if min_sol else "default")
+            model_budget = target
+            for _ in range(_REPAIR_ROUNDS):
+                sol = solve(model_budget, TIME)
+                if not sol.feasible:
+                    break
+                fw, bw, tl = realize(sol)
+                if tl.peak_bytes <= target:
+                    if chosen[3] is None or sol.added_seconds <= chosen[3].added_seconds:
+                        chosen = (fw, bw, tl, sol, sol.solver)
+                    break
+                # The model under-estimated this plan's peak: tighten by the overshoot and re-solve.
+                model_budget -= tl.peak_bytes - target
+                notes.append(f"model peak {_fmt(sol.predicted_peak_bytes)} simulated {_fmt(tl.peak_bytes)}; re-solved")
+
+        fw, bw, tl, sol, source = chosen
+        self._record(cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target,
+                     min_tl.peak_bytes, start, source, tuple(notes), costs=costs, baseline=baseline, planned=tl)
+        return fw, bw
+
+    def _record(self, cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target, min_peak, start,
+                source, notes, *, costs=None, baseline=None, planned=None) -> None:
+        if self.on_plan is None:
+            return
+        baseline = baseline or simulate_step(fw_def, bw_def, num_fwd_outputs=num_fwd_outputs)
+        planned = planned or simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs)
+        plan = Plan(
+            config=cfg,
+            graph_index=graph_index,
+            budget_bytes=target,
+            baseline=baseline,
+            planned=planned,
+            decisions=_decisions(fw, bw, costs),
+            solution=sol,
+            min_peak_bytes=min_peak,
+            planning_seconds=time.perf_counter() - start,
+            source=source,
+            notes=notes,
+            forward_code=fw.code,
+            backward_code=bw.code,
+        )
+        self.on_plan(plan)
+
+
+# ---------------------------------------------------------------------- torch mirror
+def _copy_graph(graph: fx.Graph) -> fx.Graph:
+    new = fx.Graph()
+    value_map: dict[fx.Node, fx.Node] = {}
+    out = new.graph_copy(graph, value_map)
+    new.output(out)
+    return new
+
+
+def _prepare_joint(joint: fx.GraphModule) -> fx.GraphModule:
+    """The clean-up ``min_cut_rematerialization_partition`` does before choosing saved values."""
+    joint.graph.eliminate_dead_code()
+    joint.recompile()
+    if tp.config.cse:
+        joint.graph = tp.fx_graph_cse(joint.graph)
+    if tp.has_recomputable_ops(joint):
+        joint = tp.cleanup_recompute_tags(joint, is_default_partition=False) if "is_default_partition" in inspect.signature(
+            tp.cleanup_recompute_tags).parameters else tp.cleanup_recompute_tags(joint)
+    if not getattr(tp.config, "unsafe_allow_optimization_of_collectives", False):
+        tp.force_save_collectives(joint)
+    for name in ("force_save_effectful_ops", "force_save_bw_mutation_src"):
+        fn = getattr(tp, name, None)
+        if fn is not None:
+            fn(joint)
+    return joint
+
+
+def _annotate_dist_from_bw(joint: fx.GraphModule, node_info) -> None:
+    """Distance to the backward, which torch's min-cut weights read from each node."""
+    for node in reversed(joint.graph.nodes):
+        if node.op == "output" or node_info.is_required_fw(node):
+            node.dist_from_bw = int(1e9)
+            if node.op != "output":
+                for user in node.users:
+                    node.dist_from_bw = min(node.dist_from_bw, user.dist_from_bw + 1)
+        else:
+            node.dist_from_bw = 0
+
+
+class _Extractor:
+    """Forward and backward modules for a saved set: torch's extraction tail, callable many times."""
+
+    def __init__(self, joint: fx.GraphModule, node_info, num_fwd_outputs: int) -> None:
+        self.joint = joint
+        self.node_info = node_info
+        self.num_fwd_outputs = num_fwd_outputs
+        self.has_rng = tp.has_recomputable_ops(joint) and tp.has_recomputable_rng_ops(joint)
+        params = inspect.signature(tp._extract_fwd_bwd_modules).parameters
+        self._opaque = "saved_opaque_nodes" in params
+        self._static = "static_lifetime_input_nodes" in params
+
+    def __call__(self, saved_values: Sequence[fx.Node]) -> tuple[fx.GraphModule, fx.GraphModule]:
+        is_opaque = getattr(tp, "is_opaque_node", lambda n: False)
+        sym = [n for n in saved_values if tp.is_sym_node(n) and not _assert_only(n)]
+        opaque = [n for n in saved_values if is_opaque(n)]
+        tensors = [n for n in saved_values if not tp.is_sym_node(n) and not is_opaque(n)]
+        kwargs: dict[str, Any] = {"num_fwd_outputs": self.num_fwd_outputs}
+        if self._opaque:
+            kwargs["saved_opaque_nodes"] = opaque
+        if self._static:
+            kwargs["static_lifetime_input_nodes"] = self.node_info.static_lifetime_input_nodes
+        fw, bw = tp._extract_fwd_bwd_modules(self.joint, tensors, saved_sym_nodes=sym, **kwargs)
+        if self.has_rng:
+            fw, bw = tp.functionalize_rng_ops(self.joint, fw, bw, len(sym))
+        bw = tp.reordering_to_mimic_autograd_engine(bw)
+        fw, bw = tp.raise_getitems(fw), tp.raise_getitems(bw)
+        thread = getattr(tp, "thread_graphsafe_rng_from_hops", None)
+        if thread is not None:
+            fw, bw = thread(fw, is_backward=False), thread(bw, is_backward=True)
+        return fw, bw
+
+
+def _assert_only(node: fx.Node) -> bool:
+    fn = getattr(tp, "_is_assert_only_symbool", None)
+    return bool(fn and fn(node))
+
+
+def _saved_for(joint: fx.GraphModule, backward_nodes: set[str], recompute: frozenset[str]) -> list[fx.Node]:
+    """Exactly what the backward (plus the recomputed values) reads from the forward side."""
+    inside = backward_nodes | set(recompute)
+    saved: dict[str, fx.Node] = {}
+    for node in joint.graph.nodes:
+        if node.name not in inside or node.op == "output":
+            continue
+        for arg in node.all_input_nodes:
+            if arg.name not in inside and not is_tangent(arg):
+                saved.setdefault(arg.name, arg)
+    order = {n: i for i, n in enumerate(joint.graph.nodes)}
+    return sorted(saved.values(), key=order.__getitem__)
+
+
+def _graph_device(gm: fx.GraphModule) -> torch.device:
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return val.device
+    return torch.device("cpu")
+
+
+def _decisions(fw: fx.GraphModule, bw: fx.GraphModule, costs) -> tuple[TensorDecision, ...]:
+    fw_table = analyse(fw)
+    fw_names = set(fw_table.tensors)
+    out = []
+    for name in partition_saved(fw, bw):
+        info = fw_table.tensors.get(name)
+        if info is None or info.producer == "placeholder" or info.kind != "tensor":
+            continue
+        out.append(_decision(info, "keep", 0.0))
+    bw_table = analyse(bw)
+    for name in bw_table.order:
+        info = bw_table.tensors[name]
+        if info.producer == "placeholder" or info.kind != "tensor":
+            continue
+        # computed by the forward and again by the backward (a value only the backward needs is moved, not recomputed)
+        if name in fw_names and info.side != "backward":
+            out.append(_decision(info, "recompute", costs.seconds(name) if costs is not None else 0.0))
+    return tuple(out)
+
+
+def _decision(info, mode: str, seconds: float) -> TensorDecision:
+    shape = tuple(int(d) if not hasattr(d, "free_symbols") or not d.free_symbols else str(d) for d in (info.shape or ()))
+    return TensorDecision(
+        name=info.name, shape=shape, dtype=str(info.dtype).removeprefix("torch."), bytes=info.nbytes_hint,
+        mode=mode, added_seconds=seconds,
+    )
+
+
+def _fmt(nbytes: int | float) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"

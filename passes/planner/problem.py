@@ -1,0 +1,168 @@
+"""CandidateSet -> PlanProblem: plain numbers and index lists, no FX (the solver's input).
+
+Memory is counted per storage (a view shares its root's bytes). Keeping any alias of a
+storage keeps the storage; recomputing the owner rebuilds it just before its first
+backward use. Constraints are written only where the live set can change:
+- forward: keeping a storage adds its bytes from the step it would otherwise die on, so
+  the constraint at step t dominates every earlier step with a smaller base; we keep the
+  steps whose base exceeds every later base (suffix maxima);
+- backward: the coefficients only change at a storage's first or last backward use, so
+  one constraint per segment between those breakpoints, with the segment's largest base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..candidates import CandidateSet
+
+FORWARD, BACKWARD = "forward", "backward"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryConstraint:
+    side: str
+    step: int
+    """Step (within its side) where this constraint's base is largest."""
+    base_bytes: int
+    kept: tuple[int, ...]
+    """Storages whose bytes count here when kept."""
+    recomputed: tuple[int, ...]
+    """Storages whose bytes count here when recomputed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanProblem:
+    names: tuple[str, ...]
+    storage_of: tuple[int, ...]
+    """Per candidate: index of its storage, -1 if it has none (tuples, views of inputs, symbols)."""
+    storage_bytes: tuple[int, ...]
+    storage_owner: tuple[int, ...]
+    """Per storage: the candidate that allocates it (recomputing it re-allocates the storage)."""
+    can_save: tuple[bool, ...]
+    can_recompute: tuple[bool, ...]
+    needed: tuple[bool, ...]
+    recompute_seconds: tuple[float, ...]
+    inputs: tuple[tuple[int, ...], ...]
+    constraints: tuple[MemoryConstraint, ...]
+    n_steps: int
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.names)
+
+
+def build_problem(cset: CandidateSet) -> PlanProblem:
+    cands = cset.candidates
+    index = {c.name: i for i, c in enumerate(cands)}
+    storage_index: dict[str, int] = {}
+    storage_bytes: list[int] = []
+    storage_owner: list[int] = []
+    for i, c in enumerate(cands):
+        if c.root == c.name and c.nbytes > 0:
+            storage_index[c.name] = len(storage_bytes)
+            storage_bytes.append(c.nbytes)
+            storage_owner.append(i)
+    storage_of = tuple(storage_index.get(c.root, -1) for c in cands)
+
+    n_storage = len(storage_bytes)
+    keep_from = [0] * n_storage
+    first = [None] * n_storage
+    last = [-1] * n_storage
+    for s, owner in enumerate(storage_owner):
+        keep_from[s] = cands[owner].fw_keep_from
+    for i, c in enumerate(cands):
+        s = storage_of[i]
+        if s < 0:
+            continue
+        if c.bw_first is not None:
+            first[s] = c.bw_first if first[s] is None else min(first[s], c.bw_first)
+            last[s] = max(last[s], c.bw_last)
+    # A kept storage that feeds a recomputed value must outlive that value's (re)computation.
+    for c in cands:
+        if c.bw_last is None:
+            continue
+        for name in c.inputs:
+            s = storage_of[index[name]]
+            if s >= 0:
+                last[s] = max(last[s], c.bw_last)
+                if first[s] is None or c.bw_first < first[s]:
+                    first[s] = c.bw_first
+
+    constraints: list[MemoryConstraint] = []
+    fw_base = cset.fw_base_bytes
+    best_later = -1
+    for t in range(len(fw_base) - 1, -1, -1):
+        if fw_base[t] > best_later:
+            best_later = fw_base[t]
+            kept = tuple(s for s in range(n_storage) if keep_from[s] <= t)
+            constraints.append(MemoryConstraint(side=FORWARD, step=t, base_bytes=fw_base[t], kept=kept, recomputed=()))
+
+    bw_base = cset.bw_base_bytes
+    n_bw = len(bw_base)
+    cuts = {0, n_bw}
+    for s in range(n_storage):
+        if last[s] >= 0:
+            cuts.add(min(last[s] + 1, n_bw))
+        if first[s] is not None:
+            cuts.add(first[s])
+    bounds = sorted(c for c in cuts if 0 <= c <= n_bw)
+    seen: dict[tuple, int] = {}
+    for a, b in zip(bounds, bounds[1:]):
+        if a >= b:
+            continue
+        step = max(range(a, b), key=bw_base.__getitem__)
+        kept = tuple(s for s in range(n_storage) if last[s] >= a)
+        recomputed = tuple(s for s in range(n_storage) if first[s] is not None and first[s] <= a <= last[s])
+        key = (kept, recomputed)
+        if key in seen:
+            j = seen[key]
+            if constraints[j].base_bytes >= bw_base[step]:
+                continue
+            constraints[j] = MemoryConstraint(side=BACKWARD, step=step, base_bytes=bw_base[step], kept=kept, recomputed=recomputed)
+            continue
+        seen[key] = len(constraints)
+        constraints.append(
+            MemoryConstraint(side=BACKWARD, step=step, base_bytes=bw_base[step], kept=kept, recomputed=recomputed)
+        )
+
+    return PlanProblem(
+        names=tuple(c.name for c in cands),
+        storage_of=storage_of,
+        storage_bytes=tuple(storage_bytes),
+        storage_owner=tuple(storage_owner),
+        can_save=tuple(c.can_save for c in cands),
+        can_recompute=tuple(c.can_recompute for c in cands),
+        needed=tuple(c.needed for c in cands),
+        recompute_seconds=tuple(c.recompute_seconds for c in cands),
+        inputs=tuple(tuple(index[n] for n in c.inputs) for c in cands),
+        constraints=tuple(constraints),
+        n_steps=len(fw_base) + n_bw,
+    )
+
+
+def evaluate(problem: PlanProblem, keep: set[int], recompute: set[int]) -> tuple[int, float]:
+    """(peak bytes, added seconds) of a decision under the problem's memory model."""
+    kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
+    rec_storage = {problem.storage_of[i] for i in recompute if problem.storage_of[i] >= 0 and problem.storage_owner[problem.storage_of[i]] == i}
+    peak = 0
+    for c in problem.constraints:
+        total = c.base_bytes
+        total += sum(problem.storage_bytes[s] for s in c.kept if s in kept_storage)
+        total += sum(problem.storage_bytes[s] for s in c.recomputed if s in rec_storage)
+        peak = max(peak, total)
+    return peak, sum(problem.recompute_seconds[i] for i in recompute)
+
+
+def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int]) -> bool:
+    """Every needed value is kept or recomputed, and every recomputed value's inputs are available."""
+    for i in range(problem.n_candidates):
+        if problem.needed[i] and i not in keep and i not in recompute:
+            return False
+        if i in recompute and any(j not in keep and j not in recompute for j in problem.inputs[i]):
+            return False
+        if i in keep and not problem.can_save[i]:
+            return False
+        if i in recompute and not problem.can_recompute[i]:
+            return False
+    return True

@@ -1,0 +1,28 @@
+"""The result type every solver returns (ILP and greedy share it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TIME, PEAK = "time", "peak"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanSolution:
+    status: str
+    """PuLP's status string ("Optimal", "Infeasible", "Not Solved", ...) or "Greedy"."""
+    solver: str
+    objective: float
+    keep: frozenset[str]
+    recompute: frozenset[str]
+    predicted_peak_bytes: int
+    """Peak under the planner's memory model (the simulator's figure is in the Plan)."""
+    added_seconds: float
+    solve_seconds: float
+    n_vars: int
+    n_constraints: int
+    time_limit_hit: bool = False
+
+    @property
+    def feasible(self) -> bool:
+        return self.status in ("Optimal", "Feasible", "Greedy")
