@@ -37,7 +37,7 @@ from .plan import Plan, TensorDecision
 
 log = logging.getLogger(__name__)
 
-_REPAIR_ROUNDS = 4
+_REPAIR_ROUNDS = 6
 
 
 def _source_files() -> tuple[str, ...]:
@@ -205,13 +205,14 @@ class MemPartitioner(CustomPartitionerFn):
                     break
                 fw, bw, tl = realize(sol)
                 if tl.peak_bytes <= target:
-                    if chosen[3] is None or sol.added_seconds <= chosen[3].added_seconds:
+                    if chosen[3] is None or chosen[2] is min_tl or sol.added_seconds <= chosen[3].added_seconds:
                         chosen = (fw, bw, tl, sol, sol.solver)
                     break
-                # The model under-estimated this plan's peak: tighten by the overshoot and re-solve.
-                model_budget -= tl.peak_bytes - target
+                # The model under-estimated this plan's peak: assume it errs as much again, and
+                # never loosen, so each round asks for strictly less than the last.
+                error = tl.peak_bytes - sol.predicted_peak_bytes
+                model_budget = min(model_budget - (tl.peak_bytes - target), target - error)
                 notes.append(f"model peak {_fmt(sol.predicted_peak_bytes)} simulated {_fmt(tl.peak_bytes)}; re-solved")
-
         fw, bw, tl, sol, source = chosen
         self._record(cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target,
                      min_tl.peak_bytes, start, source, tuple(notes), costs=costs, baseline=baseline, planned=tl)
