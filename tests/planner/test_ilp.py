@@ -1,0 +1,100 @@
+"""The planner on synthetic problems (no torch.compile): ILP vs brute force, greedy validity."""
+
+import itertools
+
+import pytest
+
+from memcompile.passes.candidates import Candidate, CandidateSet
+from memcompile.passes.planner.greedy import solve_greedy
+from memcompile.passes.planner.ilp import solve_ilp
+from memcompile.passes.planner.problem import build_problem, evaluate, is_valid
+from memcompile.passes.planner.solution import PEAK, TIME
+
+MB = 2**20
+
+
+def chain(n: int, *, nbytes=8 * MB, seconds=1e-3, random_at=()) -> CandidateSet:
+    """A linear chain a0 -> a1 -> ... like a stack of layers: the backward reads every value in reverse."""
+    cands = []
+    for i in range(n):
+        cands.append(
+            Candidate(
+                name=f"a{i}", root=f"a{i}", nbytes=nbytes, recompute_seconds=seconds * (i + 1),
+                can_save=True, can_recompute=i not in random_at, recompute_ban="random op" if i in random_at else None,
+                needed=True, inputs=(f"a{i-1}",) if i else (), fw_step=i, fw_keep_from=i + 1,
+                bw_first=n - 1 - i, bw_last=n - 1 - i,
+            )
+        )
+    return CandidateSet(
+        candidates=tuple(cands), fw_steps=tuple(c.name for c in cands), bw_steps=tuple(f"g{i}" for i in range(n)),
+        fw_base_bytes=tuple(nbytes for _ in range(n)), bw_base_bytes=tuple(nbytes for _ in range(n)),
+    )
+
+
+def brute_force(problem, budget):
+    best = None
+    n = problem.n_candidates
+    for modes in itertools.product((0, 1, 2), repeat=n):  # 0 none, 1 keep, 2 recompute
+        keep = {i for i, m in enumerate(modes) if m == 1}
+        rec = {i for i, m in enumerate(modes) if m == 2}
+        if not is_valid(problem, keep, rec):
+            continue
+        peak, seconds = evaluate(problem, keep, rec)
+        if peak <= budget and (best is None or seconds < best[0] - 1e-12):
+            best = (seconds, peak)
+    return best
+
+
+@pytest.mark.parametrize("budget_mb", [80, 56, 48, 40, 32])
+def test_ilp_matches_brute_force_on_a_chain(budget_mb):
+    problem = build_problem(chain(6))
+    expected = brute_force(problem, budget_mb * MB)
+    sol = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
+    if expected is None:
+        assert not sol.feasible
+        return
+    assert sol.feasible
+    keep = {problem.names.index(n) for n in sol.keep}
+    rec = {problem.names.index(n) for n in sol.recompute}
+    assert is_valid(problem, keep, rec)
+    peak, seconds = evaluate(problem, keep, rec)
+    assert peak <= budget_mb * MB
+    assert seconds == pytest.approx(expected[0], rel=0.011)  # CBC stops at a 1% gap
+
+
+def test_random_values_are_never_recomputed():
+    problem = build_problem(chain(5, random_at=(0, 3)))
+    sol = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert sol.feasible
+    assert {"a0", "a3"} <= sol.keep and not ({"a0", "a3"} & sol.recompute)
+
+
+def test_smaller_budget_never_gives_a_larger_model_peak():
+    problem = build_problem(chain(8))
+    peaks = []
+    for budget_mb in (120, 100, 80, 64, 56, 48):
+        sol = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
+        assert sol.feasible
+        peaks.append(sol.predicted_peak_bytes)
+    assert peaks == sorted(peaks, reverse=True)
+
+
+def test_impossible_budget_is_infeasible_and_min_peak_is_reported():
+    problem = build_problem(chain(6))
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert floor.feasible
+    below = solve_ilp(problem, budget_bytes=floor.predicted_peak_bytes - MB, objective=TIME, time_limit_seconds=10)
+    assert not below.feasible
+
+
+@pytest.mark.parametrize("budget_mb", [80, 56, 48])
+def test_greedy_gives_valid_plans_within_budget(budget_mb):
+    problem = build_problem(chain(6))
+    sol = solve_greedy(problem, budget_bytes=budget_mb * MB, objective=TIME)
+    keep = {problem.names.index(n) for n in sol.keep}
+    rec = {problem.names.index(n) for n in sol.recompute}
+    assert is_valid(problem, keep, rec)
+    if sol.feasible:
+        assert evaluate(problem, keep, rec)[0] <= budget_mb * MB
+    ilp = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
+    assert ilp.added_seconds <= sol.added_seconds + 1e-12
