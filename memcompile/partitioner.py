@@ -19,7 +19,12 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch._functorch import partitioners as tp
-from torch._inductor.custom_graph_pass import CustomPartitionerFn, get_hash_for_files
+from torch._inductor.custom_graph_pass import get_hash_for_files
+
+try:  # where the hook's base class lives moved between torch releases
+    from torch._inductor.custom_graph_pass import CustomPartitionerFn
+except ImportError:  # pragma: no cover - older torch
+    from torch._inductor.custom_partitioner_fn import CustomPartitionerFn
 
 from memcompile.passes import candidates as cand_mod
 from memcompile.passes.costs import DeviceProfile, estimate_costs
