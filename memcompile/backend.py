@@ -8,8 +8,10 @@ never by changing global config), or through AOT autograd with eager execution w
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,15 +23,40 @@ from .plan import Plan
 
 _lock = threading.Lock()
 _plans: list[Plan] = []
+_collectors: list[list[Plan]] = []
 
 
 def _remember(plan: Plan) -> None:
     with _lock:
         _plans.append(plan)
+        for collector in _collectors:
+            collector.append(plan)
     if plan.config.report_dir:
         from .report import Report
 
-        Report((plan,)).write(plan.config.report_dir, stem=f"graph{plan.graph_index}_{id(plan):x}")
+        stem = f"graph{plan.graph_index}_{id(plan):x}"
+        try:
+            Report((plan,)).write(plan.config.report_dir, stem=stem)
+        except Exception as exc:  # noqa: BLE001 - a report that cannot be written must not change the partition
+            warnings.warn(
+                f"memcompile: could not write the report {stem} to report_dir={plan.config.report_dir!r} "
+                f"({type(exc).__name__}: {exc}); the plan is still used and is in memcompile.last_report()",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+@contextlib.contextmanager
+def _collect_plans() -> Iterator[list[Plan]]:
+    """Collect the plans recorded inside the ``with`` block (what ``memcompile.inspect`` reports)."""
+    collected: list[Plan] = []
+    with _lock:
+        _collectors.append(collected)
+    try:
+        yield collected
+    finally:
+        with _lock:
+            _collectors.remove(collected)
 
 
 def last_plans() -> tuple[Plan, ...]:
@@ -41,6 +68,13 @@ def last_plans() -> tuple[Plan, ...]:
 def clear_plans() -> None:
     with _lock:
         _plans.clear()
+
+
+def last_report():
+    """A ``memcompile.Report`` of ``last_plans()``; LookupError when no plan was recorded."""
+    from .report import last_report as _last_report
+
+    return _last_report()
 
 
 def memcompile_backend(
