@@ -8,6 +8,8 @@ that choice is torch's own, so the result is Inductor's default partition.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import inspect
 import logging
@@ -31,7 +33,7 @@ from memcompile.passes.costs import DeviceProfile, estimate_costs
 from memcompile.passes.lifetimes import analyse, is_tangent, partition_saved
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
-from memcompile.passes.planner.problem import build_problem
+from memcompile.passes.planner.problem import build_problem, evaluate
 from memcompile.passes.planner.solution import PEAK, TIME, PlanSolution
 from memcompile.passes.simulate import Timeline, simulate_step
 
@@ -43,6 +45,34 @@ from .plan import Plan, TensorDecision
 log = logging.getLogger(__name__)
 
 _REPAIR_ROUNDS = 6
+# A fraction budget accepts a plan whose simulated peak is this share of the default's peak above its target.
+_FRACTION_SLACK = 0.02
+
+
+class _StageTimer:
+    """Seconds spent per planning stage, for the report and the planning-time benchmark."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._open: tuple[str, float] | None = None
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self._open = (name, time.perf_counter())
+
+    def stop(self) -> None:
+        if self._open is not None:
+            name, t0 = self._open
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            self._open = None
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _source_files() -> tuple[str, ...]:
@@ -81,6 +111,11 @@ class MemPartitioner(CustomPartitionerFn):
         graph_index = self._graph_count
         self._graph_count += 1
         backup = fx.GraphModule(gm, _copy_graph(gm.graph))
+        # Planning copies the graph a few times; the cyclic collector's passes over torch's
+        # heap cost more than the copies themselves, and nothing we make lives in a cycle
+        # that refcounting would not free.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             return self._partition(gm, joint_inputs, graph_index=graph_index, **kwargs)
         except MemoryBudgetError:
@@ -95,6 +130,9 @@ class MemPartitioner(CustomPartitionerFn):
             log.exception("memcompile planning failed")
             kwargs.pop("compiler", None)
             return tp.min_cut_rematerialization_partition(backup, joint_inputs, compiler="inductor", **kwargs)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     # ------------------------------------------------------------------ pipeline
     def _partition(
@@ -110,8 +148,10 @@ class MemPartitioner(CustomPartitionerFn):
     ) -> tuple[fx.GraphModule, fx.GraphModule]:
         start = time.perf_counter()
         cfg = self.config
-        joint = _prepare_joint(gm)
-        node_info = tp.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
+        stages = _StageTimer()
+        with stages("prepare"):
+            joint = _prepare_joint(gm)
+            node_info = tp.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
         if len(node_info.required_bw_nodes) == 0:
             fw, bw = tp.default_partition(
                 joint, joint_inputs, num_fwd_outputs=num_fwd_outputs,
@@ -121,16 +161,20 @@ class MemPartitioner(CustomPartitionerFn):
                          ("the graph has no backward: nothing to plan",))
             return fw, bw
 
-        _annotate_dist_from_bw(joint, node_info)
-        extract = _Extractor(joint, node_info, num_fwd_outputs)
-        default_saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=1.0)
-        fw_def, bw_def = extract(default_saved)
-        baseline = simulate_step(fw_def, bw_def, num_fwd_outputs=num_fwd_outputs)
+        with stages("default_partition"):
+            _annotate_dist_from_bw(joint, node_info)
+            extract = _Extractor(joint, node_info, num_fwd_outputs)
+            default_saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=1.0)
+        with stages("extract"):
+            fw_def, bw_def = extract(default_saved)
+        with stages("simulate"):
+            baseline = simulate_step(fw_def, bw_def, num_fwd_outputs=num_fwd_outputs)
         if not cfg.has_budget:
             self._record(cfg, graph_index, fw_def, bw_def, fw_def, bw_def, num_fwd_outputs, None, None, None,
-                         start, "default", ())
+                         start, "default", (), stages=stages)
             return fw_def, bw_def
 
+        stages.start("analyse")
         table = analyse(joint)
         device = _graph_device(joint)
         costs = estimate_costs(joint, table, DeviceProfile.for_device(device))
@@ -148,14 +192,18 @@ class MemPartitioner(CustomPartitionerFn):
             forward_only=required_fw, default_timeline=baseline, costs=costs,
         )
         problem = build_problem(cset)
+        stages.stop()
 
         def realize(sol: PlanSolution) -> tuple[fx.GraphModule, fx.GraphModule, Timeline]:
-            saved = _saved_for(joint, backward_nodes, sol.recompute)
-            fw, bw = extract(saved)
-            return fw, bw, simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs)
+            with stages("extract"):
+                saved = _saved_for(joint, backward_nodes, sol.recompute)
+                fw, bw = extract(saved)
+            with stages("simulate"):
+                return fw, bw, simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs)
 
         def solve(budget: int | None, objective: str) -> PlanSolution:
-            sol = solve_ilp(problem, budget_bytes=budget, objective=objective, time_limit_seconds=cfg.solver_time_limit)
+            with stages("solve"):
+                sol = solve_ilp(problem, budget_bytes=budget, objective=objective, time_limit_seconds=cfg.solver_time_limit)
             if sol.feasible:
                 if sol.time_limit_hit:
                     warnings.warn(
@@ -174,59 +222,92 @@ class MemPartitioner(CustomPartitionerFn):
             return solve_greedy(problem, budget_bytes=budget, objective=objective)
 
         notes: list[str] = []
-        # The smallest peak any plan reaches: the floor of every budget.
-        min_sol = solve(None, PEAK)
-        min_fw, min_bw, min_tl = realize(min_sol)
-        if min_tl.peak_bytes >= baseline.peak_bytes:
-            min_fw, min_bw, min_tl, min_sol = fw_def, bw_def, baseline, None
-            notes.append("no plan lowers the peak below Inductor's default partition")
+        # The smallest-peak plan is the floor of every budget. It is solved for only when a
+        # fraction needs it or a byte budget fails, and extracted only when it is used:
+        # extraction is the most expensive step of planning.
+        lazy: dict[str, Any] = {}
 
+        def min_solution() -> PlanSolution:
+            if "sol" not in lazy:
+                lazy["sol"] = solve(None, PEAK)
+            return lazy["sol"]
+
+        def floor_bytes() -> int:
+            sol = min_solution()
+            return min(sol.predicted_peak_bytes, baseline.peak_bytes) if sol.feasible else baseline.peak_bytes
+
+        def minimum() -> tuple:
+            if "plan" not in lazy:
+                sol = min_solution()
+                fw, bw, tl = realize(sol) if sol.feasible else (fw_def, bw_def, baseline)
+                if tl.peak_bytes >= baseline.peak_bytes:
+                    notes.append("no plan lowers the peak below Inductor's default partition")
+                    lazy["plan"] = (fw_def, bw_def, baseline, None, "default")
+                else:
+                    lazy["plan"] = (fw, bw, tl, sol, sol.solver)
+            return lazy["plan"]
+
+        chosen = None
         if cfg.budget_fraction is not None:
-            target = int(min_tl.peak_bytes + cfg.budget_fraction * (baseline.peak_bytes - min_tl.peak_bytes))
+            # A fraction is resolved inside the planner's model, between the model's figures for
+            # the smallest-peak plan and for the default partition, so its targets are monotone
+            # in the fraction. The model tracks the simulator closely on most graphs (one solve,
+            # one extraction); where it does not, the repair loop below corrects it.
+            default_model_bytes = min(_model_peak_of(problem, default_saved, bw_def), baseline.peak_bytes)
+            floor = floor_bytes()
+            target = int(floor + cfg.budget_fraction * max(default_model_bytes - floor, 0))
+            slack = int(_FRACTION_SLACK * baseline.peak_bytes)
+            if cfg.budget_fraction >= 1.0 or default_model_bytes <= floor:
+                target = baseline.peak_bytes
+                chosen = (fw_def, bw_def, baseline, None, "default")
         else:
             target = int(cfg.budget_bytes)
-
-        if baseline.peak_bytes <= target:
-            chosen = (fw_def, bw_def, baseline, None, "default")
-        elif min_tl.peak_bytes > target:
-            message = (
-                f"memory budget {_fmt(target)} cannot be met on graph {graph_index}: the smallest peak "
-                f"memcompile reaches is {_fmt(min_tl.peak_bytes)} (Inductor's default partition peaks at "
-                f"{_fmt(baseline.peak_bytes)}, of which {_fmt(baseline.held_bytes)} are the graph's inputs). "
-                "Raise the budget to at least that, use a smaller batch, or pass "
-                "on_infeasible='best_effort' to run with the smallest-peak plan."
-            )
-            if cfg.budget_bytes is not None and cfg.on_infeasible == "raise":
-                raise MemoryBudgetError(message, budget_bytes=target, min_peak_bytes=min_tl.peak_bytes)
-            warnings.warn("memcompile: " + message, RuntimeWarning, stacklevel=2)
-            notes.append(f"budget {_fmt(target)} not met; smallest-peak plan used")
-            chosen = (min_fw, min_bw, min_tl, min_sol, min_sol.solver if min_sol else "default")
+            slack = 0
+            if baseline.peak_bytes <= target:
+                chosen = (fw_def, bw_def, baseline, None, "default")
+        model_budget = target
+        for _ in range(_REPAIR_ROUNDS if chosen is None else 0):
+            sol = solve(model_budget, TIME)
+            if not sol.feasible:
+                break
+            fw, bw, tl = realize(sol)
+            if tl.peak_bytes <= target + slack:
+                chosen = (fw, bw, tl, sol, sol.solver)
+                break
+            # The model under-estimated this plan's peak: assume it errs as much again, and
+            # never loosen, so each round asks for strictly less than the last.
+            error = tl.peak_bytes - sol.predicted_peak_bytes
+            model_budget = min(model_budget - (tl.peak_bytes - target - slack), target - error)
+            notes.append(f"model peak {_fmt(sol.predicted_peak_bytes)} simulated {_fmt(tl.peak_bytes)}; re-solved")
+        if chosen is None:
+            chosen = minimum()
+            if chosen[2].peak_bytes > target and cfg.budget_bytes is not None:
+                message = (
+                    f"memory budget {_fmt(target)} cannot be met on graph {graph_index}: the smallest peak "
+                    f"memcompile reaches is {_fmt(chosen[2].peak_bytes)} (Inductor's default partition peaks at "
+                    f"{_fmt(baseline.peak_bytes)}, of which {_fmt(baseline.held_bytes)} are the graph's inputs). "
+                    "Raise the budget to at least that, use a smaller batch, or pass "
+                    "on_infeasible='best_effort' to run with the smallest-peak plan."
+                )
+                if cfg.on_infeasible == "raise":
+                    raise MemoryBudgetError(message, budget_bytes=target, min_peak_bytes=chosen[2].peak_bytes)
+                warnings.warn("memcompile: " + message, RuntimeWarning, stacklevel=2)
+                notes.append(f"budget {_fmt(target)} not met; smallest-peak plan used")
+        if "plan" in lazy:
+            min_peak = lazy["plan"][2].peak_bytes
         else:
-            chosen = (min_fw, min_bw, min_tl, min_sol, min_sol.solver if min_sol else "default")
-            model_budget = target
-            for _ in range(_REPAIR_ROUNDS):
-                sol = solve(model_budget, TIME)
-                if not sol.feasible:
-                    break
-                fw, bw, tl = realize(sol)
-                if tl.peak_bytes <= target:
-                    if chosen[3] is None or chosen[2] is min_tl or sol.added_seconds <= chosen[3].added_seconds:
-                        chosen = (fw, bw, tl, sol, sol.solver)
-                    break
-                # The model under-estimated this plan's peak: assume it errs as much again, and
-                # never loosen, so each round asks for strictly less than the last.
-                error = tl.peak_bytes - sol.predicted_peak_bytes
-                model_budget = min(model_budget - (tl.peak_bytes - target), target - error)
-                notes.append(f"model peak {_fmt(sol.predicted_peak_bytes)} simulated {_fmt(tl.peak_bytes)}; re-solved")
+            min_peak = floor_bytes() if "sol" in lazy else None
         fw, bw, tl, sol, source = chosen
         self._record(cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target,
-                     min_tl.peak_bytes, start, source, tuple(notes), costs=costs, baseline=baseline, planned=tl)
+                     min_peak, start, source, tuple(notes), costs=costs, baseline=baseline, planned=tl,
+                     stages=stages)
         return fw, bw
 
     def _record(self, cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target, min_peak, start,
-                source, notes, *, costs=None, baseline=None, planned=None) -> None:
+                source, notes, *, costs=None, baseline=None, planned=None, stages=None) -> None:
         if self.on_plan is None:
             return
+        record_start = time.perf_counter()
         baseline = baseline or simulate_step(fw_def, bw_def, num_fwd_outputs=num_fwd_outputs)
         planned = planned or simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs)
         plan = Plan(
@@ -243,6 +324,7 @@ class MemPartitioner(CustomPartitionerFn):
             notes=notes,
             forward_code=fw.code,
             backward_code=bw.code,
+            extra={"stage_seconds": {**(stages.seconds if stages else {}), "record": time.perf_counter() - record_start}},
         )
         self.on_plan(plan)
 
@@ -317,6 +399,16 @@ class _Extractor:
         if thread is not None:
             fw, bw = thread(fw, is_backward=False), thread(bw, is_backward=True)
         return fw, bw
+
+
+def _model_peak_of(problem, saved: Sequence[fx.Node], bw: fx.GraphModule) -> int:
+    """The planner model's peak for a partition given by its saved values and backward graph."""
+    index = {name: i for i, name in enumerate(problem.names)}
+    keep = {index[n.name] for n in saved if n.name in index}
+    recompute = {
+        index[n.name] for n in bw.graph.nodes if n.op == "call_function" and n.name in index and index[n.name] not in keep
+    }
+    return evaluate(problem, keep, recompute)[0]
 
 
 def _assert_only(node: fx.Node) -> bool:

@@ -34,7 +34,7 @@ class Plan:
     decisions: tuple[TensorDecision, ...]
     solution: PlanSolution | None
     min_peak_bytes: int | None
-    """Smallest simulated peak the planner reached (None when it was not needed)."""
+    """Smallest peak a plan reaches: simulated when that plan was built, else the planner model's figure."""
     planning_seconds: float
     source: str
     """"default" (Inductor's partition), "ilp", "greedy" or "fallback" (an error; see notes)."""

@@ -71,23 +71,47 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
     last = [-1] * n_storage
     for s, owner in enumerate(storage_owner):
         keep_from[s] = cands[owner].fw_keep_from
-    for i, c in enumerate(cands):
-        s = storage_of[i]
-        if s < 0:
-            continue
+    # Backward windows, two kinds per candidate:
+    # - need: it must be available then (its own reads, and reads of values that are rebuilt
+    #   whenever it is: tuples that cannot be saved and free views pass needs through);
+    # - ext: a value built from it may be recomputed then, so a kept copy must outlive that.
+    # A storage is charged over the union of both. Candidates come in forward order
+    # (consumers follow their inputs): one reverse pass propagates the windows.
+    n_cands = len(cands)
+    need = [[None, -1] for _ in range(n_cands)]
+    ext = [[None, -1] for _ in range(n_cands)]
+
+    def widen(window: list, lo: int | None, hi: int) -> None:
+        if lo is not None:
+            window[0] = lo if window[0] is None else min(window[0], lo)
+            window[1] = max(window[1], hi)
+
+    for i in range(n_cands - 1, -1, -1):
+        c = cands[i]
         if c.bw_first is not None:
-            first[s] = c.bw_first if first[s] is None else min(first[s], c.bw_first)
-            last[s] = max(last[s], c.bw_last)
-    # A kept storage that feeds a recomputed value must outlive that value's (re)computation.
-    for c in cands:
-        if c.bw_last is None:
-            continue
+            widen(need[i], c.bw_first, c.bw_last)
+        passes_on = not c.can_save or _free_alias(c, storage_of[i], storage_owner, i)
         for name in c.inputs:
-            s = storage_of[index[name]]
-            if s >= 0:
-                last[s] = max(last[s], c.bw_last)
-                if first[s] is None or c.bw_first < first[s]:
-                    first[s] = c.bw_first
+            j = index[name]
+            if passes_on:
+                widen(need[j], *need[i])
+                widen(ext[j], *ext[i])
+            else:
+                widen(ext[j], *need[i])
+    win_first: list[int | None] = []
+    win_last: list[int] = []
+    for i in range(n_cands):
+        window = [None, -1]
+        widen(window, *need[i])
+        widen(window, *ext[i])
+        win_first.append(window[0])
+        win_last.append(window[1])
+    for i in range(len(cands)):
+        s = storage_of[i]
+        if s < 0 or win_first[i] is None:
+            continue
+        first[s] = win_first[i] if first[s] is None else min(first[s], win_first[i])
+        last[s] = max(last[s], win_last[i])
 
     constraints: list[MemoryConstraint] = []
     fw_base = cset.fw_base_bytes
@@ -139,6 +163,11 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         constraints=tuple(constraints),
         n_steps=len(fw_base) + n_bw,
     )
+
+
+def _free_alias(c, s: int, storage_owner: list[int], i: int) -> bool:
+    """A view or getitem sharing another candidate's storage, rebuilt for free."""
+    return s >= 0 and storage_owner[s] != i and c.can_recompute and c.recompute_seconds == 0.0
 
 
 def evaluate(problem: PlanProblem, keep: set[int], recompute: set[int]) -> tuple[int, float]:

@@ -52,7 +52,12 @@ def test_eager_inner_gradients_equal_eager(name, budget, no_compile_cache):
     assert_same_grads(got, ref)
     (plan,) = last_plans()
     if budget is not None:
-        assert plan.predicted_peak_bytes <= plan.budget_bytes
+        # a fraction is resolved to bytes in the planner's model; a plan within 2% of the default's
+        # peak above it is accepted, else the repair loop tightens, down to the smallest-peak plan
+        assert plan.budget_bytes <= plan.baseline_peak_bytes
+        assert plan.predicted_peak_bytes <= plan.baseline_peak_bytes
+        if plan.predicted_peak_bytes > plan.budget_bytes + 0.02 * plan.baseline_peak_bytes:
+            assert plan.predicted_peak_bytes == plan.min_peak_bytes
     if name == "gpt-tiny-dropout":
         # a recomputed random op would draw a new mask: they are always saved
         assert not any(d.mode == "recompute" and "rand" in d.name for d in plan.decisions)
