@@ -9,6 +9,7 @@ never by changing global config), or through AOT autograd with eager execution w
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +24,13 @@ from .plan import Plan
 
 _lock = threading.Lock()
 _plans: list[Plan] = []
+_graph_counter = itertools.count()
+
+
+def _next_graph_index() -> int:
+    """Graphs are numbered across backend calls (graph breaks) since the last clear_plans()."""
+    with _lock:
+        return next(_graph_counter)
 _collectors: list[list[Plan]] = []
 
 
@@ -66,8 +74,10 @@ def last_plans() -> tuple[Plan, ...]:
 
 
 def clear_plans() -> None:
+    global _graph_counter
     with _lock:
         _plans.clear()
+        _graph_counter = itertools.count()
 
 
 def last_report():
@@ -84,7 +94,7 @@ def memcompile_backend(
     if kwargs.get("mode") not in (None, "default"):
         raise ValueError(f"mode: memcompile takes no torch.compile mode, got {kwargs['mode']!r}; pass options instead")
     config = MemConfig.from_options(options)
-    partitioner = MemPartitioner(config, on_plan=_remember)
+    partitioner = MemPartitioner(config, on_plan=_remember, graph_counter=_next_graph_index)
     if config.inner == "eager":
         return _eager(gm, example_inputs, partitioner)
     from torch._inductor.compile_fx import compile_fx

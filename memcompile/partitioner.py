@@ -12,6 +12,7 @@ import contextlib
 import gc
 import hashlib
 import inspect
+import itertools
 import logging
 import time
 import warnings
@@ -90,10 +91,14 @@ def _source_files() -> tuple[str, ...]:
 class MemPartitioner(CustomPartitionerFn):
     """Partition the joint graph under ``config``; ``on_plan`` receives each graph's Plan."""
 
-    def __init__(self, config: MemConfig, *, on_plan: Callable[[Plan], None] | None = None) -> None:
+    def __init__(
+        self, config: MemConfig, *, on_plan: Callable[[Plan], None] | None = None,
+        graph_counter: Callable[[], int] | None = None,
+    ) -> None:
         self.config = config
         self.on_plan = on_plan
-        self._graph_count = 0
+        # One counter across the backend calls of a compile (graph breaks), when the backend gives one.
+        self._next_index = graph_counter or itertools.count().__next__
 
     def uuid(self) -> str:
         # Inductor's cache key: our source, version and every option, so no plan made for
@@ -108,8 +113,8 @@ class MemPartitioner(CustomPartitionerFn):
     def __call__(
         self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any
     ) -> tuple[fx.GraphModule, fx.GraphModule]:
-        graph_index = self._graph_count
-        self._graph_count += 1
+        graph_index = self._next_index()
+        call_start = time.perf_counter()
         backup = fx.GraphModule(gm, _copy_graph(gm.graph))
         # Planning copies the graph a few times; the cyclic collector's passes over torch's
         # heap cost more than the copies themselves, and nothing we make lives in a cycle
@@ -129,7 +134,13 @@ class MemPartitioner(CustomPartitionerFn):
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             log.exception("memcompile planning failed")
             kwargs.pop("compiler", None)
-            return tp.min_cut_rematerialization_partition(backup, joint_inputs, compiler="inductor", **kwargs)
+            fw, bw = tp.min_cut_rematerialization_partition(backup, joint_inputs, compiler="inductor", **kwargs)
+            try:  # the report shows the graph too, with why it was not planned
+                self._record(self.config, graph_index, fw, bw, fw, bw, kwargs["num_fwd_outputs"], None, None, None,
+                             call_start, "fallback", (message,))
+            except Exception:  # noqa: BLE001 - a report must never break the compile
+                log.exception("memcompile could not record the fallback plan")
+            return fw, bw
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -293,6 +304,11 @@ class MemPartitioner(CustomPartitionerFn):
                     raise MemoryBudgetError(message, budget_bytes=target, min_peak_bytes=chosen[2].peak_bytes)
                 warnings.warn("memcompile: " + message, RuntimeWarning, stacklevel=2)
                 notes.append(f"budget {_fmt(target)} not met; smallest-peak plan used")
+        if "sol" in lazy:
+            extra_min = {"status": lazy["sol"].status, "seconds": lazy["sol"].solve_seconds,
+                         "predicted_peak_bytes": lazy["sol"].predicted_peak_bytes}
+        else:
+            extra_min = None
         if "plan" in lazy:
             min_peak = lazy["plan"][2].peak_bytes
         else:
@@ -300,11 +316,11 @@ class MemPartitioner(CustomPartitionerFn):
         fw, bw, tl, sol, source = chosen
         self._record(cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target,
                      min_peak, start, source, tuple(notes), costs=costs, baseline=baseline, planned=tl,
-                     stages=stages)
+                     stages=stages, min_solution=extra_min)
         return fw, bw
 
     def _record(self, cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target, min_peak, start,
-                source, notes, *, costs=None, baseline=None, planned=None, stages=None) -> None:
+                source, notes, *, costs=None, baseline=None, planned=None, stages=None, min_solution=None) -> None:
         if self.on_plan is None:
             return
         record_start = time.perf_counter()
@@ -324,7 +340,10 @@ class MemPartitioner(CustomPartitionerFn):
             notes=notes,
             forward_code=fw.code,
             backward_code=bw.code,
-            extra={"stage_seconds": {**(stages.seconds if stages else {}), "record": time.perf_counter() - record_start}},
+            extra={
+                "stage_seconds": {**(stages.seconds if stages else {}), "record": time.perf_counter() - record_start},
+                **({"min_solution": min_solution} if min_solution else {}),
+            },
         )
         self.on_plan(plan)
 
