@@ -179,7 +179,7 @@ class MemPartitioner(CustomPartitionerFn):
         with stages("extract"):
             fw_def, bw_def = extract(default_saved)
         with stages("simulate"):
-            baseline = simulate_step(fw_def, bw_def, num_fwd_outputs=num_fwd_outputs)
+            baseline = simulate_step(fw_def, bw_def, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
         if not cfg.has_budget:
             self._record(cfg, graph_index, fw_def, bw_def, fw_def, bw_def, num_fwd_outputs, None, None, None,
                          start, "default", (), stages=stages)
@@ -201,6 +201,7 @@ class MemPartitioner(CustomPartitionerFn):
         cset = cand_mod.build_candidates(
             joint, table=table, forward_nodes=forward_nodes, backward_nodes=backward_nodes,
             forward_only=required_fw, default_timeline=baseline, costs=costs,
+            fused=_sim_model(cfg) == "inductor",
         )
         problem = build_problem(cset)
         stages.stop()
@@ -210,7 +211,7 @@ class MemPartitioner(CustomPartitionerFn):
                 saved = _saved_for(joint, backward_nodes, sol.recompute)
                 fw, bw = extract(saved)
             with stages("simulate"):
-                return fw, bw, simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs)
+                return fw, bw, simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
 
         def solve(budget: int | None, objective: str) -> PlanSolution:
             with stages("solve"):
@@ -260,13 +261,16 @@ class MemPartitioner(CustomPartitionerFn):
 
         chosen = None
         if cfg.budget_fraction is not None:
-            # A fraction is resolved inside the planner's model, between the model's figures for
-            # the smallest-peak plan and for the default partition, so its targets are monotone
-            # in the fraction. The model tracks the simulator closely on most graphs (one solve,
-            # one extraction); where it does not, the repair loop below corrects it.
+            # torch's meaning: keep a fraction f of the activation bytes the default partition
+            # saves. Dropping (1 - f) of them lowers the peak by at most that much, so the
+            # target is the default's peak less (1 - f) of its saved bytes, never below the
+            # smallest reachable peak. It is resolved in the planner's model (monotone in f).
+            # The model tracks the simulator closely on most graphs (one solve, one
+            # extraction); where it does not, the repair loop below corrects it.
             default_model_bytes = min(_model_peak_of(problem, default_saved, bw_def), baseline.peak_bytes)
             floor = floor_bytes()
-            target = int(floor + cfg.budget_fraction * max(default_model_bytes - floor, 0))
+            saved_bytes = _saved_activation_bytes(table, default_saved)
+            target = int(max(floor, default_model_bytes - (1.0 - cfg.budget_fraction) * saved_bytes))
             slack = int(_FRACTION_SLACK * baseline.peak_bytes)
             if cfg.budget_fraction >= 1.0 or default_model_bytes <= floor:
                 target = baseline.peak_bytes
@@ -324,8 +328,8 @@ class MemPartitioner(CustomPartitionerFn):
         if self.on_plan is None:
             return
         record_start = time.perf_counter()
-        baseline = baseline or simulate_step(fw_def, bw_def, num_fwd_outputs=num_fwd_outputs)
-        planned = planned or simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs)
+        baseline = baseline or simulate_step(fw_def, bw_def, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
+        planned = planned or simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
         plan = Plan(
             config=cfg,
             graph_index=graph_index,
@@ -428,6 +432,27 @@ def _model_peak_of(problem, saved: Sequence[fx.Node], bw: fx.GraphModule) -> int
         index[n.name] for n in bw.graph.nodes if n.op == "call_function" and n.name in index and index[n.name] not in keep
     }
     return evaluate(problem, keep, recompute)[0]
+
+
+def _sim_model(cfg: MemConfig) -> str:
+    """Inductor fuses pointwise values into their readers; eager execution materialises them all."""
+    return "eager" if cfg.inner == "eager" else "inductor"
+
+
+def _saved_activation_bytes(table, saved: Sequence[fx.Node]) -> int:
+    """Activation bytes a partition saves, counted as torch's budget counts them.
+
+    torch sizes each saved value on its own (a saved view counts its full size again) and
+    leaves graph inputs (parameters, batch) out; we do the same, so a fraction asks for at
+    least as much as torch's ``activation_memory_budget`` does.
+    """
+    total = 0
+    for node in saved:
+        info = table.tensors.get(node.name)
+        if info is None or info.kind != "tensor" or info.producer == "placeholder":
+            continue
+        total += int(tp._size_of(node)) if hasattr(tp, "_size_of") else table.tensors[info.alias_root].nbytes_hint
+    return total
 
 
 def _assert_only(node: fx.Node) -> bool:

@@ -89,6 +89,7 @@ def build_candidates(
     forward_only: Collection[str],
     default_timeline: Timeline,
     costs: CostTable,
+    fused: bool = True,
 ) -> CandidateSet:
     """Candidates of a joint graph.
 
@@ -128,7 +129,7 @@ def build_candidates(
         if ban is None and any(a.op == "placeholder" and "tangents" in str(a.target) for a in node.all_input_nodes):
             ban = "reads a tangent"
         nbytes = info.nbytes_hint if owns else 0
-        keep_from = fw_pos[name] if info.fusible else fw_last(root) + 1
+        keep_from = fw_pos[name] if fused and info.fusible else fw_last(root) + 1
         candidates.append(
             Candidate(
                 name=name,
@@ -151,7 +152,7 @@ def build_candidates(
         len(fw_steps),
         default_timeline.held_bytes,
         (
-            (fw_pos[r], fw_last(r), 0 if table.tensors[r].fusible else table.tensors[r].nbytes_hint)
+            (fw_pos[r], fw_last(r), 0 if fused and table.tensors[r].fusible else table.tensors[r].nbytes_hint)
             for r in groups
             if r in fw_pos and table.tensors[r].kind == "tensor"
         ),
