@@ -16,7 +16,10 @@ LOSSLESS_MODES = ("keep", "recompute")
 ALL_MODES = ("keep", "recompute", "quantize", "fewbit", "offload", "inplace")
 """Every mode of the design; the ones not in IMPLEMENTED_MODES are refused with a clear error."""
 
-IMPLEMENTED_MODES = ("keep", "recompute")
+IMPLEMENTED_MODES = ("keep", "recompute", "quantize", "fewbit")
+
+LOSSY_MODES = ("quantize", "fewbit")
+"""Modes that change the gradients (within stated bounds, README "Lossy modes"): used only when named."""
 
 INNER_COMPILERS = ("inductor", "eager")
 ON_INFEASIBLE = ("raise", "best_effort")
@@ -64,7 +67,8 @@ class MemConfig:
     peak (0.0) and the default partition's peak (1.0), the same scale as torch's activation_memory_budget.
     An int or a string such as "6GiB": cap on the predicted peak bytes of the step, inputs included."""
     modes: tuple[str, ...] = LOSSLESS_MODES
-    """Modes the planner may choose from; "keep" is always allowed."""
+    """Modes the planner may choose from; "keep" is always allowed. The lossy ones ("quantize": int8 per-group
+    storage; "fewbit": a 2-bit code of a GELU/SiLU derivative) are used only when named here."""
     inner: str = "inductor"
     """Compiler for the rewritten graphs: "inductor" or "eager" (debugging)."""
     solver_time_limit: float = 20.0

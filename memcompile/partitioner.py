@@ -9,6 +9,7 @@ that choice is torch's own, so the result is Inductor's default partition.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import inspect
@@ -36,6 +37,9 @@ from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
 from memcompile.passes.planner.problem import build_problem, evaluate
 from memcompile.passes.planner.solution import PEAK, TIME, PlanSolution
+from memcompile.passes.rewrite._lossy import LOSSY_META
+from memcompile.passes.rewrite.fewbit import fewbit_values
+from memcompile.passes.rewrite.quantize import quantize_storages
 from memcompile.passes.simulate import Timeline, simulate_step
 
 from . import __version__
@@ -83,9 +87,12 @@ def _source_files() -> tuple[str, ...]:
     import memcompile.passes.planner.greedy as g
     import memcompile.passes.planner.ilp as il
     import memcompile.passes.planner.problem as pr
+    import memcompile.passes.rewrite._lossy as lo
+    import memcompile.passes.rewrite.fewbit as fb
+    import memcompile.passes.rewrite.quantize as qu
     import memcompile.passes.simulate as si
 
-    return tuple(m.__file__ for m in (c, co, li, g, il, pr, si)) + (__file__,)
+    return tuple(m.__file__ for m in (c, co, li, g, il, pr, si, lo, fb, qu)) + (__file__,)
 
 
 class MemPartitioner(CustomPartitionerFn):
@@ -202,14 +209,21 @@ class MemPartitioner(CustomPartitionerFn):
             joint, table=table, forward_nodes=forward_nodes, backward_nodes=backward_nodes,
             forward_only=required_fw, default_timeline=baseline, costs=costs,
             fused=_sim_model(cfg) == "inductor",
+            modes=cfg.modes,
         )
         problem = build_problem(cset)
         stages.stop()
+        notes: list[str] = []
 
         def realize(sol: PlanSolution) -> tuple[fx.GraphModule, fx.GraphModule, Timeline]:
+            graph, inside = joint, backward_nodes
+            if sol.quantize or sol.fewbit:
+                with stages("rewrite"):
+                    graph, inside, skipped = _rewrite_lossy(joint, sol, backward_nodes, problem)
+                notes.extend(f"{name} not stored lossily ({why}); kept instead" for name, why in skipped)
             with stages("extract"):
-                saved = _saved_for(joint, backward_nodes, sol.recompute)
-                fw, bw = extract(saved)
+                saved = _saved_for(graph, inside, sol.recompute)
+                fw, bw = extract(saved, joint=graph)
             with stages("simulate"):
                 return fw, bw, simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
 
@@ -233,7 +247,6 @@ class MemPartitioner(CustomPartitionerFn):
             )
             return solve_greedy(problem, budget_bytes=budget, objective=objective)
 
-        notes: list[str] = []
         # The smallest-peak plan is the floor of every budget. It is solved for only when a
         # fraction needs it or a byte budget fails, and extracted only when it is used:
         # extraction is the most expensive step of planning.
@@ -403,7 +416,11 @@ class _Extractor:
         self._opaque = "saved_opaque_nodes" in params
         self._static = "static_lifetime_input_nodes" in params
 
-    def __call__(self, saved_values: Sequence[fx.Node]) -> tuple[fx.GraphModule, fx.GraphModule]:
+    def __call__(
+        self, saved_values: Sequence[fx.Node], *, joint: fx.GraphModule | None = None
+    ) -> tuple[fx.GraphModule, fx.GraphModule]:
+        """``joint``: a rewritten copy of the joint graph (lossy modes) to extract from instead."""
+        joint = joint if joint is not None else self.joint
         is_opaque = getattr(tp, "is_opaque_node", lambda n: False)
         sym = [n for n in saved_values if tp.is_sym_node(n) and not _assert_only(n)]
         opaque = [n for n in saved_values if is_opaque(n)]
@@ -412,10 +429,14 @@ class _Extractor:
         if self._opaque:
             kwargs["saved_opaque_nodes"] = opaque
         if self._static:
-            kwargs["static_lifetime_input_nodes"] = self.node_info.static_lifetime_input_nodes
-        fw, bw = tp._extract_fwd_bwd_modules(self.joint, tensors, saved_sym_nodes=sym, **kwargs)
+            static = self.node_info.static_lifetime_input_nodes
+            if joint is not self.joint:
+                by_name = {n.name: n for n in joint.graph.find_nodes(op="placeholder")}
+                static = type(static)(by_name[n.name] for n in static)
+            kwargs["static_lifetime_input_nodes"] = static
+        fw, bw = tp._extract_fwd_bwd_modules(joint, tensors, saved_sym_nodes=sym, **kwargs)
         if self.has_rng:
-            fw, bw = tp.functionalize_rng_ops(self.joint, fw, bw, len(sym))
+            fw, bw = tp.functionalize_rng_ops(joint, fw, bw, len(sym))
         bw = tp.reordering_to_mimic_autograd_engine(bw)
         fw, bw = tp.raise_getitems(fw), tp.raise_getitems(bw)
         thread = getattr(tp, "thread_graphsafe_rng_from_hops", None)
@@ -474,6 +495,23 @@ def _saved_for(joint: fx.GraphModule, backward_nodes: set[str], recompute: froze
     return sorted(saved.values(), key=order.__getitem__)
 
 
+def _rewrite_lossy(
+    joint: fx.GraphModule, sol: PlanSolution, backward_nodes: set[str], problem
+) -> tuple[fx.GraphModule, set[str], list[tuple[str, str]]]:
+    """A copy of the joint graph with the plan's quantized storages and few-bit codes in place, its
+    backward node names, and what could not be rewritten (those values are then simply saved)."""
+    graph = fx.GraphModule(joint, _copy_graph(joint.graph))
+    seconds = {problem.names[opt.candidate]: opt.seconds for opt in problem.lossy}
+    inside = set(backward_nodes)
+    skipped: list[tuple[str, str]] = []
+    for names, rewrite in ((sol.quantize, quantize_storages), (sol.fewbit, fewbit_values)):
+        if names:
+            done = rewrite(graph, sorted(names), backward=inside, seconds=seconds)
+            inside |= done.backward_nodes
+            skipped.extend(done.skipped)
+    return graph, inside, skipped
+
+
 def _graph_device(gm: fx.GraphModule) -> torch.device:
     for node in gm.graph.nodes:
         val = node.meta.get("val")
@@ -485,12 +523,21 @@ def _graph_device(gm: fx.GraphModule) -> torch.device:
 def _decisions(fw: fx.GraphModule, bw: fx.GraphModule, costs) -> tuple[TensorDecision, ...]:
     fw_table = analyse(fw)
     fw_names = set(fw_table.tensors)
+    fw_nodes = {n.name: n for n in fw.graph.nodes}
     out = []
+    lossy: dict[tuple[str, str], list] = {}
     for name in partition_saved(fw, bw):
         info = fw_table.tensors.get(name)
         if info is None or info.producer == "placeholder" or info.kind != "tensor":
             continue
+        tag = fw_nodes[name].meta.get(LOSSY_META) if name in fw_nodes else None
+        if tag is not None:  # codes (and scales) standing in for a forward value: one row, packed bytes
+            lossy.setdefault((tag["mode"], tag["source"]), [tag, 0])[1] += info.nbytes_hint
+            continue
         out.append(_decision(info, "keep", 0.0))
+    for (mode, source), (tag, nbytes) in lossy.items():
+        info = fw_table.tensors[source]
+        out.append(dataclasses.replace(_decision(info, mode, tag["seconds"]), bytes=nbytes))
     bw_table = analyse(bw)
     for name in bw_table.order:
         info = bw_table.tensors[name]

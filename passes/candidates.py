@@ -2,8 +2,11 @@
 
 A candidate is a value the forward computes (or could compute) that the backward reads,
 directly or through a recomputed value. Each candidate may be kept (saved), recomputed in
-the backward, or neither (when nothing in the backward needs it). Everything here is keyed
-by node name so the planner never sees an FX node.
+the backward, or neither (when nothing in the backward needs it). With the lossy modes
+enabled, a storage may also be quantized (int8 codes and scales; rewrite/quantize.py) and a
+GELU/SiLU input stored as a few-bit derivative code (rewrite/fewbit.py): their legality,
+packed bytes and added seconds are recorded here. Everything here is keyed by node name so
+the planner never sees an FX node.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 import torch.fx as fx
 
 from .costs import CostTable
-from .lifetimes import LifetimeTable
+from .lifetimes import LifetimeTable, size_hint
 from .simulate import Timeline
 
 
@@ -43,6 +46,15 @@ class Candidate:
     bw_first: int | None
     bw_last: int | None
     """First and last backward step that reads it directly (None if none does)."""
+    quantize_bytes: int = 0
+    """Bytes of int8 codes and scales if the storage this candidate owns may be quantized, else 0."""
+    quantize_seconds: float = 0.0
+    """Added time of quantizing it in the forward and dequantizing it in the backward."""
+    fewbit_bytes: int = 0
+    """Bytes of the packed derivative code if the backward reads this value only as a GELU/SiLU
+    input (so a few-bit code can replace it), else 0."""
+    fewbit_seconds: float = 0.0
+    """Added time of the few-bit pack (forward) and unpack (backward) kernels."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +71,7 @@ class CandidateSet:
         return {c.name: c for c in self.candidates}
 
 
+_LOSSY = {"quantize", "fewbit"}
 _RANDOM_TARGET_NAMES = ("inductor_random", "inductor_seeds", "inductor_lookup_seed", "philox", "rng")
 
 
@@ -89,6 +102,7 @@ def build_candidates(
     forward_only: Collection[str],
     default_timeline: Timeline,
     costs: CostTable,
+    modes: Collection[str] = ("keep", "recompute"),
     fused: bool = True,
 ) -> CandidateSet:
     """Candidates of a joint graph.
@@ -98,6 +112,9 @@ def build_candidates(
     own outputs need (re-running one of them in the backward is added time; the others are moved,
     not repeated). ``backward_nodes``: nodes that depend on a tangent. ``default_timeline``: the
     default partition's simulated timeline, whose backward order and backward temporaries we keep.
+    ``modes``: the modes the plan may use. Without "recompute" only what costs no time may be
+    rebuilt in the backward (views, getitems, values the forward never needs); "quantize" and
+    "fewbit" are off unless named.
     """
     graph = joint.graph
     nodes = {n.name: n for n in graph.nodes}
@@ -130,12 +147,17 @@ def build_candidates(
             ban = "reads a tangent"
         nbytes = info.nbytes_hint if owns else 0
         keep_from = fw_pos[name] if fused and info.fusible else fw_last(root) + 1
+        seconds = costs.seconds(name) if name in forward_only else 0.0
+        if ban is None and seconds > 0.0 and "recompute" not in modes:
+            ban = "recompute not enabled"
+        lossy = _lossy_prices(node, info, owns=owns, has_storage=root in fw_pos, backward=backward_nodes,
+                              modes=modes, costs=costs) if _LOSSY & set(modes) else {}
         candidates.append(
             Candidate(
                 name=name,
                 root=root if root in fw_pos else name,
                 nbytes=nbytes,
-                recompute_seconds=costs.seconds(name) if name in forward_only else 0.0,
+                recompute_seconds=seconds,
                 can_save=info.kind in ("tensor", "symint"),
                 can_recompute=ban is None,
                 recompute_ban=ban,
@@ -145,6 +167,7 @@ def build_candidates(
                 fw_keep_from=keep_from,
                 bw_first=min(bw_users) if bw_users else None,
                 bw_last=max(bw_users) if bw_users else None,
+                **lossy,
             )
         )
 
@@ -175,6 +198,33 @@ def build_candidates(
         fw_base_bytes=fw_base,
         bw_base_bytes=bw_base,
     )
+
+
+def _lossy_prices(node: fx.Node, info, *, owns: bool, has_storage: bool, backward: Collection[str],
+                  modes: Collection[str], costs: CostTable) -> dict[str, float | int]:
+    """Candidate fields for the lossy modes legal on ``node`` (a value the backward reads).
+
+    Seconds are bytes moved over the profile's memory bandwidth, plus one kernel launch each way.
+    """
+    from memcompile.kernels.sizes import fewbit_bytes_moved, fewbit_nbytes, quantize_bytes_moved, quantized_nbytes
+
+    from .rewrite import fewbit, quantize
+
+    profile = costs.profile
+    out: dict[str, float | int] = {}
+    if info.kind != "tensor" or info.dtype is None or not has_storage:
+        return out
+    numel = size_hint(node.meta["val"].numel())  # a view's own nbytes are 0: count its elements
+    launches = 2 * profile.kernel_overhead_seconds
+    if "quantize" in modes and owns and quantize.why_not_quantizable(node) is None:
+        fmt, group = quantize.FORMAT, quantize.GROUP_SIZE
+        out["quantize_bytes"] = int(quantized_nbytes(numel, group_size=group, fmt=fmt))
+        moved = quantize_bytes_moved(numel, info.dtype, group_size=group, fmt=fmt)
+        out["quantize_seconds"] = moved / profile.memory_bandwidth + launches
+    if "fewbit" in modes and info.dtype in quantize.FLOAT_DTYPES and numel and fewbit.fewbit_kind(node, backward):
+        out["fewbit_bytes"] = int(fewbit_nbytes(numel, bits=fewbit.BITS))
+        out["fewbit_seconds"] = fewbit_bytes_moved(numel, info.dtype, bits=fewbit.BITS) / profile.memory_bandwidth + launches
+    return out
 
 
 def _sweep(n_steps: int, held: int, intervals) -> tuple[int, ...]:

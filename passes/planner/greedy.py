@@ -1,15 +1,16 @@
 """A greedy planner with the ILP's signature: the fallback when CBC finds nothing in time.
 
-Start from keeping every value the backward reads; then recompute storages in order of
-bytes freed per added second until the model's peak meets the budget (or, for the
-"peak" objective, keep the prefix of that order with the lowest peak).
+Start from keeping every value the backward reads; then recompute storages (or, with the
+lossy modes, replace them by their lossy option) in order of bytes freed per added second
+until the model's peak meets the budget (or, for the "peak" objective, keep the prefix of
+that order with the lowest peak). A move that would leave a plan invalid is skipped.
 """
 
 from __future__ import annotations
 
 import time
 
-from .problem import PlanProblem, evaluate, is_valid
+from .problem import QUANTIZE, PlanProblem, evaluate, is_valid, lossy_names
 from .solution import PEAK, TIME, PlanSolution
 
 
@@ -43,29 +44,41 @@ def solve_greedy(
             (keep if problem.can_save[i] else recompute).add(i)
     _close(problem, keep, recompute)
 
-    order = sorted(
-        (i for i in keep if problem.can_recompute[i] and problem.storage_of[i] >= 0
-         and problem.storage_owner[problem.storage_of[i]] == i),
-        key=lambda i: -problem.storage_bytes[problem.storage_of[i]] / (problem.recompute_seconds[i] + 1e-9),
-    )
+    moves = [
+        (problem.storage_bytes[problem.storage_of[i]] / (problem.recompute_seconds[i] + 1e-9), "r", i)
+        for i in keep
+        if problem.can_recompute[i] and problem.storage_of[i] >= 0 and problem.storage_owner[problem.storage_of[i]] == i
+    ]
+    for o, opt in enumerate(problem.lossy):
+        freed = (problem.storage_bytes[opt.storage] if opt.storage >= 0 else 0) - opt.packed_bytes
+        if freed > 0:
+            moves.append((freed / (opt.seconds + 1e-9), "l", o))
+    moves.sort(key=lambda m: -m[0])
+    lossy: set[int] = set()
     current_peak = evaluate(problem, keep, recompute)[0]
-    best = (current_peak, set(keep), set(recompute))
-    for i in order:
+    best = (current_peak, set(keep), set(recompute), set())
+    for _, kind, i in moves:
         met = budget_bytes is not None and current_peak <= budget_bytes
         if (objective == TIME and met) or time.perf_counter() - start > time_limit_seconds:
             break
-        trial_keep, trial_rec = set(keep) - {i}, set(recompute) | {i}
-        _close(problem, trial_keep, trial_rec)
-        if not is_valid(problem, trial_keep, trial_rec):
+        if kind == "r":
+            if i in lossy_storage_owners(problem, lossy):
+                continue
+            trial_keep, trial_rec, trial_lossy = set(keep) - {i}, set(recompute) | {i}, set(lossy)
+            _close(problem, trial_keep, trial_rec)
+        else:
+            trial_keep, trial_rec, trial_lossy = _with_lossy(problem, keep, recompute, i), set(recompute), lossy | {i}
+            trial_rec -= _replaced(problem, i)
+        if not is_valid(problem, trial_keep, trial_rec, trial_lossy):
             continue
-        keep, recompute = trial_keep, trial_rec
-        current_peak = evaluate(problem, keep, recompute)[0]
+        keep, recompute, lossy = trial_keep, trial_rec, trial_lossy
+        current_peak = evaluate(problem, keep, recompute, lossy)[0]
         if current_peak < best[0]:
-            best = (current_peak, set(keep), set(recompute))
+            best = (current_peak, set(keep), set(recompute), set(lossy))
     if objective == PEAK or budget_bytes is None or current_peak > budget_bytes:
-        current_peak, keep, recompute = best
+        current_peak, keep, recompute, lossy = best
     peak = current_peak
-    _, seconds = evaluate(problem, keep, recompute)
+    _, seconds = evaluate(problem, keep, recompute, lossy)
     ok = budget_bytes is None or objective == PEAK or peak <= budget_bytes
     return PlanSolution(
         status="Greedy" if ok else "Infeasible",
@@ -78,4 +91,21 @@ def solve_greedy(
         solve_seconds=time.perf_counter() - start,
         n_vars=0,
         n_constraints=len(problem.constraints),
+        **lossy_names(problem, lossy),
     )
+
+
+def lossy_storage_owners(problem: PlanProblem, lossy: set[int]) -> set[int]:
+    return {problem.lossy[o].candidate for o in lossy if problem.lossy[o].mode == QUANTIZE}
+
+
+def _replaced(problem: PlanProblem, o: int) -> set[int]:
+    """Candidates a lossy option takes over from keep/recompute: the storage's aliases (quantize) or the value."""
+    opt = problem.lossy[o]
+    if opt.mode == QUANTIZE:
+        return {i for i in range(problem.n_candidates) if problem.storage_of[i] == opt.storage}
+    return {opt.candidate}
+
+
+def _with_lossy(problem: PlanProblem, keep: set[int], recompute: set[int], o: int) -> set[int]:
+    return set(keep) - _replaced(problem, o)

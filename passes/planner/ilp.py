@@ -1,10 +1,15 @@
-"""The keep/recompute ILP (PuLP + CBC) over a PlanProblem.
+"""The keep/recompute ILP (PuLP + CBC) over a PlanProblem, with the opt-in lossy modes.
 
-Variables: keep[i], recompute[i] per candidate, kept[s] per storage, a continuous peak P.
-- a value the backward reads is kept or recomputed: keep[i] + recompute[i] >= 1;
-- a recomputed value's inputs are kept or recomputed: recompute[i] <= keep[j] + recompute[j];
+Variables: keep[i], recompute[i] per candidate, kept[s] per storage, lossy[o] per lossy option
+(a quantized storage or a few-bit code; none unless the modes are enabled), a continuous peak P.
+- a value the backward reads is kept, recomputed or served by a lossy option:
+  keep[i] + recompute[i] + sum(lossy[o] serving i) >= 1;
+- a recomputed value's inputs are kept or recomputed (never a lossy copy):
+  recompute[i] <= keep[j] + recompute[j];
 - keeping any alias keeps the storage: kept[s] >= keep[i];
-- each memory constraint: base + sum(bytes * kept) + sum(bytes * recompute[owner]) <= P.
+- one mode per storage (few-bit: per value): lossy[o] + kept[s] <= 1, lossy[o] + recompute[owner] <= 1;
+- each memory constraint: base + sum(bytes * kept) + sum(bytes * recompute[owner])
+  + sum(packed or dequantized bytes * lossy) <= P.
 Objective "time": min added seconds + a tie-break on P (so equal-time plans take the lower
 peak), with P <= budget. Objective "peak": min P + a tie-break on seconds.
 
@@ -26,7 +31,7 @@ import time
 import pulp
 
 from .greedy import solve_greedy
-from .problem import FORWARD, PlanProblem
+from .problem import FORWARD, QUANTIZE, PlanProblem, lossy_indices, lossy_names
 from .solution import PEAK, TIME, PlanSolution
 
 # Bytes enter the model in MiB and time in milliseconds so CBC's tolerances see numbers of a sane size.
@@ -70,6 +75,11 @@ def solve_ilp(
         if problem.can_save[i] and not free_alias(problem, i)
     }
     rec = {i: pulp.LpVariable(f"r{i}", cat="Binary") for i in range(n) if problem.can_recompute[i]}
+    lossy = {o: pulp.LpVariable(f"l{o}", cat="Binary") for o in range(len(problem.lossy))}
+    serving: dict[int, list[int]] = {}
+    for o, opt in enumerate(problem.lossy):
+        for i in opt.serves:
+            serving.setdefault(i, []).append(o)
     peak = pulp.LpVariable("peak_mib", lowBound=0)
 
     def available(j: int) -> list[tuple[pulp.LpVariable, float]]:
@@ -97,9 +107,22 @@ def solve_ilp(
             model += kept[s] - keep[i] >= 0, f"alias{i}"
             n_rows += 1
 
+    quantized_storage = {opt.storage: o for o, opt in enumerate(problem.lossy) if opt.mode == QUANTIZE}
+    for o, opt in enumerate(problem.lossy):
+        if opt.mode == QUANTIZE:
+            excluded = [kept[opt.storage]] if opt.storage in kept else []
+            excluded += [rec[opt.candidate]] if opt.candidate in rec else []
+        else:
+            excluded = [v for v, _ in available(opt.candidate)]
+            if opt.storage in quantized_storage:
+                excluded.append(lossy[quantized_storage[opt.storage]])
+        if excluded:
+            model += pulp.lpSum([lossy[o], *excluded]) <= 1, f"one{o}"
+            n_rows += 1
+
     for i in range(n):
         if problem.needed[i]:
-            terms = available(i)
+            terms = available(i) + [(lossy[o], 1.0) for o in serving.get(i, ())]
             if not terms:
                 return _infeasible(problem, start, f"{problem.names[i]} is read by the backward but can be neither saved nor recomputed")
             if len(terms) == 1:
@@ -118,18 +141,24 @@ def solve_ilp(
             owner = problem.storage_owner[s]
             if owner in rec:
                 terms[("r", owner)] = problem.storage_bytes[s] / _MIB
+        for o in c.lossy_stored:
+            terms[("l", o)] = problem.lossy[o].packed_bytes / _MIB
+        for o in c.lossy_expanded:
+            terms[("l", o)] = terms.get(("l", o), 0.0) + problem.lossy[o].expanded_bytes / _MIB
         return terms
 
     def var(key: tuple[str, int]) -> pulp.LpVariable:
-        return kept[key[1]] if key[0] == "k" else rec[key[1]]
+        return {"k": kept, "r": rec, "l": lossy}[key[0]][key[1]]
 
     ordered = sorted(problem.constraints, key=lambda c: (c.side != FORWARD, c.step))
     previous: dict[tuple[str, int], float] = {}
     running: pulp.LpVariable | None = None
     for k, c in enumerate(ordered):
         current = memory_terms(c)
-        changes = [(var(key), w) for key, w in current.items() if previous.get(key) != w]
-        changes += [(var(key), -w) for key, w in previous.items() if current.get(key) != w]
+        # one term per variable: LpAffineExpression keeps the last coefficient of a repeated variable
+        keys = [*current, *(key for key in previous if key not in current)]
+        deltas = {key: current.get(key, 0.0) - previous.get(key, 0.0) for key in keys}
+        changes = [(var(key), w) for key, w in deltas.items() if w != 0.0]
         total = pulp.LpVariable(f"e{k}", lowBound=0)
         if running is None or len(changes) >= len(current):
             terms = [(var(key), w) for key, w in current.items()]
@@ -140,7 +169,10 @@ def solve_ilp(
         n_rows += 2
         running, previous = total, current
 
-    milliseconds = pulp.LpAffineExpression([(rec[i], problem.recompute_seconds[i] * _MS) for i in rec])
+    milliseconds = pulp.LpAffineExpression(
+        [(rec[i], problem.recompute_seconds[i] * _MS) for i in rec]
+        + [(lossy[o], problem.lossy[o].seconds * _MS) for o in lossy]
+    )
     if objective == TIME:
         if budget_bytes is not None:
             peak.upBound = budget_bytes / _MIB
@@ -152,7 +184,7 @@ def solve_ilp(
     if warm_start:
         start_point = solve_greedy(problem, budget_bytes=budget_bytes, objective=objective)
         if start_point.feasible and (objective == PEAK or budget_bytes is None or start_point.predicted_peak_bytes <= budget_bytes):
-            _set_initial(problem, start_point, keep, rec, kept)
+            _set_initial(problem, start_point, keep, rec, kept, lossy)
         else:
             start_point = None
 
@@ -181,10 +213,11 @@ def solve_ilp(
         )
     chosen_rec = {i for i, v in rec.items() if (v.value() or 0) > 0.5}
     chosen_keep = {i for i, v in keep.items() if (v.value() or 0) > 0.5}
+    chosen_lossy = {o for o, v in lossy.items() if (v.value() or 0) > 0.5}
     # A free alias the backward reads is recomputed (it has no keep variable): report it that way.
     keep_names = frozenset(problem.names[i] for i in chosen_keep)
     rec_names = frozenset(problem.names[i] for i in chosen_rec)
-    added = sum(problem.recompute_seconds[i] for i in chosen_rec)
+    added = sum(problem.recompute_seconds[i] for i in chosen_rec) + sum(problem.lossy[o].seconds for o in chosen_lossy)
     return PlanSolution(
         status="Feasible" if time_limit_hit else "Optimal",
         solver="ilp",
@@ -197,10 +230,11 @@ def solve_ilp(
         n_vars=n_vars,
         n_constraints=n_rows,
         time_limit_hit=time_limit_hit,
+        **lossy_names(problem, chosen_lossy),
     )
 
 
-def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept) -> None:
+def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept, lossy) -> None:
     """Hand a plan to CBC as its first incumbent (free aliases the plan kept are recomputed instead)."""
     index = {name: i for i, name in enumerate(problem.names)}
     keep_idx = {index[name] for name in sol.keep}
@@ -214,6 +248,9 @@ def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept) -> No
     for s, v in kept.items():
         if v.name.startswith("s"):
             v.setInitialValue(1 if s in kept_storage else 0)
+    chosen = lossy_indices(problem, sol)
+    for o, v in lossy.items():
+        v.setInitialValue(1 if o in chosen else 0)
 
 
 def _infeasible(problem: PlanProblem, start: float, why: str) -> PlanSolution:

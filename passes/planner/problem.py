@@ -8,15 +8,25 @@ backward use. Constraints are written only where the live set can change:
   steps whose base exceeds every later base (suffix maxima);
 - backward: the coefficients only change at a storage's first or last backward use, so
   one constraint per segment between those breakpoints, with the segment's largest base.
+
+Lossy options (opt-in) are extra choices that serve a value's backward reads:
+- quantize a storage: its int8 codes and scales (packed bytes) live from its forward step to
+  its last backward need; the dequantized copy (full bytes) lives over its backward window,
+  like a recomputed storage. It serves every alias the backward reads; it excludes keeping
+  or recomputing the storage (nothing is recomputed from a lossy copy);
+- few-bit: the derivative code of a GELU/SiLU input (packed bytes) lives from its forward
+  step to its backward read; no full-size copy is rebuilt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..candidates import CandidateSet
 
 FORWARD, BACKWARD = "forward", "backward"
+QUANTIZE, FEWBIT = "quantize", "fewbit"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +39,32 @@ class MemoryConstraint:
     """Storages whose bytes count here when kept."""
     recomputed: tuple[int, ...]
     """Storages whose bytes count here when recomputed."""
+    lossy_stored: tuple[int, ...] = ()
+    """Lossy options whose packed bytes count here when chosen."""
+    lossy_expanded: tuple[int, ...] = ()
+    """Lossy options whose full-size (dequantized) copy counts here when chosen."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LossyOption:
+    """One lossy way to serve backward reads (a quantized storage or a few-bit code)."""
+
+    mode: str
+    """QUANTIZE or FEWBIT."""
+    candidate: int
+    """quantize: the storage's owner; fewbit: the GELU/SiLU input."""
+    storage: int
+    """The storage the option replaces for the backward (-1 if none)."""
+    serves: tuple[int, ...]
+    """Candidates whose backward reads it serves."""
+    packed_bytes: int
+    expanded_bytes: int
+    """Bytes rebuilt in the backward (the dequantized copy); 0 for few-bit."""
+    seconds: float
+    fw_from: int
+    """Forward step from which the packed bytes are live."""
+    bw_first: int
+    bw_last: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +82,7 @@ class PlanProblem:
     inputs: tuple[tuple[int, ...], ...]
     constraints: tuple[MemoryConstraint, ...]
     n_steps: int
+    lossy: tuple[LossyOption, ...] = ()
 
     @property
     def n_candidates(self) -> int:
@@ -113,6 +150,8 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         first[s] = win_first[i] if first[s] is None else min(first[s], win_first[i])
         last[s] = max(last[s], win_last[i])
 
+    options = _lossy_options(cands, storage_of, storage_bytes, storage_owner, need)
+
     constraints: list[MemoryConstraint] = []
     fw_base = cset.fw_base_bytes
     best_later = -1
@@ -120,7 +159,9 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         if fw_base[t] > best_later:
             best_later = fw_base[t]
             kept = tuple(s for s in range(n_storage) if keep_from[s] <= t)
-            constraints.append(MemoryConstraint(side=FORWARD, step=t, base_bytes=fw_base[t], kept=kept, recomputed=()))
+            stored = tuple(o for o, opt in enumerate(options) if opt.fw_from <= t)
+            constraints.append(MemoryConstraint(side=FORWARD, step=t, base_bytes=fw_base[t], kept=kept, recomputed=(),
+                                                lossy_stored=stored))
 
     bw_base = cset.bw_base_bytes
     n_bw = len(bw_base)
@@ -130,6 +171,8 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
             cuts.add(min(last[s] + 1, n_bw))
         if first[s] is not None:
             cuts.add(first[s])
+    for opt in options:
+        cuts.update((opt.bw_first, min(opt.bw_last + 1, n_bw)))
     bounds = sorted(c for c in cuts if 0 <= c <= n_bw)
     seen: dict[tuple, int] = {}
     for a, b in zip(bounds, bounds[1:]):
@@ -138,17 +181,18 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         step = max(range(a, b), key=bw_base.__getitem__)
         kept = tuple(s for s in range(n_storage) if last[s] >= a)
         recomputed = tuple(s for s in range(n_storage) if first[s] is not None and first[s] <= a <= last[s])
-        key = (kept, recomputed)
+        stored = tuple(o for o, opt in enumerate(options) if opt.bw_last >= a)
+        expanded = tuple(o for o, opt in enumerate(options) if opt.expanded_bytes and opt.bw_first <= a <= opt.bw_last)
+        key = (kept, recomputed, stored, expanded)
+        row = MemoryConstraint(side=BACKWARD, step=step, base_bytes=bw_base[step], kept=kept, recomputed=recomputed,
+                               lossy_stored=stored, lossy_expanded=expanded)
         if key in seen:
             j = seen[key]
-            if constraints[j].base_bytes >= bw_base[step]:
-                continue
-            constraints[j] = MemoryConstraint(side=BACKWARD, step=step, base_bytes=bw_base[step], kept=kept, recomputed=recomputed)
+            if constraints[j].base_bytes < bw_base[step]:
+                constraints[j] = row
             continue
         seen[key] = len(constraints)
-        constraints.append(
-            MemoryConstraint(side=BACKWARD, step=step, base_bytes=bw_base[step], kept=kept, recomputed=recomputed)
-        )
+        constraints.append(row)
 
     return PlanProblem(
         names=tuple(c.name for c in cands),
@@ -162,7 +206,40 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         inputs=tuple(tuple(index[n] for n in c.inputs) for c in cands),
         constraints=tuple(constraints),
         n_steps=len(fw_base) + n_bw,
+        lossy=tuple(options),
     )
+
+
+def _lossy_options(cands, storage_of, storage_bytes, storage_owner, need) -> list[LossyOption]:
+    """The legal lossy options: a quantized copy per quantizable storage the backward reads, a few-bit
+    code per GELU/SiLU input whose only backward reads are the derivative's."""
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(storage_of):
+        if s >= 0:
+            members.setdefault(s, []).append(i)
+    options = []
+    for s, owner in enumerate(storage_owner):
+        c = cands[owner]
+        if not c.quantize_bytes:
+            continue
+        serves = tuple(i for i in members.get(s, ()) if cands[i].needed)
+        windows = [need[i] for i in members.get(s, ()) if need[i][0] is not None]
+        if not serves or not windows:
+            continue
+        options.append(LossyOption(
+            mode=QUANTIZE, candidate=owner, storage=s, serves=serves, packed_bytes=c.quantize_bytes,
+            expanded_bytes=storage_bytes[s], seconds=c.quantize_seconds, fw_from=c.fw_step,
+            bw_first=min(w[0] for w in windows), bw_last=max(w[1] for w in windows),
+        ))
+    for i, c in enumerate(cands):
+        # a view of it read elsewhere in the backward passes its need on: the code cannot serve that
+        if not c.fewbit_bytes or not c.needed or storage_of[i] < 0 or need[i] != [c.bw_first, c.bw_last]:
+            continue
+        options.append(LossyOption(
+            mode=FEWBIT, candidate=i, storage=storage_of[i], serves=(i,), packed_bytes=c.fewbit_bytes,
+            expanded_bytes=0, seconds=c.fewbit_seconds, fw_from=c.fw_step, bw_first=c.bw_first, bw_last=c.bw_last,
+        ))
+    return options
 
 
 def _free_alias(c, s: int, storage_owner: list[int], i: int) -> bool:
@@ -170,23 +247,41 @@ def _free_alias(c, s: int, storage_owner: list[int], i: int) -> bool:
     return s >= 0 and storage_owner[s] != i and c.can_recompute and c.recompute_seconds == 0.0
 
 
-def evaluate(problem: PlanProblem, keep: set[int], recompute: set[int]) -> tuple[int, float]:
-    """(peak bytes, added seconds) of a decision under the problem's memory model."""
+def evaluate(
+    problem: PlanProblem, keep: set[int], recompute: set[int], lossy: Collection[int] = ()
+) -> tuple[int, float]:
+    """(peak bytes, added seconds) of a decision under the problem's memory model (``lossy``: option indices)."""
     kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
     rec_storage = {problem.storage_of[i] for i in recompute if problem.storage_of[i] >= 0 and problem.storage_owner[problem.storage_of[i]] == i}
+    lossy = set(lossy)
     peak = 0
     for c in problem.constraints:
         total = c.base_bytes
         total += sum(problem.storage_bytes[s] for s in c.kept if s in kept_storage)
         total += sum(problem.storage_bytes[s] for s in c.recomputed if s in rec_storage)
+        total += sum(problem.lossy[o].packed_bytes for o in c.lossy_stored if o in lossy)
+        total += sum(problem.lossy[o].expanded_bytes for o in c.lossy_expanded if o in lossy)
         peak = max(peak, total)
-    return peak, sum(problem.recompute_seconds[i] for i in recompute)
+    seconds = sum(problem.recompute_seconds[i] for i in recompute) + sum(problem.lossy[o].seconds for o in lossy)
+    return peak, seconds
 
 
-def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int]) -> bool:
-    """Every needed value is kept or recomputed, and every recomputed value's inputs are available."""
+def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], lossy: Collection[int] = ()) -> bool:
+    """Every needed value is kept, recomputed or served by a lossy option; every recomputed value's inputs
+    are kept or recomputed; a lossy option's storage (few-bit: value) is not also kept or recomputed."""
+    served = {i for o in lossy for i in problem.lossy[o].serves}
+    for o in lossy:
+        opt = problem.lossy[o]
+        if opt.mode == QUANTIZE:
+            if any(problem.storage_of[i] == opt.storage for i in keep) or opt.candidate in recompute:
+                return False
+        elif opt.candidate in keep or opt.candidate in recompute:
+            return False
+    quantized = {problem.lossy[o].storage for o in lossy if problem.lossy[o].mode == QUANTIZE}
+    if any(problem.lossy[o].mode == FEWBIT and problem.lossy[o].storage in quantized for o in lossy):
+        return False
     for i in range(problem.n_candidates):
-        if problem.needed[i] and i not in keep and i not in recompute:
+        if problem.needed[i] and i not in keep and i not in recompute and i not in served:
             return False
         if i in recompute and any(j not in keep and j not in recompute for j in problem.inputs[i]):
             return False
@@ -195,3 +290,18 @@ def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int]) -> bool:
         if i in recompute and not problem.can_recompute[i]:
             return False
     return True
+
+
+def lossy_names(problem: PlanProblem, chosen: set[int]) -> dict[str, frozenset[str]]:
+    """PlanSolution's ``quantize`` and ``fewbit`` fields for the chosen lossy options."""
+    return {
+        mode: frozenset(problem.names[problem.lossy[o].candidate] for o in chosen if problem.lossy[o].mode == mode)
+        for mode in (QUANTIZE, FEWBIT)
+    }
+
+
+def lossy_indices(problem: PlanProblem, sol) -> set[int]:
+    """The lossy options a PlanSolution chose (inverse of ``lossy_names``)."""
+    names = {QUANTIZE: sol.quantize, FEWBIT: sol.fewbit}
+    return {o for o, opt in enumerate(problem.lossy) if problem.names[opt.candidate] in names[opt.mode]}
+

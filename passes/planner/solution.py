@@ -22,6 +22,10 @@ class PlanSolution:
     n_vars: int
     n_constraints: int
     time_limit_hit: bool = False
+    quantize: frozenset[str] = frozenset()
+    """Storages (by owner name) stored as int8 codes and scales for the backward."""
+    fewbit: frozenset[str] = frozenset()
+    """GELU/SiLU inputs whose derivative is stored as a few-bit code."""
 
     @property
     def feasible(self) -> bool:

@@ -1,0 +1,164 @@
+"""The lossy modes in the planner on synthetic problems (no torch.compile): ILP vs brute force,
+never chosen without memory pressure, never slower than recompute alone, greedy validity."""
+
+import dataclasses
+import itertools
+
+import pytest
+
+from memcompile.passes.candidates import Candidate, CandidateSet
+from memcompile.passes.planner.greedy import solve_greedy
+from memcompile.passes.planner.ilp import solve_ilp
+from memcompile.passes.planner.problem import (
+    FEWBIT,
+    QUANTIZE,
+    build_problem,
+    evaluate,
+    is_valid,
+    lossy_indices,
+)
+from memcompile.passes.planner.solution import PEAK, TIME
+
+MB = 2**20
+
+
+def chain(n: int, *, nbytes=8 * MB, seconds=1e-3, quantize=True, fewbit_at=(1, 3), lossy_seconds=2e-4) -> CandidateSet:
+    """A chain a0 -> a1 -> ... read in reverse by the backward; each storage may be quantized (1/4 of
+    its bytes) and some values stored as few-bit codes (1/16)."""
+    cands = []
+    for i in range(n):
+        cands.append(
+            Candidate(
+                name=f"a{i}", root=f"a{i}", nbytes=nbytes, recompute_seconds=seconds * (i + 1),
+                can_save=True, can_recompute=True, recompute_ban=None,
+                needed=True, inputs=(f"a{i-1}",) if i else (), fw_step=i, fw_keep_from=i + 1,
+                bw_first=n - 1 - i, bw_last=n - 1 - i,
+                quantize_bytes=nbytes // 4 if quantize else 0, quantize_seconds=lossy_seconds,
+                fewbit_bytes=nbytes // 16 if i in fewbit_at else 0, fewbit_seconds=lossy_seconds / 2,
+            )
+        )
+    return CandidateSet(
+        candidates=tuple(cands), fw_steps=tuple(c.name for c in cands), bw_steps=tuple(f"g{i}" for i in range(n)),
+        fw_base_bytes=tuple(nbytes for _ in range(n)), bw_base_bytes=tuple(nbytes for _ in range(n)),
+    )
+
+
+def lossless(problem):
+    """The same problem with the lossy options taken out (what modes=("keep", "recompute") plans)."""
+    rows = tuple(dataclasses.replace(c, lossy_stored=(), lossy_expanded=()) for c in problem.constraints)
+    return dataclasses.replace(problem, lossy=(), constraints=rows)
+
+
+def decision(problem, sol):
+    keep = {problem.names.index(n) for n in sol.keep}
+    rec = {problem.names.index(n) for n in sol.recompute}
+    return keep, rec, lossy_indices(problem, sol)
+
+
+def brute_force(problem, budget):
+    """Cheapest valid plan within ``budget``: every candidate none/keep/recompute, every option on/off."""
+    n, n_opt = problem.n_candidates, len(problem.lossy)
+    best = None
+    for modes in itertools.product((0, 1, 2), repeat=n):
+        keep = {i for i, m in enumerate(modes) if m == 1}
+        rec = {i for i, m in enumerate(modes) if m == 2}
+        for chosen in itertools.product((0, 1), repeat=n_opt):
+            lossy = {o for o, on in enumerate(chosen) if on}
+            if not is_valid(problem, keep, rec, lossy):
+                continue
+            peak, seconds = evaluate(problem, keep, rec, lossy)
+            if peak <= budget and (best is None or seconds < best[0] - 1e-12):
+                best = (seconds, peak)
+    return best
+
+
+def test_options_are_built_per_storage_and_per_gelu_input():
+    problem = build_problem(chain(5))
+    modes = sorted((o.mode, problem.names[o.candidate]) for o in problem.lossy)
+    assert modes == sorted([(QUANTIZE, f"a{i}") for i in range(5)] + [(FEWBIT, "a1"), (FEWBIT, "a3")])
+    q = next(o for o in problem.lossy if o.mode == QUANTIZE)
+    assert q.packed_bytes == 2 * MB and q.expanded_bytes == 8 * MB  # codes kept, full copy rebuilt in the backward
+    f = next(o for o in problem.lossy if o.mode == FEWBIT)
+    assert f.packed_bytes == MB // 2 and f.expanded_bytes == 0
+
+
+@pytest.mark.parametrize("budget_mb", [48, 32, 24, 20, 17])
+def test_ilp_matches_brute_force_with_lossy_options(budget_mb):
+    problem = build_problem(chain(4, fewbit_at=(1,)))
+    expected = brute_force(problem, budget_mb * MB)
+    sol = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
+    if expected is None:
+        assert not sol.feasible
+        return
+    assert sol.feasible
+    keep, rec, lossy = decision(problem, sol)
+    assert is_valid(problem, keep, rec, lossy)
+    peak, seconds = evaluate(problem, keep, rec, lossy)
+    assert peak <= budget_mb * MB
+    assert peak == sol.predicted_peak_bytes
+    assert seconds == pytest.approx(sol.added_seconds)
+    assert seconds == pytest.approx(expected[0], rel=0.011)  # CBC stops at a 1% gap
+
+
+def test_no_lossy_mode_without_memory_pressure():
+    problem = build_problem(chain(6))
+    sol = solve_ilp(problem, budget_bytes=None, objective=TIME, time_limit_seconds=10)
+    assert sol.feasible and not sol.quantize and not sol.fewbit and sol.added_seconds == 0
+
+
+@pytest.mark.parametrize("budget_mb", [64, 48, 40, 32])
+def test_lossy_plan_never_slower_than_recompute_alone(budget_mb):
+    problem = build_problem(chain(6))
+    lossy = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
+    plain = solve_ilp(lossless(problem), budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
+    assert lossy.feasible
+    if plain.feasible:
+        assert lossy.added_seconds <= plain.added_seconds * 1.01 + 1e-12
+    if plain.added_seconds > 0:  # memory pressure: a lossy option is cheaper than recomputing here
+        assert lossy.quantize or lossy.fewbit
+        assert lossy.added_seconds < plain.added_seconds
+
+
+def test_lossy_modes_lower_the_smallest_peak():
+    problem = build_problem(chain(6))
+    with_lossy = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    without = solve_ilp(lossless(problem), budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert with_lossy.predicted_peak_bytes < without.predicted_peak_bytes
+    keep, rec, lossy = decision(problem, with_lossy)
+    assert is_valid(problem, keep, rec, lossy)
+    assert evaluate(problem, keep, rec, lossy)[0] == with_lossy.predicted_peak_bytes
+
+
+def test_one_mode_per_storage():
+    problem = build_problem(chain(6))
+    sol = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert not (sol.quantize & sol.keep) and not (sol.quantize & sol.recompute)
+    assert not (sol.fewbit & sol.keep) and not (sol.fewbit & sol.recompute) and not (sol.fewbit & sol.quantize)
+
+
+def test_lossy_value_is_never_an_input_of_a_recompute():
+    """a0 feeds a1; recomputing a1 needs a0 at full precision, so a0 may not be quantized then."""
+    problem = build_problem(chain(2, fewbit_at=()))
+    a0 = next(o for o, opt in enumerate(problem.lossy) if problem.names[opt.candidate] == "a0")
+    assert not is_valid(problem, set(), {1}, {a0})
+    assert is_valid(problem, {0}, {1}, set())
+
+
+@pytest.mark.parametrize("budget_mb", [48, 32, 24])
+def test_greedy_with_lossy_options_gives_valid_plans(budget_mb):
+    problem = build_problem(chain(6))
+    sol = solve_greedy(problem, budget_bytes=budget_mb * MB, objective=TIME)
+    keep, rec, lossy = decision(problem, sol)
+    assert is_valid(problem, keep, rec, lossy)
+    peak, seconds = evaluate(problem, keep, rec, lossy)
+    assert peak == sol.predicted_peak_bytes and seconds == pytest.approx(sol.added_seconds)
+    if sol.feasible:
+        assert peak <= budget_mb * MB
+    ilp = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
+    assert ilp.added_seconds <= sol.added_seconds * 1.01 + 1e-12
+
+
+def test_warm_start_accepts_a_lossy_greedy_plan():
+    problem = build_problem(chain(6))
+    sol = solve_ilp(problem, budget_bytes=24 * MB, objective=TIME, time_limit_seconds=10, warm_start=True)
+    assert sol.feasible and sol.predicted_peak_bytes <= 24 * MB
