@@ -94,12 +94,28 @@ def memcompile_backend(
     if kwargs.get("mode") not in (None, "default"):
         raise ValueError(f"mode: memcompile takes no torch.compile mode, got {kwargs['mode']!r}; pass options instead")
     config = MemConfig.from_options(options)
+    if config.has_budget and not _has_backward(gm, example_inputs):
+        warnings.warn(
+            "memcompile: a graph with no backward (run under torch.no_grad() or torch.inference_mode(), or "
+            "nothing in it requires grad) saves no activations, so memory_budget does not apply to it: it is "
+            "compiled as the inner compiler compiles it and no plan is recorded",
+            UserWarning,
+            stacklevel=2,
+        )
     partitioner = MemPartitioner(config, on_plan=_remember, graph_counter=_next_graph_index)
     if config.inner == "eager":
         return _eager(gm, example_inputs, partitioner)
     from torch._inductor.compile_fx import compile_fx
 
     return compile_fx(gm, example_inputs, config_patches={"custom_partitioner_fn": partitioner})
+
+
+def _has_backward(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
+    """AOT autograd's own test for tracing a joint graph: grad mode on and some input requiring grad."""
+    if not torch.is_grad_enabled():
+        return False
+    inputs = itertools.chain(gm.parameters(), (t for t in example_inputs if isinstance(t, torch.Tensor)))
+    return any(t.requires_grad for t in inputs)
 
 
 def _eager(gm: fx.GraphModule, example_inputs: Sequence[Any], partitioner: MemPartitioner):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -140,17 +141,23 @@ def _parse_budget(budget: Any) -> tuple[float | None, int | None]:
         return None, None
     if isinstance(budget, bool):
         raise TypeError("memory_budget: expected a float in [0, 1], an int of bytes or a string like '6GiB', got a bool")
-    if isinstance(budget, float):
+    if isinstance(budget, numbers.Integral):  # int and numpy integers
+        if budget in (0, 1):
+            # int 0 / 1 read as bytes are caps no step can meet; the fraction was almost surely meant
+            raise ValueError(
+                f"memory_budget: {budget!r} is an int, which means a byte cap of {int(budget)}; "
+                f"for the fraction write {float(budget)!r} (a float), for bytes a number such as 800_000_000 or '800MB'"
+            )
+        if budget < 0:
+            raise ValueError(f"memory_budget: a byte budget must be a positive int, got {budget!r}")
+        return None, int(budget)
+    if isinstance(budget, numbers.Real):  # float, numpy.float32, ...
         if not math.isfinite(budget) or not 0.0 <= budget <= 1.0:
             raise ValueError(
                 f"memory_budget: a float budget is a fraction in [0, 1], got {budget!r}; "
                 "for a byte budget pass an int or a string such as '800MB'"
             )
         return float(budget), None
-    if isinstance(budget, int):
-        if budget <= 0:
-            raise ValueError(f"memory_budget: a byte budget must be a positive int, got {budget!r}")
-        return None, int(budget)
     if isinstance(budget, str):
         return None, parse_bytes(budget)
     raise TypeError(
