@@ -122,7 +122,6 @@ class MemPartitioner(CustomPartitionerFn):
     ) -> tuple[fx.GraphModule, fx.GraphModule]:
         graph_index = self._next_index()
         call_start = time.perf_counter()
-        backup = fx.GraphModule(gm, _copy_graph(gm.graph))
         # Planning copies the graph a few times; the cyclic collector's passes over torch's
         # heap cost more than the copies themselves, and nothing we make lives in a cycle
         # that refcounting would not free.
@@ -141,7 +140,12 @@ class MemPartitioner(CustomPartitionerFn):
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             log.exception("memcompile planning failed")
             kwargs.pop("compiler", None)
-            fw, bw = tp.min_cut_rematerialization_partition(backup, joint_inputs, compiler="inductor", **kwargs)
+            # No copy was taken up front (copying a large joint graph costs as much as planning
+            # it): what planning did to ``gm`` is torch's own clean-up (dead code, CSE, recompute
+            # tags), which min-cut repeats, and every rewrite works on copies. lint() checks
+            # the graph is still well formed before torch partitions it.
+            gm.graph.lint()
+            fw, bw = tp.min_cut_rematerialization_partition(gm, joint_inputs, compiler="inductor", **kwargs)
             try:  # the report shows the graph too, with why it was not planned
                 self._record(self.config, graph_index, fw, bw, fw, bw, kwargs["num_fwd_outputs"], None, None, None,
                              call_start, "fallback", (message,))
@@ -225,7 +229,10 @@ class MemPartitioner(CustomPartitionerFn):
                 saved = _saved_for(graph, inside, sol.recompute)
                 fw, bw = extract(saved, joint=graph)
             with stages("simulate"):
-                return fw, bw, simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
+                tl = simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
+            if "built" not in lazy or tl.peak_bytes < lazy["built"][2].peak_bytes:
+                lazy["built"] = (fw, bw, tl, sol, sol.solver)
+            return fw, bw, tl
 
         def solve(budget: int | None, objective: str) -> PlanSolution:
             with stages("solve"):
@@ -265,6 +272,9 @@ class MemPartitioner(CustomPartitionerFn):
             if "plan" not in lazy:
                 sol = min_solution()
                 fw, bw, tl = realize(sol) if sol.feasible else (fw_def, bw_def, baseline)
+                lazy.setdefault("built", (fw, bw, tl, sol, sol.solver))
+                if lazy["built"][2].peak_bytes < tl.peak_bytes:  # never worse than a plan already built
+                    fw, bw, tl, sol, _ = lazy["built"]
                 if tl.peak_bytes >= baseline.peak_bytes:
                     notes.append("no plan lowers the peak below Inductor's default partition")
                     lazy["plan"] = (fw_def, bw_def, baseline, None, "default")
