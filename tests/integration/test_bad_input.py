@@ -68,7 +68,9 @@ def _compile_error(options, **compile_kwargs):
         ({"solver_time_limit": 0}, ValueError, "solver_time_limit: expected a positive number of seconds"),
         ({"on_infeasible": "ignore"}, ValueError, "on_infeasible: expected one of"),
     ],
-    ids=lambda v: None if not isinstance(v, (dict, list)) else repr(v)[:40],
+    ids=["unknown-key", "options-not-a-dict", "budget-list", "budget-bool", "budget-tensor", "fraction-above-1",
+         "fraction-nan", "bytes-negative", "bytes-unparsable", "int-1", "int-0", "inner-unknown", "time-limit-0",
+         "on-infeasible-unknown"],
 )
 def test_bad_options_raise_naming_the_option(options, error, message):
     err = _compile_error(options)
