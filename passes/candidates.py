@@ -202,9 +202,10 @@ def build_candidates(
 
 def _lossy_prices(node: fx.Node, info, *, owns: bool, has_storage: bool, backward: Collection[str],
                   modes: Collection[str], costs: CostTable) -> dict[str, float | int]:
-    """Candidate fields for the lossy modes legal on ``node`` (a value the backward reads).
+    """Candidate fields for the lossy modes legal on ``node``: quantize for the storage it owns, fewbit
+    for the value itself.
 
-    Seconds are bytes moved over the profile's memory bandwidth, plus one kernel launch each way.
+    Seconds are the bytes the kernels move over the profile's memory bandwidth, plus one launch each way.
     """
     from memcompile.kernels.sizes import fewbit_bytes_moved, fewbit_nbytes, quantize_bytes_moved, quantized_nbytes
 

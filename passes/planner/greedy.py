@@ -62,13 +62,11 @@ def solve_greedy(
         if (objective == TIME and met) or time.perf_counter() - start > time_limit_seconds:
             break
         if kind == "r":
-            if i in lossy_storage_owners(problem, lossy):
-                continue
             trial_keep, trial_rec, trial_lossy = set(keep) - {i}, set(recompute) | {i}, set(lossy)
             _close(problem, trial_keep, trial_rec)
         else:
-            trial_keep, trial_rec, trial_lossy = _with_lossy(problem, keep, recompute, i), set(recompute), lossy | {i}
-            trial_rec -= _replaced(problem, i)
+            replaced = _replaced(problem, i)
+            trial_keep, trial_rec, trial_lossy = keep - replaced, recompute - replaced, lossy | {i}
         if not is_valid(problem, trial_keep, trial_rec, trial_lossy):
             continue
         keep, recompute, lossy = trial_keep, trial_rec, trial_lossy
@@ -95,10 +93,6 @@ def solve_greedy(
     )
 
 
-def lossy_storage_owners(problem: PlanProblem, lossy: set[int]) -> set[int]:
-    return {problem.lossy[o].candidate for o in lossy if problem.lossy[o].mode == QUANTIZE}
-
-
 def _replaced(problem: PlanProblem, o: int) -> set[int]:
     """Candidates a lossy option takes over from keep/recompute: the storage's aliases (quantize) or the value."""
     opt = problem.lossy[o]
@@ -106,6 +100,3 @@ def _replaced(problem: PlanProblem, o: int) -> set[int]:
         return {i for i in range(problem.n_candidates) if problem.storage_of[i] == opt.storage}
     return {opt.candidate}
 
-
-def _with_lossy(problem: PlanProblem, keep: set[int], recompute: set[int], o: int) -> set[int]:
-    return set(keep) - _replaced(problem, o)

@@ -107,17 +107,18 @@ def solve_ilp(
             model += kept[s] - keep[i] >= 0, f"alias{i}"
             n_rows += 1
 
+    # One mode per storage (quantize) or value (few-bit); each group below is mutually exclusive.
     quantized_storage = {opt.storage: o for o, opt in enumerate(problem.lossy) if opt.mode == QUANTIZE}
     for o, opt in enumerate(problem.lossy):
         if opt.mode == QUANTIZE:
-            excluded = [kept[opt.storage]] if opt.storage in kept else []
-            excluded += [rec[opt.candidate]] if opt.candidate in rec else []
+            groups = [[kept[opt.storage]]] if opt.storage in kept else []
+            groups += [[rec[opt.candidate]]] if opt.candidate in rec else []
         else:
-            excluded = [v for v, _ in available(opt.candidate)]
+            groups = [[v for v, _ in available(opt.candidate)]]
             if opt.storage in quantized_storage:
-                excluded.append(lossy[quantized_storage[opt.storage]])
-        if excluded:
-            model += pulp.lpSum([lossy[o], *excluded]) <= 1, f"one{o}"
+                groups.append([lossy[quantized_storage[opt.storage]]])
+        for k, group in enumerate(g for g in groups if g):
+            model += pulp.lpSum([lossy[o], *group]) <= 1, f"one{o}_{k}"
             n_rows += 1
 
     for i in range(n):
