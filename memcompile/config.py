@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dataclasses
 import hashlib
 import math
@@ -108,8 +110,10 @@ class MemConfig:
             raise ValueError(f"solver_time_limit: expected a positive number of seconds, got {self.solver_time_limit!r}")
         if self.on_infeasible not in ON_INFEASIBLE:
             raise ValueError(f"on_infeasible: expected one of {ON_INFEASIBLE}, got {self.on_infeasible!r}")
-        if self.report_dir is not None and not isinstance(self.report_dir, str):
-            raise TypeError(f"report_dir: expected a directory path as str, got {self.report_dir!r}")
+        if self.report_dir is not None:
+            if not isinstance(self.report_dir, (str, os.PathLike)):
+                raise TypeError(f"report_dir: expected a directory path (str or os.PathLike), got {self.report_dir!r}")
+            object.__setattr__(self, "report_dir", os.fspath(self.report_dir))
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "MemConfig":

@@ -304,11 +304,13 @@ class MemPartitioner(CustomPartitionerFn):
             if baseline.peak_bytes <= target:
                 chosen = (fw_def, bw_def, baseline, None, "default")
         model_budget = target
+        tried: list[tuple] = []
         for _ in range(_REPAIR_ROUNDS if chosen is None else 0):
             sol = solve(model_budget, TIME)
             if not sol.feasible:
                 break
             fw, bw, tl = realize(sol)
+            tried.append((fw, bw, tl, sol, sol.solver))
             if tl.peak_bytes <= target + slack:
                 chosen = (fw, bw, tl, sol, sol.solver)
                 break
@@ -318,7 +320,9 @@ class MemPartitioner(CustomPartitionerFn):
             model_budget = min(model_budget - (tl.peak_bytes - target - slack), target - error)
             notes.append(f"model peak {_fmt(sol.predicted_peak_bytes)} simulated {_fmt(tl.peak_bytes)}; re-solved")
         if chosen is None:
-            chosen = minimum()
+            # The smallest simulated peak among the plans built: the model's smallest-peak
+            # plan is usually it, but a plan tried on the way can simulate lower.
+            chosen = min([minimum(), *tried], key=lambda plan: plan[2].peak_bytes)
             if chosen[2].peak_bytes > target and cfg.budget_bytes is not None:
                 message = (
                     f"memory budget {_fmt(target)} cannot be met on graph {graph_index}: the smallest peak "
@@ -568,4 +572,7 @@ def _decision(info, mode: str, seconds: float) -> TensorDecision:
 
 
 def _fmt(nbytes: int | float) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(nbytes) >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{int(nbytes)} B"

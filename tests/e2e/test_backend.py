@@ -9,7 +9,7 @@ from memcompile import MemoryBudgetError
 from memcompile.backend import last_plans
 from memcompile.config import MemConfig
 from memcompile.measure import live_bytes_of, measure_peak
-from memcompile.partitioner import MemPartitioner
+from memcompile.partitioner import MemPartitioner, _fmt
 
 BUDGETS = [None, 1.0, 0.8, 0.5, 0.3, 0.1, 0.0]
 
@@ -101,7 +101,8 @@ def test_infeasible_byte_budget_raises_with_the_smallest_peak(no_compile_cache):
     err = info.value.inner_exception
     assert isinstance(err, MemoryBudgetError)
     assert err.min_peak_bytes > 1000
-    assert f"{err.min_peak_bytes / 2**20:.1f} MiB" in str(err)
+    assert _fmt(err.min_peak_bytes) in str(err)
+    assert _fmt(1000) == "1000 B" and _fmt(3 * 2**20) == "3.0 MiB"
 
 
 def test_best_effort_warns_and_runs_the_smallest_peak_plan(no_compile_cache):
