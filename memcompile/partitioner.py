@@ -283,6 +283,7 @@ class MemPartitioner(CustomPartitionerFn):
             return lazy["plan"]
 
         chosen = None
+        first_solution: PlanSolution | None = None
         if cfg.budget_fraction is not None:
             # torch's meaning: keep a fraction f of the activation bytes the default partition
             # saves. Dropping (1 - f) of them lowers the peak by at most that much, so the
@@ -291,13 +292,26 @@ class MemPartitioner(CustomPartitionerFn):
             # The model tracks the simulator closely on most graphs (one solve, one
             # extraction); where it does not, the repair loop below corrects it.
             default_model_bytes = min(_model_peak_of(problem, default_saved, bw_def), baseline.peak_bytes)
-            floor = floor_bytes()
             saved_bytes = _saved_activation_bytes(table, default_saved)
-            target = int(max(floor, default_model_bytes - (1.0 - cfg.budget_fraction) * saved_bytes))
+            wanted = int(default_model_bytes - (1.0 - cfg.budget_fraction) * saved_bytes)
             slack = int(_FRACTION_SLACK * baseline.peak_bytes)
-            if cfg.budget_fraction >= 1.0 or default_model_bytes <= floor:
-                target = baseline.peak_bytes
+            target = baseline.peak_bytes
+            if cfg.budget_fraction >= 1.0 or wanted >= default_model_bytes:
                 chosen = (fw_def, bw_def, baseline, None, "default")
+            else:
+                # Solve for the wanted peak first: when a plan reaches it, the floor (a second
+                # CBC run) is not needed.
+                probe = None
+                if wanted > 0:
+                    with stages("solve"):  # no greedy fallback here: an unproven probe just means "solve the floor"
+                        probe = solve_ilp(problem, budget_bytes=wanted, objective=TIME,
+                                          time_limit_seconds=cfg.solver_time_limit)
+                if probe is not None and probe.feasible:
+                    target, first_solution = wanted, probe
+                elif default_model_bytes <= floor_bytes():
+                    chosen = (fw_def, bw_def, baseline, None, "default")
+                else:
+                    target = int(max(floor_bytes(), wanted))
         else:
             target = int(cfg.budget_bytes)
             slack = 0
@@ -306,7 +320,8 @@ class MemPartitioner(CustomPartitionerFn):
         model_budget = target
         tried: list[tuple] = []
         for _ in range(_REPAIR_ROUNDS if chosen is None else 0):
-            sol = solve(model_budget, TIME)
+            sol = first_solution if first_solution is not None else solve(model_budget, TIME)
+            first_solution = None
             if not sol.feasible:
                 break
             fw, bw, tl = realize(sol)
