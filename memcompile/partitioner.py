@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - older torch
 
 from memcompile.passes import candidates as cand_mod
 from memcompile.passes.costs import DeviceProfile, estimate_costs
-from memcompile.passes.lifetimes import analyse, is_tangent, partition_saved
+from memcompile.passes.lifetimes import analyse, partition_saved
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
 from memcompile.passes.planner.problem import build_problem, evaluate
@@ -40,6 +40,7 @@ from memcompile.passes.planner.solution import PEAK, TIME, PlanSolution
 from memcompile.passes.rewrite._lossy import LOSSY_META
 from memcompile.passes.rewrite.fewbit import fewbit_values
 from memcompile.passes.rewrite.quantize import quantize_storages
+from memcompile.passes.rewrite.recompute import Extractor, saved_for
 from memcompile.passes.simulate import Timeline, simulate_step
 
 from . import __version__
@@ -90,9 +91,10 @@ def _source_files() -> tuple[str, ...]:
     import memcompile.passes.rewrite._lossy as lo
     import memcompile.passes.rewrite.fewbit as fb
     import memcompile.passes.rewrite.quantize as qu
+    import memcompile.passes.rewrite.recompute as rc
     import memcompile.passes.simulate as si
 
-    return tuple(m.__file__ for m in (c, co, li, g, il, pr, si, lo, fb, qu)) + (__file__,)
+    return tuple(m.__file__ for m in (c, co, li, g, il, pr, si, lo, fb, qu, rc)) + (__file__,)
 
 
 class MemPartitioner(CustomPartitionerFn):
@@ -185,7 +187,7 @@ class MemPartitioner(CustomPartitionerFn):
 
         with stages("default_partition"):
             _annotate_dist_from_bw(joint, node_info)
-            extract = _Extractor(joint, node_info, num_fwd_outputs)
+            extract = Extractor(joint, node_info, num_fwd_outputs)
             default_saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=1.0)
         with stages("extract"):
             fw_def, bw_def = extract(default_saved)
@@ -226,7 +228,7 @@ class MemPartitioner(CustomPartitionerFn):
                     graph, inside, skipped = _rewrite_lossy(joint, sol, backward_nodes, problem)
                 notes.extend(f"{name} not stored lossily ({why}); kept instead" for name, why in skipped)
             with stages("extract"):
-                saved = _saved_for(graph, inside, sol.recompute)
+                saved = saved_for(graph, inside, sol.recompute)
                 fw, bw = extract(saved, joint=graph)
             with stages("simulate"):
                 tl = simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
@@ -433,47 +435,6 @@ def _annotate_dist_from_bw(joint: fx.GraphModule, node_info) -> None:
             node.dist_from_bw = 0
 
 
-class _Extractor:
-    """Forward and backward modules for a saved set: torch's extraction tail, callable many times."""
-
-    def __init__(self, joint: fx.GraphModule, node_info, num_fwd_outputs: int) -> None:
-        self.joint = joint
-        self.node_info = node_info
-        self.num_fwd_outputs = num_fwd_outputs
-        self.has_rng = tp.has_recomputable_ops(joint) and tp.has_recomputable_rng_ops(joint)
-        params = inspect.signature(tp._extract_fwd_bwd_modules).parameters
-        self._opaque = "saved_opaque_nodes" in params
-        self._static = "static_lifetime_input_nodes" in params
-
-    def __call__(
-        self, saved_values: Sequence[fx.Node], *, joint: fx.GraphModule | None = None
-    ) -> tuple[fx.GraphModule, fx.GraphModule]:
-        """``joint``: a rewritten copy of the joint graph (lossy modes) to extract from instead."""
-        joint = joint if joint is not None else self.joint
-        is_opaque = getattr(tp, "is_opaque_node", lambda n: False)
-        sym = [n for n in saved_values if tp.is_sym_node(n) and not _assert_only(n)]
-        opaque = [n for n in saved_values if is_opaque(n)]
-        tensors = [n for n in saved_values if not tp.is_sym_node(n) and not is_opaque(n)]
-        kwargs: dict[str, Any] = {"num_fwd_outputs": self.num_fwd_outputs}
-        if self._opaque:
-            kwargs["saved_opaque_nodes"] = opaque
-        if self._static:
-            static = self.node_info.static_lifetime_input_nodes
-            if joint is not self.joint:
-                by_name = {n.name: n for n in joint.graph.find_nodes(op="placeholder")}
-                static = type(static)(by_name[n.name] for n in static)
-            kwargs["static_lifetime_input_nodes"] = static
-        fw, bw = tp._extract_fwd_bwd_modules(joint, tensors, saved_sym_nodes=sym, **kwargs)
-        if self.has_rng:
-            fw, bw = tp.functionalize_rng_ops(joint, fw, bw, len(sym))
-        bw = tp.reordering_to_mimic_autograd_engine(bw)
-        fw, bw = tp.raise_getitems(fw), tp.raise_getitems(bw)
-        thread = getattr(tp, "thread_graphsafe_rng_from_hops", None)
-        if thread is not None:
-            fw, bw = thread(fw, is_backward=False), thread(bw, is_backward=True)
-        return fw, bw
-
-
 def _model_peak_of(problem, saved: Sequence[fx.Node], bw: fx.GraphModule) -> int:
     """The planner model's peak for a partition given by its saved values and backward graph."""
     index = {name: i for i, name in enumerate(problem.names)}
@@ -503,25 +464,6 @@ def _saved_activation_bytes(table, saved: Sequence[fx.Node]) -> int:
             continue
         total += int(tp._size_of(node)) if hasattr(tp, "_size_of") else table.tensors[info.alias_root].nbytes_hint
     return total
-
-
-def _assert_only(node: fx.Node) -> bool:
-    fn = getattr(tp, "_is_assert_only_symbool", None)
-    return bool(fn and fn(node))
-
-
-def _saved_for(joint: fx.GraphModule, backward_nodes: set[str], recompute: frozenset[str]) -> list[fx.Node]:
-    """Exactly what the backward (plus the recomputed values) reads from the forward side."""
-    inside = backward_nodes | set(recompute)
-    saved: dict[str, fx.Node] = {}
-    for node in joint.graph.nodes:
-        if node.name not in inside or node.op == "output":
-            continue
-        for arg in node.all_input_nodes:
-            if arg.name not in inside and not is_tangent(arg):
-                saved.setdefault(arg.name, arg)
-    order = {n: i for i, n in enumerate(joint.graph.nodes)}
-    return sorted(saved.values(), key=order.__getitem__)
 
 
 def _rewrite_lossy(
