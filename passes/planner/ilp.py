@@ -63,7 +63,10 @@ def solve_ilp(
     objective: str = TIME,
     time_limit_seconds: float = 20.0,
     warm_start: bool = False,
+    max_added_seconds: float | None = None,
 ) -> PlanSolution:
+    """``max_added_seconds``: a cap on the predicted added time, for a peak solve that looks for
+    the lowest peak among plans about as fast as a given one."""
     if objective not in (TIME, PEAK):
         raise ValueError(f"objective: expected {TIME!r} or {PEAK!r}, got {objective!r}")
     start = time.perf_counter()
@@ -174,6 +177,9 @@ def solve_ilp(
         [(rec[i], problem.recompute_seconds[i] * _MS) for i in rec]
         + [(lossy[o], problem.lossy[o].seconds * _MS) for o in lossy]
     )
+    if max_added_seconds is not None:
+        model += milliseconds <= max_added_seconds * _MS, "time_cap"
+        n_rows += 1
     if objective == TIME:
         if budget_bytes is not None:
             peak.upBound = budget_bytes / _MIB
