@@ -335,7 +335,6 @@ class MemPartitioner(CustomPartitionerFn):
             if baseline.peak_bytes <= target:
                 chosen = (fw_def, bw_def, baseline, None, "default")
         model_budget = target
-        tried: list[tuple] = []
         for _ in range(_REPAIR_ROUNDS if chosen is None else 0):
             sol = first_solution if first_solution is not None else solve(model_budget, TIME)
             first_solution = None
@@ -343,7 +342,6 @@ class MemPartitioner(CustomPartitionerFn):
                 break
             sol = lower_peak_at_same_time(sol, model_budget)
             fw, bw, tl = realize(sol)
-            tried.append((fw, bw, tl, sol, sol.solver))
             if tl.peak_bytes <= target + slack:
                 chosen = (fw, bw, tl, sol, sol.solver)
                 break
@@ -353,9 +351,9 @@ class MemPartitioner(CustomPartitionerFn):
             model_budget = min(model_budget - (tl.peak_bytes - target - slack), target - error)
             notes.append(f"model peak {_fmt(sol.predicted_peak_bytes)} simulated {_fmt(tl.peak_bytes)}; re-solved")
         if chosen is None:
-            # The smallest simulated peak among the plans built: the model's smallest-peak
-            # plan is usually it, but a plan tried on the way can simulate lower.
-            chosen = min([minimum(), *tried], key=lambda plan: plan[2].peak_bytes)
+            # The smallest simulated peak among the plans built (realize() keeps it): the
+            # model's smallest-peak plan is usually it, but a plan tried on the way can be lower.
+            chosen = minimum()
             if chosen[2].peak_bytes > target and cfg.budget_bytes is not None:
                 message = (
                     f"memory budget {_fmt(target)} cannot be met on graph {graph_index}: the smallest peak "
