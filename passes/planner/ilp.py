@@ -45,17 +45,6 @@ _GAP_REL = 0.01
 _GAP_FRACTION_OF_FORWARD = 0.01
 
 
-def free_alias(problem: PlanProblem, i: int) -> bool:
-    """Recomputing candidate ``i`` costs no time and no memory of its own: keeping it never pays."""
-    s = problem.storage_of[i]
-    return (
-        s >= 0
-        and problem.storage_owner[s] != i
-        and problem.can_recompute[i]
-        and problem.recompute_seconds[i] == 0.0
-    )
-
-
 def solve_ilp(
     problem: PlanProblem,
     *,
@@ -75,7 +64,7 @@ def solve_ilp(
     keep = {
         i: pulp.LpVariable(f"k{i}", cat="Binary")
         for i in range(n)
-        if problem.can_save[i] and not free_alias(problem, i)
+        if problem.can_save[i] and not problem.free_alias(i)
     }
     rec = {i: pulp.LpVariable(f"r{i}", cat="Binary") for i in range(n) if problem.can_recompute[i]}
     lossy = {o: pulp.LpVariable(f"l{o}", cat="Binary") for o in range(len(problem.lossy))}

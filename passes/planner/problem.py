@@ -88,6 +88,9 @@ class PlanProblem:
     def n_candidates(self) -> int:
         return len(self.names)
 
+    def free_alias(self, i: int) -> bool:
+        return _free_alias(i, self.storage_of[i], self.storage_owner, self.can_recompute[i], self.recompute_seconds[i])
+
 
 def build_problem(cset: CandidateSet) -> PlanProblem:
     cands = cset.candidates
@@ -127,7 +130,7 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         c = cands[i]
         if c.bw_first is not None:
             widen(need[i], c.bw_first, c.bw_last)
-        passes_on = not c.can_save or _free_alias(c, storage_of[i], storage_owner, i)
+        passes_on = not c.can_save or _free_alias(i, storage_of[i], storage_owner, c.can_recompute, c.recompute_seconds)
         for name in c.inputs:
             j = index[name]
             if passes_on:
@@ -242,9 +245,10 @@ def _lossy_options(cands, storage_of, storage_bytes, storage_owner, need) -> lis
     return options
 
 
-def _free_alias(c, s: int, storage_owner: list[int], i: int) -> bool:
-    """A view or getitem sharing another candidate's storage, rebuilt for free."""
-    return s >= 0 and storage_owner[s] != i and c.can_recompute and c.recompute_seconds == 0.0
+def _free_alias(i: int, s: int, storage_owner, can_recompute: bool, recompute_seconds: float) -> bool:
+    """Candidate ``i`` shares storage ``s`` owned by another candidate and is rebuilt for free:
+    recomputing it costs no time and no memory of its own, so keeping it never pays."""
+    return s >= 0 and storage_owner[s] != i and can_recompute and recompute_seconds == 0.0
 
 
 def evaluate(
