@@ -2,8 +2,10 @@
 
 Used as the ground truth by tests/kernels and as the implementation the custom ops
 dispatch to when Triton cannot run (CPU tensors without TRITON_INTERPRET=1, or no
-triton installed). Every function here is written for clarity, not speed: it upcasts
-to fp32 and materialises padded copies.
+triton installed). On that path they run inside a training step whose memory the planner
+predicts from the ops' outputs alone, so they work like the kernels do: the outputs are
+allocated once and filled chunk by chunk (``CHUNK_ELEMS`` elements, whole groups / whole
+packed bytes), and every fp32 temporary is the size of one chunk, never of the input.
 
 Numerics contract with the Triton kernels (what the tests rely on):
 - group statistics are computed in fp32 from the flattened, row-major tensor;
@@ -12,12 +14,14 @@ Numerics contract with the Triton kernels (what the tests rely on):
 - fp8 rounding is PyTorch's round-to-nearest-even cast to ``torch.float8_e4m3fn``;
 - few-bit codes come from comparing the fp32 input against fp32 breakpoints in x-space,
   so kernel and reference codes are bit-identical.
+Chunking changes none of these: every value depends on its own group (or element) only.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,19 +33,62 @@ FP8_E4M3_MAX = 448.0  # largest finite torch.float8_e4m3fn value (no inf in this
 
 FEWBIT_KINDS = ("gelu", "silu")
 
+CHUNK_ELEMS = 1 << 16
+"""Elements per chunk: a multiple of every group size (<= 1024) and of every codes-per-byte
+count (2, 4). Each fp32 temporary is then 256 KiB; an op holds at most three at once, so
+its memory beyond its outputs stays under 1 MiB whatever the input size. At this size the
+Python loop costs about 10 us per chunk against ~30 us of arithmetic (2 cores)."""
 
-def _grouped_fp32(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    # Zero padding never changes a group's absmax and its codes are dropped afterwards.
-    flat = x.reshape(-1).float()
-    pad = num_groups(flat.numel(), group_size) * group_size - flat.numel()
-    return torch.nn.functional.pad(flat, (0, pad)).view(-1, group_size)
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    # Groups and codes follow the row-major flattening. A contiguous input is viewed;
+    # anything else is copied once, as the Triton launchers' .contiguous() does.
+    return t.view(-1) if t.is_contiguous() else t.reshape(-1)
 
 
-def _scales(groups: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
-    scales = groups.abs().amax(dim=1) / qmax  # fp32, one per group
-    # All-zero groups keep scale 0 (dequantize gives exact zeros); divide by 1 instead.
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    return scales, safe
+def _chunks(numel: int) -> Iterator[tuple[int, int]]:
+    """(start, end) element ranges of ``CHUNK_ELEMS``; only the last is shorter."""
+    for start in range(0, numel, CHUNK_ELEMS):
+        yield start, min(start + CHUNK_ELEMS, numel)
+
+
+def _grouped_fp32(part: torch.Tensor, group_size: int) -> torch.Tensor:
+    """One chunk as an fp32 (groups, group_size) tensor.
+
+    fp32 input: a view (no copy). Only the last chunk can end inside a group; it is
+    zero-padded, which never changes a group's absmax, and the padded codes are dropped.
+    """
+    part = part.float()
+    pad = -part.numel() % group_size
+    if pad:
+        part = torch.nn.functional.pad(part, (0, pad))
+    return part.view(-1, group_size)
+
+
+def _absmax_scales(groups: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 scale per group (absmax / qmax) and the divisor: all-zero groups keep scale 0
+    (dequantize gives exact zeros) and divide by 1 instead."""
+    lo, hi = torch.aminmax(groups, dim=1)  # absmax without an |x| copy of the chunk
+    # abs_ turns a -0.0 (all-zero group) into the +0.0 the kernel's max(|x|) gives.
+    scales = torch.maximum(hi, -lo).abs_() / qmax
+    return scales, torch.where(scales > 0, scales, torch.ones_like(scales))
+
+
+def _quantize(
+    x: torch.Tensor, group_size: int, q_dtype: torch.dtype, qmax: float, round_chunk
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared loop of the quantizers: ``round_chunk(v)`` turns x / scale (fp32, may be
+    overwritten) into values exactly representable in ``q_dtype``."""
+    q = torch.empty(x.shape, dtype=q_dtype, device=x.device)
+    scales = torch.empty(num_groups(x.numel(), group_size), dtype=torch.float32, device=x.device)
+    flat, q_flat = _flat(x), q.view(-1)
+    for start, end in _chunks(flat.numel()):
+        groups = _grouped_fp32(flat[start:end], group_size)
+        s, safe = _absmax_scales(groups, qmax)
+        scales[start // group_size : start // group_size + s.numel()] = s
+        v = torch.div(groups, safe[:, None])  # a new chunk: fp32 input groups are a view of x
+        q_flat[start:end] = round_chunk(v).view(-1)[: end - start]
+    return q, scales
 
 
 def quantize_int8(
@@ -49,38 +96,43 @@ def quantize_int8(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric absmax int8 per group: q = round(x / (absmax / 127)).
 
-    Stochastic rounding uses ``floor(v + u)``, u ~ U[0, 1) from a torch generator seeded
-    with ``seed``; it is unbiased but NOT bit-identical to the kernel's ``tl.rand`` stream.
+    Stochastic rounding uses ``floor(v + u)``, u ~ U[0, 1) drawn chunk by chunk from one
+    torch generator seeded with ``seed``; it is unbiased but NOT bit-identical to the
+    kernel's ``tl.rand`` stream.
     """
-    groups = _grouped_fp32(x, group_size)
-    scales, safe = _scales(groups, INT8_QMAX)
-    v = groups / safe[:, None]
-    if stochastic:
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        u = torch.rand(v.shape, generator=gen, device=x.device, dtype=torch.float32)
-        r = torch.floor(v + u)
-    else:
-        r = torch.round(v)  # round half to even
-    q = r.clamp(-INT8_QMAX, INT8_QMAX).to(torch.int8)
-    return q.reshape(-1)[: x.numel()].reshape(x.shape), scales
+    gen = torch.Generator(device=x.device).manual_seed(seed) if stochastic else None
+
+    def round_chunk(v: torch.Tensor) -> torch.Tensor:
+        if gen is not None:
+            v.add_(torch.rand(v.shape, generator=gen, device=v.device, dtype=torch.float32)).floor_()
+        else:
+            v.round_()  # round half to even
+        return v.clamp_(-INT8_QMAX, INT8_QMAX)  # integral and in range: the int8 store is exact
+
+    return _quantize(x, group_size, torch.int8, INT8_QMAX, round_chunk)
 
 
 def quantize_fp8(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group scaled fp8 e4m3: q = fp8(x / (absmax / 448))."""
-    groups = _grouped_fp32(x, group_size)
-    scales, safe = _scales(groups, FP8_E4M3_MAX)
-    v = (groups / safe[:, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX)
-    q = v.to(torch.float8_e4m3fn)
-    return q.reshape(-1)[: x.numel()].reshape(x.shape), scales
+    """Per-group scaled fp8 e4m3: q = fp8(x / (absmax / 448)); the store rounds to nearest even."""
+
+    def round_chunk(v: torch.Tensor) -> torch.Tensor:
+        return v.clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX)  # |x|/scale may exceed 448 by an ulp
+
+    return _quantize(x, group_size, torch.float8_e4m3fn, FP8_E4M3_MAX, round_chunk)
 
 
 def dequantize(
     q: torch.Tensor, scales: torch.Tensor, group_size: int, out_dtype: torch.dtype
 ) -> torch.Tensor:
-    """out = q * scale[group] in fp32, rounded once to ``out_dtype``."""
-    groups = _grouped_fp32(q, group_size)
-    out = groups * scales[:, None]
-    return out.reshape(-1)[: q.numel()].reshape(q.shape).to(out_dtype)
+    """out = q * scale[group] in fp32, rounded once to ``out_dtype`` (by the store)."""
+    out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
+    flat, out_flat = _flat(q), out.view(-1)
+    for start, end in _chunks(flat.numel()):
+        groups = _grouped_fp32(flat[start:end], group_size)  # codes are never fp32: a copy
+        g0 = start // group_size
+        groups.mul_(scales[g0 : g0 + groups.shape[0], None])
+        out_flat[start:end] = groups.view(-1)[: end - start]
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -247,47 +299,83 @@ def packed_numel(numel: int, bits: int) -> int:
     return fewbit_nbytes(numel, bits=bits)
 
 
-def fewbit_codes(x: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
-    """int64 code per element of x (flattened), from fp32 comparisons in x-space."""
-    table = fewbit_table(kind, bits)
-    bp = torch.tensor(table.breakpoints, dtype=torch.float32, device=x.device)
-    interval = (x.reshape(-1).float()[:, None] >= bp[None, :]).sum(dim=1)
-    return torch.tensor(table.interval_codes, device=x.device)[interval]
+@functools.lru_cache(maxsize=None)
+def _fewbit_tensors(
+    kind: str, bits: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(breakpoints fp32, interval codes uint8, levels fp32) on ``device``, built once."""
+    t = fewbit_table(kind, bits)
+    return (
+        torch.tensor(t.breakpoints, dtype=torch.float32, device=device),
+        torch.tensor(t.interval_codes, dtype=torch.uint8, device=device),
+        torch.tensor(t.levels, dtype=torch.float32, device=device),
+    )
 
 
-def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Little-end-first packing: element 4j+k (2-bit) sits at bits [2k, 2k+2) of byte j."""
+def _pack_chunk(xf: torch.Tensor, breakpoints: torch.Tensor, interval_codes: torch.Tensor,
+                bits: int) -> torch.Tensor:
+    """Packed codes of one fp32 chunk: the interval index of x is the number of breakpoints
+    <= x (fp32 compares, as the kernel), its code ``interval_codes[interval]``. Little end
+    first: element 4j+k (2-bit) sits at bits [2k, 2k+2) of byte j; 3-bit codes in nibbles."""
+    interval = torch.zeros(xf.shape, dtype=torch.int32, device=xf.device)
+    for b in breakpoints:  # <= 9 breakpoints
+        interval += xf >= b
+    codes = interval_codes.index_select(0, interval)
     sbits = storage_bits(bits)
     per_byte = 8 // sbits
-    pad = packed_numel(codes.numel(), bits) * per_byte - codes.numel()
-    c = torch.nn.functional.pad(codes.reshape(-1).to(torch.int32), (0, pad)).view(-1, per_byte)
-    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.int32) * sbits
-    return (c << shifts).sum(dim=1).to(torch.uint8)
+    pad = -codes.numel() % per_byte  # only the last chunk; padding slots get code 0
+    codes = torch.nn.functional.pad(codes, (0, pad)).view(-1, per_byte)
+    packed = codes[:, 0].clone()
+    for k in range(1, per_byte):  # fields do not overlap: OR of shifted codes
+        packed |= codes[:, k] << (k * sbits)
+    return packed
 
 
-def unpack_codes(packed: torch.Tensor, numel: int, bits: int) -> torch.Tensor:
-    """Inverse of ``pack_codes``: int64 codes of the first ``numel`` elements."""
+def _unpack_chunk(packed: torch.Tensor, numel: int, bits: int) -> torch.Tensor:
+    """int32 codes of the first ``numel`` elements held by the bytes ``packed``."""
     sbits = storage_bits(bits)
-    per_byte = 8 // sbits
-    shifts = torch.arange(per_byte, device=packed.device, dtype=torch.int32) * sbits
-    c = (packed.to(torch.int32)[:, None] >> shifts) & ((1 << sbits) - 1)
-    return c.reshape(-1)[:numel].long()
+    shifts = torch.arange(0, 8, sbits, dtype=torch.uint8, device=packed.device)
+    codes = (packed[:, None] >> shifts) & ((1 << sbits) - 1)
+    return codes.view(-1)[:numel].int()
 
 
 def fewbit_forward(x: torch.Tensor, bits: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """y = f(x) (computed in fp32, rounded to x.dtype) and the packed derivative codes."""
-    xf = x.float()
-    y = torch.nn.functional.gelu(xf) if kind == "gelu" else torch.nn.functional.silu(xf)
-    return y.to(x.dtype), pack_codes(fewbit_codes(x, kind, bits), bits)
+    breakpoints, interval_codes, _ = _fewbit_tensors(kind, bits, x.device)
+    f = torch.nn.functional.gelu if kind == "gelu" else torch.nn.functional.silu
+    per_byte = 8 // storage_bits(bits)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    packed = torch.empty(packed_numel(x.numel(), bits), dtype=torch.uint8, device=x.device)
+    flat, y_flat = _flat(x), y.view(-1)
+    for start, end in _chunks(flat.numel()):  # chunks hold whole bytes: CHUNK_ELEMS % 4 == 0
+        xf = flat[start:end].float()
+        y_flat[start:end] = f(xf)
+        packed[start // per_byte : start // per_byte + -(-(end - start) // per_byte)] = (
+            _pack_chunk(xf, breakpoints, interval_codes, bits)
+        )
+    return y, packed
 
 
 def fewbit_backward(
     grad_out: torch.Tensor, packed: torch.Tensor, bits: int, kind: str
 ) -> torch.Tensor:
-    """grad_in = grad_out * levels[code] in fp32, rounded once to grad_out.dtype."""
-    levels = torch.tensor(
-        fewbit_table(kind, bits).levels, dtype=torch.float32, device=grad_out.device
-    )
-    codes = unpack_codes(packed, grad_out.numel(), bits)
-    g = grad_out.reshape(-1).float() * levels[codes]
-    return g.reshape(grad_out.shape).to(grad_out.dtype)
+    """grad_in = grad_out * levels[code] in fp32, rounded once to grad_out.dtype.
+
+    grad_out is first copied into the (contiguous) output, which reads any strides,
+    expanded ones included, without a temporary; each chunk is then scaled in place. For
+    bf16/fp16 the copy is exact, so the product is still rounded once.
+    """
+    _, _, levels = _fewbit_tensors(kind, bits, grad_out.device)
+    per_byte = 8 // storage_bits(bits)
+    grad_in = torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device)
+    grad_in.copy_(grad_out)
+    flat = grad_in.view(-1)
+    for start, end in _chunks(flat.numel()):
+        b0 = start // per_byte
+        codes = _unpack_chunk(packed[b0 : b0 + -(-(end - start) // per_byte)], end - start, bits)
+        factor = levels.index_select(0, codes)
+        if flat.dtype == torch.float32:
+            flat[start:end].mul_(factor)
+        else:
+            flat[start:end] = factor.mul_(flat[start:end])  # fp32 product, one rounding
+    return grad_in
