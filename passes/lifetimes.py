@@ -8,7 +8,9 @@ storage across the forward and the backward.
 
 from __future__ import annotations
 
+import functools
 import operator
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -92,20 +94,63 @@ def is_primal(node: fx.Node) -> bool:
     return node.op == "placeholder" and not is_tangent(node)
 
 
-def _schema_alias_arg(node: fx.Node) -> fx.Node | None:
-    """The argument whose storage ``node``'s output shares (views, in-place and out= ops), if any."""
+# Ops whose list outputs share the input's storage although their schema declares no alias
+# (``Tensor self -> Tensor[]``): autograd does not track the outputs as views, but eager
+# returns slices of the input and Inductor decomposes them into views.
+_UNDECLARED_LIST_VIEWS = frozenset(
+    {
+        "aten.unsafe_split.Tensor",
+        "aten.unsafe_split_with_sizes.default",
+        "aten.unsafe_chunk.default",
+    }
+)
+
+
+# ``Tensor(a)[]``: the return part of a list-returning view op's schema text.
+_LIST_ALIAS_RETURN = re.compile(r"Tensor\((\w+)!?\)\[\]")
+
+
+@functools.lru_cache(maxsize=None)
+def _return_alias_set(schema: torch.FunctionSchema, index: int) -> frozenset[str]:
+    """Alias set of return ``index`` (``{"a"}`` for ``Tensor(a)``, ``Tensor(a!)`` and ``Tensor(a)[]``).
+
+    NOTE on list returns: for ``Tensor(a)[]`` (split, split_with_sizes, unbind, chunk,
+    tensor_split, ...) the alias set belongs to the list's element type, which the Python
+    binding does not expose (``returns[0].alias_info`` has empty sets; torch 2.13). The
+    schema's text does carry it, so we read it there.
+    """
+    ret = schema.returns[index]
+    if ret.alias_info is not None and ret.alias_info.before_set:
+        return frozenset(ret.alias_info.before_set)
+    if len(schema.returns) == 1 and isinstance(ret.type, torch.ListType):
+        returns = str(schema).rsplit(") -> ", 1)[-1].strip()
+        match = _LIST_ALIAS_RETURN.fullmatch(returns)
+        if match:
+            return frozenset({match.group(1)})
+    return frozenset()
+
+
+def _schema_alias_arg(node: fx.Node, output: int = 0) -> fx.Node | None:
+    """The argument whose storage output ``output`` of ``node`` shares (views, in-place and
+    out= ops, and every element of a list-returning view such as split), if any."""
     target = node.target
     if node.op != "call_function":
         return None
     if target is operator.getitem:
         return None
+    if str(target) in _UNDECLARED_LIST_VIEWS:
+        value = node.args[0] if node.args else node.kwargs.get("self")
+        return value if isinstance(value, fx.Node) else None
     schema = getattr(target, "_schema", None)
     if schema is None or not schema.returns:
         return None
-    ret_alias = schema.returns[0].alias_info
-    if ret_alias is None:
+    # one list return: every element has its alias set; several returns: each its own
+    index = output if len(schema.returns) > 1 else 0
+    if not 0 <= index < len(schema.returns):
         return None
-    sets = set(ret_alias.before_set)
+    sets = _return_alias_set(schema, index)
+    if not sets:
+        return None
     for i, arg in enumerate(schema.arguments):
         if arg.alias_info is not None and sets & set(arg.alias_info.before_set):
             value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
@@ -120,7 +165,8 @@ def alias_source(node: fx.Node) -> fx.Node | None:
         parent = node.args[0]
         if isinstance(parent, fx.Node):
             # getitem of an aliasing multi-output op (split, unbind, chunk) is a view of its input.
-            return _schema_alias_arg(parent)
+            index = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], int) else 0
+            return _schema_alias_arg(parent, index)
         return None
     return _schema_alias_arg(node)
 
