@@ -147,7 +147,7 @@ def build_candidates(
             ban = "reads a tangent"
         nbytes = info.nbytes_hint if owns else 0
         keep_from = fw_pos[name] if fused and info.fusible else fw_last(root) + 1
-        seconds = costs.seconds(name) if name in forward_only else 0.0
+        seconds = costs.recompute_seconds(name) if name in forward_only else 0.0
         if ban is None and seconds > 0.0 and "recompute" not in modes:
             ban = "recompute not enabled"
         lossy = _lossy_prices(node, info, owns=owns, has_storage=root in fw_pos, backward=backward_nodes,

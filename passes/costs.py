@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -57,6 +57,15 @@ class CostTable:
     costs: Mapping[str, NodeCost]
     estimator: str
     profile: DeviceProfile
+    fused_recompute: Mapping[str, float] = field(default_factory=dict)
+    """Seconds of recomputing a value inside the backward kernel that reads it (Inductor inlines a
+    pointwise value into its pointwise or reduction readers): the FLOPs, and the bytes its inputs
+    add over reading the value itself. Only for values Inductor fuses (``TensorInfo.fusible``)."""
+
+    def recompute_seconds(self, name: str) -> float:
+        """Added time of rebuilding ``name`` in the backward."""
+        fused = self.fused_recompute.get(name)
+        return fused if fused is not None else self.seconds(name)
 
     def seconds(self, name: str) -> float:
         cost = self.costs.get(name)
@@ -79,10 +88,17 @@ def _flops(node: fx.Node) -> int:
     return size_hint(flops) if isinstance(flops, torch.SymInt) else int(flops)
 
 
-def estimate_costs(gm: fx.GraphModule | fx.Graph, table: LifetimeTable, profile: DeviceProfile) -> CostTable:
-    """Cost of running each call_function node of ``gm`` once."""
+def estimate_costs(
+    gm: fx.GraphModule | fx.Graph, table: LifetimeTable, profile: DeviceProfile, *, fused: bool = False
+) -> CostTable:
+    """Cost of running each call_function node of ``gm`` once.
+
+    ``fused``: the graph runs through Inductor, so a fusible pointwise value recomputed in the
+    backward is computed inside its reader's kernel (``CostTable.recompute_seconds``).
+    """
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
     costs: dict[str, NodeCost] = {}
+    fused_recompute: dict[str, float] = {}
     for node in graph.nodes:
         if node.op != "call_function":
             continue
@@ -98,4 +114,7 @@ def estimate_costs(gm: fx.GraphModule | fx.Graph, table: LifetimeTable, profile:
         costs[node.name] = NodeCost(
             flops=flops, bytes_moved=read + written, seconds=seconds + profile.kernel_overhead_seconds
         )
-    return CostTable(costs=costs, estimator="roofline(flop_counter)", profile=profile)
+        if fused and table.tensors[node.name].fusible:
+            # no launch and no write: the reader computes it from the inputs instead of reading it
+            fused_recompute[node.name] = max(flops / profile.peak_flops, max(read - written, 0) / profile.memory_bandwidth)
+    return CostTable(costs=costs, estimator="roofline(flop_counter)", profile=profile, fused_recompute=fused_recompute)

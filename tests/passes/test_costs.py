@@ -1,0 +1,62 @@
+"""Recompute costs: a fusible pointwise value recomputed through Inductor is priced inside its reader."""
+
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from memcompile.passes.costs import DeviceProfile, estimate_costs
+from memcompile.passes.lifetimes import analyse
+
+aten = torch.ops.aten
+PROFILE = DeviceProfile(name="test", peak_flops=1e12, memory_bandwidth=1e10, host_link_bandwidth=1e10,
+                        kernel_overhead_seconds=1e-5)
+
+
+def _graph():
+    def f(x, y, w):
+        a = aten.mul.Tensor(x, 2.0)        # pointwise, read only by pointwise ops: fusible
+        b = aten.add.Tensor(a, y)          # pointwise, but read by mm as well as by a reduction
+        c = aten.mm.default(b, w)          # an extern kernel reads b: Inductor materialises b
+        return aten.sum.default(c), aten.sum.dim_IntList(b, [1])
+
+    n = 64
+    return make_fx(f)(torch.randn(n, n), torch.randn(n, n), torch.randn(n, n))
+
+
+def test_without_inductor_every_value_costs_its_own_kernel():
+    gm = _graph()
+    table = analyse(gm)
+    costs = estimate_costs(gm, table, PROFILE)
+    for node in gm.graph.find_nodes(op="call_function", target=aten.mul.Tensor):
+        assert costs.recompute_seconds(node.name) == costs.seconds(node.name) > 0
+
+
+def test_fused_pointwise_costs_only_what_its_inputs_add():
+    gm = _graph()
+    table = analyse(gm)
+    plain = estimate_costs(gm, table, PROFILE)
+    fused = estimate_costs(gm, table, PROFILE, fused=True)
+    (mul,) = gm.graph.find_nodes(op="call_function", target=aten.mul.Tensor)
+    (add,) = gm.graph.find_nodes(op="call_function", target=aten.add.Tensor)
+    (mm,) = gm.graph.find_nodes(op="call_function", target=aten.mm.default)
+    nbytes = 64 * 64 * 4
+    assert table.tensors[mul.name].fusible and not table.tensors[add.name].fusible  # add is read by mm
+    # mul reads x and writes a, both nbytes: fused into its reader it adds no traffic, no launch
+    assert fused.recompute_seconds(mul.name) < plain.recompute_seconds(mul.name)
+    assert fused.recompute_seconds(mul.name) == fused.costs[mul.name].flops / PROFILE.peak_flops
+    # values Inductor materialises keep the full price
+    assert fused.recompute_seconds(add.name) == plain.seconds(add.name)
+    assert fused.recompute_seconds(mm.name) == plain.seconds(mm.name)
+    assert plain.seconds(mul.name) == 2 * nbytes / PROFILE.memory_bandwidth + PROFILE.kernel_overhead_seconds
+
+
+def test_fused_value_with_wider_inputs_pays_the_extra_reads():
+    def f(x, y):
+        s = aten.add.Tensor(x, y)          # reads 2 x nbytes, writes nbytes; fusible into the sum
+        return (aten.sum.dim_IntList(s, [1]),)
+
+    gm = make_fx(f)(torch.randn(64, 64), torch.randn(64, 64))
+    table = analyse(gm)
+    fused = estimate_costs(gm, table, PROFILE, fused=True)
+    (add,) = gm.graph.find_nodes(op="call_function", target=aten.add.Tensor)
+    assert table.tensors[add.name].fusible
+    assert fused.recompute_seconds(add.name) == 64 * 64 * 4 / PROFILE.memory_bandwidth
