@@ -111,14 +111,16 @@ _LIST_ALIAS_RETURN = re.compile(r"Tensor\((\w+)!?\)\[\]")
 
 
 @functools.lru_cache(maxsize=None)
-def _return_alias_set(schema: torch.FunctionSchema, index: int) -> frozenset[str]:
+def _return_alias_set(target, index: int) -> frozenset[str]:
     """Alias set of return ``index`` (``{"a"}`` for ``Tensor(a)``, ``Tensor(a!)`` and ``Tensor(a)[]``).
 
     NOTE on list returns: for ``Tensor(a)[]`` (split, split_with_sizes, unbind, chunk,
     tensor_split, ...) the alias set belongs to the list's element type, which the Python
     binding does not expose (``returns[0].alias_info`` has empty sets; torch 2.13). The
-    schema's text does carry it, so we read it there.
+    schema's text does carry it, so we read it there. Cached per op: a FunctionSchema itself
+    cannot be hashed when an argument has a list default (``amax(int[1] dim=[])``).
     """
+    schema = target._schema
     ret = schema.returns[index]
     if ret.alias_info is not None and ret.alias_info.before_set:
         return frozenset(ret.alias_info.before_set)
@@ -148,7 +150,7 @@ def _schema_alias_arg(node: fx.Node, output: int = 0) -> fx.Node | None:
     index = output if len(schema.returns) > 1 else 0
     if not 0 <= index < len(schema.returns):
         return None
-    sets = _return_alias_set(schema, index)
+    sets = _return_alias_set(target, index)
     if not sets:
         return None
     for i, arg in enumerate(schema.arguments):

@@ -161,3 +161,16 @@ def test_only_the_aliasing_output_of_a_multi_output_op_is_a_view():
     table = analyse(_joint(f, torch.randn(5)))
     getitems = [t for t in table.tensors.values() if t.producer == str(operator.getitem)]
     assert len(getitems) == 2 and all(t.alias_root == t.name and t.nbytes > 0 for t in getitems)
+
+
+def test_ops_whose_schema_has_a_list_default_are_analysed():
+    # amax(Tensor self, int[1] dim=[], bool keepdim=False): its FunctionSchema cannot be hashed
+    def f(x):
+        m = aten.amax.default(x, [1])
+        return (aten.sub.Tensor(x, aten.unsqueeze.default(m, 1)),)
+
+    gm = _joint(f, torch.randn(4, 8))
+    table = analyse(gm)
+    amax = next(n for n in gm.graph.nodes if n.target == aten.amax.default)
+    assert table.tensors[amax.name].alias_root == amax.name
+    assert table.tensors[amax.name].nbytes == 4 * 4
