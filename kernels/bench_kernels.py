@@ -1,10 +1,19 @@
-"""Bandwidth of the quantize/dequantize and few-bit kernels at one large tensor.
+"""Bandwidth of the quantize/dequantize and few-bit kernels at one large tensor, and (``--fusion``)
+the two forms of int8 quantize/dequantize through torch.compile.
 
 The planner prices these modes as memory traffic, so the figure that matters is GB/s
 against the device's peak. On CUDA this times the Triton kernels; on CPU it times the
 eager reference (the Triton interpreter is a correctness tool, not a speed one).
 
+``--fusion`` compiles small programs with Inductor in which an activation is produced (by an
+addmm, a GELU, a residual add) and quantized, or dequantized and read by a pointwise op,
+once with the custom ops (``memcompile::quantize_int8`` / ``dequantize``: the Triton kernels
+on CUDA, reference.py on CPU, an opaque call either way) and once with the ATen form of
+quantize_decomposed.py, which Inductor may fuse into the producer or the reader; it prints
+each program's time and what each form adds to the program without quantization.
+
     python -m memcompile.kernels.bench_kernels [--mbytes 64] [--dtype bf16] [--peak-gbps X]
+    python -m memcompile.kernels.bench_kernels --fusion [--mbytes 16] [--dtype fp32]
 """
 
 import argparse
@@ -14,6 +23,7 @@ import torch
 
 from memcompile.kernels import fewbit as fb
 from memcompile.kernels import quantize as qz
+from memcompile.kernels import quantize_decomposed as qd
 from memcompile.kernels import reference as ref
 from memcompile.kernels._dispatch import TRITON_INTERPRET
 from memcompile.kernels.sizes import fewbit_nbytes, quantized_nbytes
@@ -31,15 +41,15 @@ def _cuda_peak_gbps() -> float | None:
     return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9
 
 
-def _time_seconds(fn, on_cuda: bool) -> float:
-    """Time of one call: triton's do_bench (median) on CUDA, best of 3 on CPU."""
+def _time_seconds(fn, on_cuda: bool, repeats: int = 3) -> float:
+    """Time of one call: triton's do_bench (median) on CUDA, best of ``repeats`` on CPU."""
     if on_cuda:
         from triton.testing import do_bench
 
         return do_bench(fn) * 1e-3
     fn()  # warm-up (allocator, lazy table build)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(repeats):
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
@@ -48,13 +58,28 @@ def _time_seconds(fn, on_cuda: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mbytes", type=int, default=64, help="input size in MiB (default 64)")
-    parser.add_argument("--dtype", choices=tuple(_DTYPES), default="bf16")
+    parser.add_argument("--mbytes", type=int, default=None,
+                        help="input size in MiB (default 64; 16 with --fusion)")
+    parser.add_argument("--dtype", choices=tuple(_DTYPES), default=None,
+                        help="default bf16 (fp32 with --fusion on CPU)")
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--peak-gbps", type=float, default=None,
                         help="device peak bandwidth; default: from CUDA properties")
+    parser.add_argument("--fusion", action="store_true",
+                        help="time the custom-op and ATen forms of quantize/dequantize through torch.compile")
+    parser.add_argument("--rounds", type=int, default=20,
+                        help="--fusion: interleaved timing rounds, best of each (default 20)")
     args = parser.parse_args()
+    if args.fusion:
+        fusion_table(args)
+    else:
+        bandwidth_table(args)
 
+
+def bandwidth_table(args: argparse.Namespace) -> None:
+    """GB/s of each kernel (Triton on CUDA, reference.py on CPU) at one large tensor."""
+    args.mbytes = args.mbytes or 64
+    args.dtype = args.dtype or "bf16"
     dtype = _DTYPES[args.dtype]
     on_cuda = torch.cuda.is_available()
     device = "cuda" if on_cuda else "cpu"
@@ -112,6 +137,119 @@ def main() -> None:
         gbps = moved_bytes / seconds / 1e9
         line = f"{name:<22}{seconds * 1e3:>9.3f}{gbps:>9.1f}{100 * gbps / copy_gbps:>7.0f}%"
         print(line + (f"{100 * gbps / peak:>7.0f}%" if peak else ""))
+
+
+# ---- --fusion: custom op against the ATen form, both through Inductor ----
+
+_MATMUL_K = 64
+"""Inner dimension of the addmm producer: small, so the matmul does not drown the quantize."""
+
+
+def _quantize_forms(group_size: int) -> dict:
+    return {
+        "custom op": lambda y: torch.ops.memcompile.quantize_int8(y, group_size, False, 0),
+        "ATen": lambda y: qd.quantize_int8(y, group_size),
+    }
+
+
+def _dequantize_forms(group_size: int, shape: tuple[int, ...], dtype: torch.dtype) -> dict:
+    # q: the grouped codes of qd.quantize_int8 (the same bytes as the kernel's, shape aside)
+    return {
+        "custom op": lambda q, s: torch.ops.memcompile.dequantize(q.view(shape), s, group_size, dtype),
+        "ATen": lambda q, s: qd.dequantize(q, s, shape, dtype),
+    }
+
+
+def _fusion_programs(rows: int, cols: int, dtype: torch.dtype, device: str, group_size: int):
+    """(name, inputs, program without quantization, {form: program}) for each producer/reader."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    a, w, bias = randn(rows, _MATMUL_K), randn(_MATMUL_K, cols), randn(cols)
+    x, r = randn(rows, cols), randn(rows, cols)
+    q, s = qd.quantize_int8(x, group_size)
+    grad = randn(rows, cols)
+    producers = {
+        f"addmm (K={_MATMUL_K}) -> quantize": ((a, w, bias), lambda a, w, b: torch.addmm(b, a, w)),
+        "gelu -> quantize": ((x,), torch.nn.functional.gelu),
+        "residual add -> quantize": ((x, r), torch.add),
+    }
+    programs = []
+    for name, (inputs, produce) in producers.items():
+        forms = {
+            form: (lambda *t, produce=produce, quant=quant: (lambda y: (y, *quant(y)))(produce(*t)))
+            for form, quant in _quantize_forms(group_size).items()
+        }
+        programs.append((name, inputs, produce, forms))
+    # The backward side: a pointwise op (here gelu's backward) reads the dequantized copy.
+    forms = {
+        form: (lambda g, q, s, deq=deq: torch.ops.aten.gelu_backward(g, deq(q, s)))
+        for form, deq in _dequantize_forms(group_size, (rows, cols), dtype).items()
+    }
+    programs.append(("dequantize -> gelu_backward", (grad, q, s),
+                     lambda g, q, s: torch.ops.aten.gelu_backward(g, x), forms))
+    return programs
+
+
+def _keep_freed_memory_mapped() -> None:
+    """NOTE on CPU timings: glibc returns a freed block of many MiB to the OS (munmap, or a
+    trim of the heap top), so the next step's output buffer is faulted in page by page again:
+    4096 faults for 16 MiB, several ms, more than the kernels themselves, and whether it
+    happens varies from call to call (we saw 0.8 and 8.9 ms for the same GELU). A training
+    step's caching is not what is measured here, so we ask glibc to keep freed memory
+    (mallopt M_MMAP_THRESHOLD and M_TRIM_THRESHOLD to 1 GiB). Process-wide; this script only."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        print("note: no glibc mallopt; CPU times include page faults of fresh buffers")
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def fusion_table(args: argparse.Namespace) -> None:
+    """Times of the custom-op and ATen forms of quantize/dequantize, each compiled by Inductor."""
+    on_cuda = torch.cuda.is_available()
+    device = "cuda" if on_cuda else "cpu"
+    args.mbytes = args.mbytes or 16
+    args.dtype = args.dtype or ("bf16" if on_cuda else "fp32")
+    dtype = _DTYPES[args.dtype]
+    g = args.group_size
+    cols = 1024
+    rows = args.mbytes * 2**20 // dtype.itemsize // cols
+    if not on_cuda:
+        _keep_freed_memory_mapped()
+    if on_cuda:
+        where = f"{torch.cuda.get_device_name(0)}: custom op = Triton kernel, ATen form = Inductor Triton"
+    else:
+        impl = "Triton INTERPRETER (not a speed path)" if TRITON_INTERPRET else "reference.py"
+        where = (f"CPU ({torch.get_num_threads()} threads): custom op = {impl}, "
+                 "ATen form = Inductor C++")
+    print(f"{where}; activation {rows}x{cols} {args.dtype} ({args.mbytes} MiB), group {g}")
+    print(f"{'program':<34}{'none ms':>9}{'custom op ms':>14}{'ATen ms':>9}"
+          f"{'custom op adds':>16}{'ATen adds':>11}  faster")
+    for name, inputs, plain, forms in _fusion_programs(rows, cols, dtype, device, g):
+        compiled = {}
+        for label, fn in (("none", plain), *forms.items()):
+            torch.compiler.reset()
+            compiled[label] = torch.compile(fn, fullgraph=True, dynamic=False)
+            compiled[label](*inputs)  # compile and warm up
+        # Interleaved rounds, best of each: on a shared CPU the load moves between rounds.
+        times = {label: float("inf") for label in compiled}
+        for _ in range(args.rounds):
+            for label, fn in compiled.items():
+                times[label] = min(times[label], _time_seconds(lambda: fn(*inputs), on_cuda, repeats=1))
+        added = {k: times[k] - times["none"] for k in forms}
+        faster = min(forms, key=times.__getitem__)
+        print(f"{name:<34}{times['none'] * 1e3:>9.3f}{times['custom op'] * 1e3:>14.3f}"
+              f"{times['ATen'] * 1e3:>9.3f}{added['custom op'] * 1e3:>16.3f}"
+              f"{added['ATen'] * 1e3:>11.3f}  {faster}")
 
 
 if __name__ == "__main__":

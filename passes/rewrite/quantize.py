@@ -12,6 +12,16 @@ On the joint graph, before extraction, for every storage the plan quantizes:
 The partitioner then saves ``q`` and ``scales`` (what the backward reads from the forward)
 instead of the storage. The planner chooses a storage, not a value, so the three slices of a
 fused QKV projection share one quantized copy.
+
+Two forms of the same arithmetic (``form``):
+- "kernel": the custom ops above (Triton on CUDA and under TRITON_INTERPRET, reference.py on
+  CPU). Opaque to Inductor: the activation is written out and read back by the kernel.
+- "aten": the ops of kernels/quantize_decomposed.py (abs, amax, div, round, clamp, casts)
+  inlined into the graph, so Inductor computes the codes inside the kernel producing the
+  activation and folds the dequantize into the backward's pointwise readers. Run op by op
+  (inner "eager") every one of them materialises an input-sized fp32 temporary, so it is
+  for Inductor only; static shapes only (its views take concrete sizes).
+``preferred_form`` says which one to use where, from ``bench_kernels --fusion``.
 """
 
 from __future__ import annotations
@@ -29,6 +39,25 @@ GROUP_SIZE = 128
 """Elements per absmax group (one fp32 scale each)."""
 FORMAT = "int8"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FORMS = ("kernel", "aten")
+
+
+def preferred_form(device_type: str, inner: str) -> str:
+    """The faster form where it was measured, else "kernel".
+
+    CPU, Inductor C++ (``python -m memcompile.kernels.bench_kernels --fusion``, 16 MiB fp32,
+    2 shared cores, 2026-11-25; README "Lossy modes"): quantizing after a GELU or a residual
+    add adds 0.6 ms in the "aten" form (fused into the producer's kernel) against 24 ms for the
+    custom op, which on CPU is reference.py's chunked eager loop, not a tuned kernel; after an
+    addmm (an extern call) and for a dequantize read by gelu_backward "aten" is also faster.
+    CUDA: not measured yet (no GPU in this project so far), so the Triton kernel, whose
+    bandwidth tests exist, stays; the aten form there is also not bit-identical (module
+    docstring of quantize_decomposed.py). Inner "eager": always "kernel" (see the module
+    docstring).
+    """
+    if inner == "inductor" and device_type == "cpu":
+        return "aten"
+    return "kernel"
 
 
 def dense_order(val: torch.Tensor) -> tuple[int, ...] | None:
@@ -79,17 +108,60 @@ def alias_closure(node: fx.Node) -> list[fx.Node]:
     return [n for n in node.graph.nodes if n in closure]
 
 
+def _static(val: torch.Tensor) -> bool:
+    return not any(isinstance(d, torch.SymInt) for d in (*val.shape, *val.stride()))
+
+
+def inline_aten(graph: fx.Graph, fake_mode, fn, *args) -> tuple[fx.Node, ...]:
+    """Insert the ATen ops ``fn`` runs on ``args`` (nodes and constants) at the insert point, each
+    with meta["val"]; returns the nodes of its outputs. ``fn`` is traced with make_fx on the nodes'
+    fake values, so the graph gets exactly the ops that eager dispatch would run."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    at = [i for i, a in enumerate(args) if isinstance(a, fx.Node)]
+
+    def traced_fn(*tensors):
+        full = list(args)
+        for i, t in zip(at, tensors):
+            full[i] = t
+        return fn(*full)
+
+    with fake_mode:
+        traced = make_fx(traced_fn)(*(args[i].meta["val"] for i in at))
+    env: dict[fx.Node, fx.Node] = {}
+    inputs = iter(args[i] for i in at)
+    for node in traced.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = next(inputs)
+        elif node.op == "call_function":
+            a, k = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
+            env[node] = call(graph, fake_mode, node.target, *a, **k)
+        elif node.op == "output":
+            out = fx.node.map_arg(node.args[0], env.__getitem__)
+            return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        else:
+            raise RuntimeError(f"inline_aten: {fn.__name__} traced to a {node.op} node ({node.target}); "
+                               "only call_function nodes can be inlined")
+    raise RuntimeError(f"inline_aten: {fn.__name__} traced to a graph without an output")
+
+
 def quantize_storages(
     gm: fx.GraphModule,
     roots: Collection[str],
     *,
     backward: Collection[str],
     seconds: Mapping[str, float] | None = None,
+    form: str = "kernel",
 ) -> LossyRewrite:
     """Rewrite ``gm`` (a joint graph, in place) so the backward reads the storages ``roots`` through
-    quantized copies. ``backward``: names of the joint graph's backward nodes."""
+    quantized copies. ``backward``: names of the joint graph's backward nodes. ``form``: "kernel"
+    (custom ops) or "aten" (inlined ATen ops, for Inductor; see ``preferred_form``); a storage with
+    symbolic sizes always takes "kernel"."""
     import memcompile.kernels.quantize  # noqa: F401 - registers memcompile::quantize_int8 / dequantize
+    from memcompile.kernels import quantize_decomposed as decomposed
 
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     ops = torch.ops.memcompile
     graph = gm.graph
     nodes = {n.name: n for n in graph.nodes}
@@ -115,18 +187,27 @@ def quantize_storages(
         perm = dense_order(val)
         tag = {"mode": "quantize", "source": name, "seconds": (seconds or {}).get(name, 0.0)}
 
+        aten = form == "aten" and _static(val)
         with graph.inserting_before(root.next):
             x = root if perm == tuple(range(val.dim())) else call(graph, mode, torch.ops.aten.permute.default, root, list(perm))
-            packed = call(graph, mode, ops.quantize_int8.default, x, GROUP_SIZE, False, 0)
-            q = call(graph, mode, operator.getitem, packed, 0)
-            scales = call(graph, mode, operator.getitem, packed, 1)
+            if aten:
+                q, scales = inline_aten(graph, mode, decomposed.quantize_int8, x, GROUP_SIZE)
+            else:
+                packed = call(graph, mode, ops.quantize_int8.default, x, GROUP_SIZE, False, 0)
+                q = call(graph, mode, operator.getitem, packed, 0)
+                scales = call(graph, mode, operator.getitem, packed, 1)
         q.meta[LOSSY_META] = scales.meta[LOSSY_META] = tag
 
         first = min((u for u, _ in readers), key=order.__getitem__)
         copies: dict[fx.Node, fx.Node] = {}
         with graph.inserting_before(first):
-            dq = call(graph, mode, ops.dequantize.default, q, scales, GROUP_SIZE, val.dtype)
-            added.add(dq.name)
+            if aten:
+                before = set(graph.nodes)
+                (dq,) = inline_aten(graph, mode, decomposed.dequantize, q, scales, tuple(x.meta["val"].shape), val.dtype)
+                added.update(n.name for n in graph.nodes if n not in before)
+            else:
+                dq = call(graph, mode, ops.dequantize.default, q, scales, GROUP_SIZE, val.dtype)
+                added.add(dq.name)
             if x is not root:
                 inverse = [perm.index(d) for d in range(len(perm))]
                 dq = call(graph, mode, torch.ops.aten.permute.default, dq, inverse)

@@ -10,6 +10,7 @@ The forward is unchanged by both, so the loss equals eager's exactly.
 """
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -112,6 +113,35 @@ def test_rewritten_joint_graph_has_consistent_fake_values(no_compile_cache, monk
         if node.name in stored:
             old, new = stored[node.name], node.meta["val"]
             assert (old.shape, old.stride(), old.dtype) == (new.shape, new.stride(), new.dtype), node.name
+
+
+def test_aten_form_of_quantize_gives_the_kernel_forms_gradients(no_compile_cache, monkeypatch):
+    """The rewrite's "aten" form (quantize/dequantize inlined as ATen ops, for Inductor to fuse into
+    the producer and the readers) computes what the custom ops compute: run eagerly, the same plan
+    gives bit-identical gradients, and no memcompile op is left in the graph. gpt-tiny has storages
+    whose size is not a multiple of the group, so the padded path is taken too."""
+    from memcompile.passes.rewrite.quantize import quantize_storages
+
+    grads, targets = {}, {}
+    original = partitioner_mod._rewrite_lossy
+
+    def spy(joint, sol, backward_nodes, problem):
+        out = original(joint, sol, backward_nodes, problem)
+        targets[form] = {str(n.target) for n in out[0].graph.nodes}
+        return out
+
+    monkeypatch.setattr(partitioner_mod, "_rewrite_lossy", spy)
+    for form in ("kernel", "aten"):
+        monkeypatch.setattr(partitioner_mod, "quantize_storages", functools.partial(quantize_storages, form=form))
+        torch._dynamo.reset()
+        clear_plans()
+        _, grads[form] = compiled_grads("gpt-tiny", {"inner": "eager", "memory_budget": 0.0, "modes": ("keep", "quantize")})
+        (plan,) = last_plans()
+        assert any(d.mode == "quantize" for d in plan.decisions), form
+    assert "memcompile.quantize_int8.default" in targets["kernel"]
+    assert not any(t.startswith("memcompile.") for t in targets["aten"])
+    for name, g in grads["kernel"].items():
+        assert torch.equal(grads["aten"][name], g), name
 
 
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny"])
