@@ -219,6 +219,28 @@ def place_offload(
     )
 
 
+def queued_exposed_seconds(copies: Sequence[tuple[float, float, float]]) -> tuple[float, ...]:
+    """Exposed seconds of copies that share one link (one side stream: they run one at a time).
+
+    ``copies``: ``(issue_at, transfer_seconds, wait_at)`` per copy, times in seconds on the
+    predicted timeline. In issue order, each copy starts when it is issued and the previous one
+    has finished; the step pays ``max(0, end - wait_at)`` for it. Stalls are not fed back into
+    later times, so this is an estimate for checking a chosen set: ``offload_cost`` prices each
+    value alone, as if it had the link to itself.
+    """
+    order = sorted(range(len(copies)), key=lambda i: copies[i][0])
+    exposed = [0.0] * len(copies)
+    link_free_at = float("-inf")
+    for i in order:
+        issue_at, seconds, wait_at = copies[i]
+        if seconds < 0 or wait_at < issue_at:
+            raise ValueError(f"copy {i}: need transfer_seconds >= 0 and wait_at >= issue_at, got {copies[i]}")
+        end = max(issue_at, link_free_at) + seconds
+        link_free_at = end
+        exposed[i] = max(0.0, end - wait_at)
+    return tuple(exposed)
+
+
 def _flags(anchorable: Sequence[bool] | None, n: int) -> Sequence[bool]:
     if anchorable is None:
         return (True,) * n

@@ -119,6 +119,18 @@ def test_place_offload_prices_the_windows_it_places():
     assert tight.prefetch_step == 4 and tight.cost.host_to_device.exposed_seconds == pytest.approx(6e-3)
 
 
+@pytest.mark.parametrize("copies, exposed", [
+    ([(0.0, 1.0, 5.0), (1.0, 1.0, 5.0)], (0.0, 0.0)),          # back to back, both hidden
+    ([(0.0, 3.0, 5.0), (1.0, 3.0, 5.0)], (0.0, 1.0)),          # the second waits for the link
+    ([(1.0, 3.0, 5.0), (0.0, 3.0, 5.0)], (1.0, 0.0)),          # issue order, not list order
+    ([(0.0, 1.0, 0.5), (4.0, 1.0, 10.0)], (0.5, 0.0)),         # an idle link starts at the issue
+])
+def test_queued_copies_share_the_link(copies, exposed):
+    assert oc.queued_exposed_seconds(copies) == pytest.approx(exposed)
+    alone = [oc.transfer_cost(s, 1.0, w - i).exposed_seconds for i, s, w in copies]
+    assert all(q >= a - 1e-12 for q, a in zip(oc.queued_exposed_seconds(copies), alone))
+
+
 # ---------------------------------------------------------------- the rewrite on a joint graph
 
 
