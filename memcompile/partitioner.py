@@ -35,10 +35,11 @@ from memcompile.passes.costs import DeviceProfile, estimate_costs
 from memcompile.passes.lifetimes import analyse, partition_saved
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
-from memcompile.passes.planner.problem import build_problem, evaluate
+from memcompile.passes.planner.problem import INPLACE, build_problem, evaluate, without_modes
 from memcompile.passes.planner.solution import PEAK, TIME, PlanSolution
 from memcompile.passes.rewrite._lossy import LOSSY_META
 from memcompile.passes.rewrite.fewbit import fewbit_values
+from memcompile.passes.rewrite.inplace import output_form_values
 from memcompile.passes.rewrite.quantize import quantize_storages
 from memcompile.passes.rewrite.recompute import Extractor, saved_for
 from memcompile.passes.simulate import Timeline, simulate_step
@@ -96,11 +97,12 @@ def _source_files() -> tuple[str, ...]:
     import memcompile.passes.planner.problem as pr
     import memcompile.passes.rewrite._lossy as lo
     import memcompile.passes.rewrite.fewbit as fb
+    import memcompile.passes.rewrite.inplace as ip
     import memcompile.passes.rewrite.quantize as qu
     import memcompile.passes.rewrite.recompute as rc
     import memcompile.passes.simulate as si
 
-    return tuple(m.__file__ for m in (c, co, li, g, il, pr, si, lo, fb, qu, rc)) + (__file__,)
+    return tuple(m.__file__ for m in (c, co, li, g, il, pr, si, lo, fb, ip, qu, rc)) + (__file__,)
 
 
 class MemPartitioner(CustomPartitionerFn):
@@ -229,10 +231,14 @@ class MemPartitioner(CustomPartitionerFn):
 
         def realize(sol: PlanSolution) -> tuple[fx.GraphModule, fx.GraphModule, Timeline]:
             graph, inside = joint, backward_nodes
-            if sol.quantize or sol.fewbit:
+            if sol.quantize or sol.fewbit or sol.inplace:
                 with stages("rewrite"):
                     graph, inside, skipped = _rewrite_lossy(joint, sol, backward_nodes, problem)
-                notes.extend(f"{name} not stored lossily ({why}); kept instead" for name, why in skipped)
+                notes.extend(
+                    f"{name}: derivative not rewritten to read its output ({why}); kept instead" if name in sol.inplace
+                    else f"{name} not stored lossily ({why}); kept instead"
+                    for name, why in skipped
+                )
             with stages("extract"):
                 saved = saved_for(graph, inside, sol.recompute)
                 fw, bw = extract(saved, joint=graph)
@@ -299,6 +305,15 @@ class MemPartitioner(CustomPartitionerFn):
             if "plan" not in lazy:
                 sol = min_solution()
                 fw, bw, tl = realize(sol) if sol.feasible else (fw_def, bw_def, baseline)
+                if sol.feasible and sol.inplace and tl.peak_bytes > sol.predicted_peak_bytes:
+                    # inplace costs nothing, so it must not leave a higher floor than the plan without it:
+                    # the model under-counts some recompute chains that keeping an activation's output
+                    # (for its output-form derivative) can lead to; realize() keeps the lower of the two
+                    with stages("solve"):
+                        plain = solve_ilp(without_modes(problem, (INPLACE,)), budget_bytes=None, objective=PEAK,
+                                          time_limit_seconds=cfg.solver_time_limit)
+                    if plain.feasible:
+                        realize(plain)
                 lazy.setdefault("built", (fw, bw, tl, sol, sol.solver))
                 if lazy["built"][2].peak_bytes < tl.peak_bytes:  # never worse than a plan already built
                     fw, bw, tl, sol, _ = lazy["built"]
@@ -404,7 +419,7 @@ class MemPartitioner(CustomPartitionerFn):
             budget_bytes=target,
             baseline=baseline,
             planned=planned,
-            decisions=_decisions(fw, bw, costs),
+            decisions=_decisions(fw, bw, costs, inplace=sol.inplace if sol is not None else ()),
             solution=sol,
             min_peak_bytes=min_peak,
             planning_seconds=time.perf_counter() - start,
@@ -493,13 +508,15 @@ def _saved_activation_bytes(table, saved: Sequence[fx.Node]) -> int:
 def _rewrite_lossy(
     joint: fx.GraphModule, sol: PlanSolution, backward_nodes: set[str], problem
 ) -> tuple[fx.GraphModule, set[str], list[tuple[str, str]]]:
-    """A copy of the joint graph with the plan's quantized storages and few-bit codes in place, its
-    backward node names, and what could not be rewritten (those values are then simply saved)."""
+    """A copy of the joint graph with the plan's output-form derivatives (inplace), quantized storages
+    and few-bit codes in place, its backward node names, and what could not be rewritten (those values
+    are then simply saved). The inplace rewrite goes first: it reads the derivatives as traced."""
     graph = fx.GraphModule(joint, _copy_graph(joint.graph))
-    seconds = {problem.names[opt.candidate]: opt.seconds for opt in problem.lossy}
+    seconds = {problem.names[opt.candidate]: opt.seconds for opt in problem.options}
     inside = set(backward_nodes)
     skipped: list[tuple[str, str]] = []
-    for names, rewrite in ((sol.quantize, quantize_storages), (sol.fewbit, fewbit_values)):
+    for names, rewrite in ((sol.inplace, output_form_values), (sol.quantize, quantize_storages),
+                           (sol.fewbit, fewbit_values)):
         if names:
             done = rewrite(graph, sorted(names), backward=inside, seconds=seconds)
             inside |= done.backward_nodes
@@ -515,7 +532,10 @@ def _graph_device(gm: fx.GraphModule) -> torch.device:
     return torch.device("cpu")
 
 
-def _decisions(fw: fx.GraphModule, bw: fx.GraphModule, costs) -> tuple[TensorDecision, ...]:
+def _decisions(fw: fx.GraphModule, bw: fx.GraphModule, costs, *, inplace=()) -> tuple[TensorDecision, ...]:
+    """One row per saved tensor (keep; quantize and fewbit with their packed bytes), per recomputed
+    tensor, and per ``inplace`` value the forward computes but does not save (its derivative reads
+    the activation's output, which has its own keep row)."""
     fw_table = analyse(fw)
     fw_names = set(fw_table.tensors)
     fw_nodes = {n.name: n for n in fw.graph.nodes}
@@ -534,6 +554,11 @@ def _decisions(fw: fx.GraphModule, bw: fx.GraphModule, costs) -> tuple[TensorDec
         info = fw_table.tensors[source]
         out.append(dataclasses.replace(_decision(info, mode, tag["seconds"]), bytes=nbytes))
     bw_table = analyse(bw)
+    read_by_backward = set(partition_saved(fw, bw)) | set(bw_table.tensors)
+    for name in sorted(inplace):
+        info = fw_table.tensors.get(name)
+        if info is not None and info.kind == "tensor" and name not in read_by_backward:
+            out.append(_decision(info, "inplace", 0.0))
     for name in bw_table.order:
         info = bw_table.tensors[name]
         if info.producer == "placeholder" or info.kind != "tensor":

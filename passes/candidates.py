@@ -5,8 +5,9 @@ directly or through a recomputed value. Each candidate may be kept (saved), reco
 the backward, or neither (when nothing in the backward needs it). With the lossy modes
 enabled, a storage may also be quantized (int8 codes and scales; rewrite/quantize.py) and a
 GELU/SiLU input stored as a few-bit derivative code (rewrite/fewbit.py): their legality,
-packed bytes and added seconds are recorded here. Everything here is keyed by node name so
-the planner never sees an FX node.
+packed bytes and added seconds are recorded here. With "inplace", an activation's input whose
+backward reads can all read the activation's output instead (rewrite/inplace.py) records that
+output. Everything here is keyed by node name so the planner never sees an FX node.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class Candidate:
     input (so a few-bit code can replace it), else 0."""
     fewbit_seconds: float = 0.0
     """Added time of the few-bit pack (forward) and unpack (backward) kernels."""
+    inplace_output: str | None = None
+    """Name of the forward op's output y that every backward read of this value may read instead
+    (mode "inplace": the derivative in its output form), else None."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,8 +184,10 @@ def build_candidates(
         seconds = costs.recompute_seconds(name) if name in forward_only else 0.0
         if ban is None and seconds > 0.0 and "recompute" not in modes:
             ban = "recompute not enabled"
-        lossy = _lossy_prices(node, info, owns=owns, has_storage=root in fw_pos, backward=backward_nodes,
+        options = _lossy_prices(node, info, owns=owns, has_storage=root in fw_pos, backward=backward_nodes,
                               modes=modes, costs=costs) if _LOSSY & set(modes) else {}
+        if "inplace" in modes and bw_users and info.kind == "tensor":
+            options["inplace_output"] = _inplace_output(node, backward_nodes, table, fw_pos)
         candidates.append(
             Candidate(
                 name=name,
@@ -197,7 +203,7 @@ def build_candidates(
                 fw_keep_from=keep_from,
                 bw_first=min(bw_users) if bw_users else None,
                 bw_last=max(bw_users) if bw_users else None,
-                **lossy,
+                **options,
             )
         )
 
@@ -256,6 +262,18 @@ def _lossy_prices(node: fx.Node, info, *, owns: bool, has_storage: bool, backwar
         out["fewbit_bytes"] = int(fewbit_nbytes(numel, bits=fewbit.BITS))
         out["fewbit_seconds"] = fewbit_bytes_moved(numel, info.dtype, bits=fewbit.BITS) / profile.memory_bandwidth + launches
     return out
+
+
+def _inplace_output(node: fx.Node, backward: Collection[str], table: LifetimeTable, fw_pos) -> str | None:
+    """The forward output the backward may read instead of ``node`` (rewrite/inplace.py), when it is a
+    forward storage of its own that the planner can keep."""
+    from .rewrite.inplace import output_form_source
+
+    y, _ = output_form_source(node, backward)
+    if y is None or y.name not in fw_pos:
+        return None
+    info = table.tensors[y.name]
+    return y.name if info.alias_root == y.name and info.kind == "tensor" and info.nbytes_hint > 0 else None
 
 
 def _sweep(n_steps: int, held: int, intervals) -> tuple[int, ...]:

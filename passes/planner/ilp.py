@@ -1,15 +1,20 @@
-"""The keep/recompute ILP (PuLP + CBC) over a PlanProblem, with the opt-in lossy modes.
+"""The ILP (PuLP + CBC) over a PlanProblem: keep or recompute, or one of the mode options.
 
-Variables: keep[i], recompute[i] per candidate, kept[s] per storage, lossy[o] per lossy option
-(a quantized storage or a few-bit code; none unless the modes are enabled), a continuous peak P.
-- a value the backward reads is kept, recomputed or served by a lossy option:
-  keep[i] + recompute[i] + sum(lossy[o] serving i) >= 1;
-- a recomputed value's inputs are kept or recomputed (never a lossy copy):
+Variables: keep[i], recompute[i] per candidate, kept[s] per storage, option[o] per mode option
+(a quantized storage, a few-bit code, an output-form derivative; only for the modes enabled and
+legal), a continuous peak P.
+- a value the backward reads is kept, recomputed or served by an option:
+  keep[i] + recompute[i] + sum(option[o] serving i) >= 1;
+- a recomputed value's inputs are kept or recomputed (never an option's copy):
   recompute[i] <= keep[j] + recompute[j];
 - keeping any alias keeps the storage: kept[s] >= keep[i];
-- one mode per storage (few-bit: per value): lossy[o] + kept[s] <= 1, lossy[o] + recompute[owner] <= 1;
+- one mode per storage (quantize) or value (few-bit, inplace): option[o] + kept[s] <= 1 and
+  option[o] + recompute[owner] <= 1, or option[o] + keep[i] + recompute[i] <= 1; two options
+  that conflict (problem.conflicts): option[o] + option[p] <= 1;
+- an option that needs a storage kept (inplace: the activation's output) keeps its owner:
+  option[o] <= keep[owner];
 - each memory constraint: base + sum(bytes * kept) + sum(bytes * recompute[owner])
-  + sum(packed or dequantized bytes * lossy) <= P.
+  + sum(packed or expanded bytes * option) <= P.
 Objective "time": min added seconds + a tie-break on P (so equal-time plans take the lower
 peak), with P <= budget. Objective "peak": min P + a tie-break on seconds.
 
@@ -31,7 +36,7 @@ import time
 import pulp
 
 from .greedy import solve_greedy
-from .problem import FORWARD, QUANTIZE, PlanProblem, lossy_indices, lossy_names
+from .problem import FORWARD, PlanProblem, conflicts, option_indices, option_names
 from .solution import PEAK, TIME, PlanSolution
 
 # Bytes enter the model in MiB and time in milliseconds so CBC's tolerances see numbers of a sane size.
@@ -67,9 +72,9 @@ def solve_ilp(
         if problem.can_save[i] and not problem.free_alias(i)
     }
     rec = {i: pulp.LpVariable(f"r{i}", cat="Binary") for i in range(n) if problem.can_recompute[i]}
-    lossy = {o: pulp.LpVariable(f"l{o}", cat="Binary") for o in range(len(problem.lossy))}
+    option = {o: pulp.LpVariable(f"o{o}", cat="Binary") for o in range(len(problem.options))}
     serving: dict[int, list[int]] = {}
-    for o, opt in enumerate(problem.lossy):
+    for o, opt in enumerate(problem.options):
         for i in opt.serves:
             serving.setdefault(i, []).append(o)
     peak = pulp.LpVariable("peak_mib", lowBound=0)
@@ -99,23 +104,28 @@ def solve_ilp(
             model += kept[s] - keep[i] >= 0, f"alias{i}"
             n_rows += 1
 
-    # One mode per storage (quantize) or value (few-bit); each group below is mutually exclusive.
-    quantized_storage = {opt.storage: o for o, opt in enumerate(problem.lossy) if opt.mode == QUANTIZE}
-    for o, opt in enumerate(problem.lossy):
-        if opt.mode == QUANTIZE:
+    # One mode per storage (quantize) or value (few-bit, inplace); each group below is mutually exclusive.
+    for o, opt in enumerate(problem.options):
+        if opt.whole_storage:
             groups = [[kept[opt.storage]]] if opt.storage in kept else []
             groups += [[rec[opt.candidate]]] if opt.candidate in rec else []
         else:
             groups = [[v for v, _ in available(opt.candidate)]]
-            if opt.storage in quantized_storage:
-                groups.append([lossy[quantized_storage[opt.storage]]])
+        groups += [[option[p]] for p in range(o + 1, len(problem.options)) if conflicts(opt, problem.options[p])]
         for k, group in enumerate(g for g in groups if g):
-            model += pulp.lpSum([lossy[o], *group]) <= 1, f"one{o}_{k}"
+            model += pulp.lpSum([option[o], *group]) <= 1, f"one{o}_{k}"
             n_rows += 1
+        if opt.requires_kept >= 0:  # the storage's owner is kept (so the plan names it; kept[s] follows)
+            owner = problem.storage_owner[opt.requires_kept]
+            if owner in keep:
+                model += option[o] - keep[owner] <= 0, f"requires{o}"
+                n_rows += 1
+            else:
+                option[o].upBound = 0
 
     for i in range(n):
         if problem.needed[i]:
-            terms = available(i) + [(lossy[o], 1.0) for o in serving.get(i, ())]
+            terms = available(i) + [(option[o], 1.0) for o in serving.get(i, ())]
             if not terms:
                 return _infeasible(problem, start, f"{problem.names[i]} is read by the backward but can be neither saved nor recomputed")
             if len(terms) == 1:
@@ -134,14 +144,14 @@ def solve_ilp(
             owner = problem.storage_owner[s]
             if owner in rec:
                 terms[("r", owner)] = problem.storage_bytes[s] / _MIB
-        for o in c.lossy_stored:
-            terms[("l", o)] = problem.lossy[o].packed_bytes / _MIB
-        for o in c.lossy_expanded:
-            terms[("l", o)] = terms.get(("l", o), 0.0) + problem.lossy[o].expanded_bytes / _MIB
+        for o in c.option_stored:
+            terms[("o", o)] = problem.options[o].packed_bytes / _MIB
+        for o in c.option_expanded:
+            terms[("o", o)] = terms.get(("o", o), 0.0) + problem.options[o].expanded_bytes / _MIB
         return terms
 
     def var(key: tuple[str, int]) -> pulp.LpVariable:
-        return {"k": kept, "r": rec, "l": lossy}[key[0]][key[1]]
+        return {"k": kept, "r": rec, "o": option}[key[0]][key[1]]
 
     ordered = sorted(problem.constraints, key=lambda c: (c.side != FORWARD, c.step))
     previous: dict[tuple[str, int], float] = {}
@@ -164,7 +174,7 @@ def solve_ilp(
 
     milliseconds = pulp.LpAffineExpression(
         [(rec[i], problem.recompute_seconds[i] * _MS) for i in rec]
-        + [(lossy[o], problem.lossy[o].seconds * _MS) for o in lossy]
+        + [(option[o], problem.options[o].seconds * _MS) for o in option]
     )
     if max_added_seconds is not None:
         model += milliseconds <= max_added_seconds * _MS, "time_cap"
@@ -180,7 +190,7 @@ def solve_ilp(
     if warm_start:
         start_point = solve_greedy(problem, budget_bytes=budget_bytes, objective=objective)
         if start_point.feasible and (objective == PEAK or budget_bytes is None or start_point.predicted_peak_bytes <= budget_bytes):
-            _set_initial(problem, start_point, keep, rec, kept, lossy)
+            _set_initial(problem, start_point, keep, rec, kept, option)
         else:
             start_point = None
 
@@ -209,11 +219,11 @@ def solve_ilp(
         )
     chosen_rec = {i for i, v in rec.items() if (v.value() or 0) > 0.5}
     chosen_keep = {i for i, v in keep.items() if (v.value() or 0) > 0.5}
-    chosen_lossy = {o for o, v in lossy.items() if (v.value() or 0) > 0.5}
+    chosen_options = {o for o, v in option.items() if (v.value() or 0) > 0.5}
     # A free alias the backward reads is recomputed (it has no keep variable): report it that way.
     keep_names = frozenset(problem.names[i] for i in chosen_keep)
     rec_names = frozenset(problem.names[i] for i in chosen_rec)
-    added = sum(problem.recompute_seconds[i] for i in chosen_rec) + sum(problem.lossy[o].seconds for o in chosen_lossy)
+    added = sum(problem.recompute_seconds[i] for i in chosen_rec) + sum(problem.options[o].seconds for o in chosen_options)
     return PlanSolution(
         status="Feasible" if time_limit_hit else "Optimal",
         solver="ilp",
@@ -226,11 +236,11 @@ def solve_ilp(
         n_vars=n_vars,
         n_constraints=n_rows,
         time_limit_hit=time_limit_hit,
-        **lossy_names(problem, chosen_lossy),
+        **option_names(problem, chosen_options),
     )
 
 
-def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept, lossy) -> None:
+def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept, option) -> None:
     """Hand a plan to CBC as its first incumbent (free aliases the plan kept are recomputed instead)."""
     index = {name: i for i, name in enumerate(problem.names)}
     keep_idx = {index[name] for name in sol.keep}
@@ -244,8 +254,8 @@ def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept, lossy
     for s, v in kept.items():
         if v.name.startswith("s"):
             v.setInitialValue(1 if s in kept_storage else 0)
-    chosen = lossy_indices(problem, sol)
-    for o, v in lossy.items():
+    chosen = option_indices(problem, sol)
+    for o, v in option.items():
         v.setInitialValue(1 if o in chosen else 0)
 
 

@@ -9,24 +9,37 @@ backward use. Constraints are written only where the live set can change:
 - backward: the coefficients only change at a storage's first or last backward use, so
   one constraint per segment between those breakpoints, with the segment's largest base.
 
-Lossy options (opt-in) are extra choices that serve a value's backward reads:
-- quantize a storage: its int8 codes and scales (packed bytes) live from its forward step to
-  its last backward need; the dequantized copy (full bytes) lives over its backward window,
-  like a recomputed storage. It serves every alias the backward reads; it excludes keeping
-  or recomputing the storage (nothing is recomputed from a lossy copy);
-- few-bit: the derivative code of a GELU/SiLU input (packed bytes) lives from its forward
-  step to its backward read; no full-size copy is rebuilt.
+Mode options are the ways, other than keeping or recomputing, to serve a value's backward
+reads; each is one binary choice in the ILP, with packed bytes (stored from the forward to the
+last backward need), expanded bytes (live over a backward window) and added seconds:
+- quantize a storage (lossy, opt-in): its int8 codes and scales are the packed bytes; the
+  dequantized copy (full bytes) lives over its backward window, like a recomputed storage.
+  It serves every alias the backward reads and replaces the whole storage;
+- few-bit (lossy, opt-in): the derivative code of a GELU/SiLU input (packed bytes) lives from
+  its forward step to its backward read; no full-size copy is rebuilt;
+- in-place (lossless): an activation's derivative reads the activation's output y instead of
+  its input x. Nothing is packed and no time is added, but y's storage must be kept, and when
+  the derivative runs after y's last backward need, y lives on until it (the expanded bytes
+  are y's bytes over that extension).
+Each candidate takes exactly one way: keep, recompute, or one option. An option excludes
+keeping and recomputing what it replaces (the storage, or the value), and two options that
+serve the same value or replace the same storage exclude each other. Nothing is recomputed
+from an option's copy: a recomputed value's inputs are kept or recomputed. An offload option
+would be one more storage-wide option (0 packed device bytes, full bytes over its backward
+window, its un-hidden transfer time as seconds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..candidates import CandidateSet
 
 FORWARD, BACKWARD = "forward", "backward"
-QUANTIZE, FEWBIT = "quantize", "fewbit"
+QUANTIZE, FEWBIT, INPLACE = "quantize", "fewbit", "inplace"
+OPTION_MODES = (QUANTIZE, FEWBIT, INPLACE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,32 +52,37 @@ class MemoryConstraint:
     """Storages whose bytes count here when kept."""
     recomputed: tuple[int, ...]
     """Storages whose bytes count here when recomputed."""
-    lossy_stored: tuple[int, ...] = ()
-    """Lossy options whose packed bytes count here when chosen."""
-    lossy_expanded: tuple[int, ...] = ()
-    """Lossy options whose full-size (dequantized) copy counts here when chosen."""
+    option_stored: tuple[int, ...] = ()
+    """Mode options whose packed bytes count here when chosen."""
+    option_expanded: tuple[int, ...] = ()
+    """Mode options whose expanded bytes (dequantized copy, extended output) count here when chosen."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LossyOption:
-    """One lossy way to serve backward reads (a quantized storage or a few-bit code)."""
+class ModeOption:
+    """One way other than keep or recompute to serve backward reads (module docstring)."""
 
     mode: str
-    """QUANTIZE or FEWBIT."""
+    """QUANTIZE, FEWBIT or INPLACE."""
     candidate: int
-    """quantize: the storage's owner; fewbit: the GELU/SiLU input."""
+    """quantize: the storage's owner; fewbit: the GELU/SiLU input; inplace: the activation's input."""
     storage: int
-    """The storage the option replaces for the backward (-1 if none)."""
+    """The storage of the value(s) it serves (-1 if none)."""
+    whole_storage: bool
+    """It replaces the storage for every alias the backward reads (quantize); else it serves one value."""
     serves: tuple[int, ...]
     """Candidates whose backward reads it serves."""
     packed_bytes: int
     expanded_bytes: int
-    """Bytes rebuilt in the backward (the dequantized copy); 0 for few-bit."""
+    """Bytes live over [bw_first, bw_last] when chosen: the dequantized copy (quantize), the
+    activation output's extra lifetime (inplace); 0 for few-bit."""
     seconds: float
     fw_from: int
     """Forward step from which the packed bytes are live."""
     bw_first: int
     bw_last: int
+    requires_kept: int = -1
+    """A storage that must be kept when it is chosen (inplace: the activation's output), else -1."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +100,7 @@ class PlanProblem:
     inputs: tuple[tuple[int, ...], ...]
     constraints: tuple[MemoryConstraint, ...]
     n_steps: int
-    lossy: tuple[LossyOption, ...] = ()
+    options: tuple[ModeOption, ...] = ()
 
     @property
     def n_candidates(self) -> int:
@@ -153,7 +171,7 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         first[s] = win_first[i] if first[s] is None else min(first[s], win_first[i])
         last[s] = max(last[s], win_last[i])
 
-    options = _lossy_options(cands, storage_of, storage_bytes, storage_owner, need)
+    options = _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last)
 
     constraints: list[MemoryConstraint] = []
     fw_base = cset.fw_base_bytes
@@ -162,9 +180,9 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         if fw_base[t] > best_later:
             best_later = fw_base[t]
             kept = tuple(s for s in range(n_storage) if keep_from[s] <= t)
-            stored = tuple(o for o, opt in enumerate(options) if opt.fw_from <= t)
+            stored = tuple(o for o, opt in enumerate(options) if opt.packed_bytes and opt.fw_from <= t)
             constraints.append(MemoryConstraint(side=FORWARD, step=t, base_bytes=fw_base[t], kept=kept, recomputed=(),
-                                                lossy_stored=stored))
+                                                option_stored=stored))
 
     bw_base = cset.bw_base_bytes
     n_bw = len(bw_base)
@@ -175,7 +193,10 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         if first[s] is not None:
             cuts.add(first[s])
     for opt in options:
-        cuts.update((opt.bw_first, min(opt.bw_last + 1, n_bw)))
+        if opt.packed_bytes:
+            cuts.add(min(opt.bw_last + 1, n_bw))
+        if opt.expanded_bytes:
+            cuts.update((opt.bw_first, min(opt.bw_last + 1, n_bw)))
     bounds = sorted(c for c in cuts if 0 <= c <= n_bw)
     seen: dict[tuple, int] = {}
     for a, b in zip(bounds, bounds[1:]):
@@ -184,11 +205,11 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         step = max(range(a, b), key=bw_base.__getitem__)
         kept = tuple(s for s in range(n_storage) if last[s] >= a)
         recomputed = tuple(s for s in range(n_storage) if first[s] is not None and first[s] <= a <= last[s])
-        stored = tuple(o for o, opt in enumerate(options) if opt.bw_last >= a)
+        stored = tuple(o for o, opt in enumerate(options) if opt.packed_bytes and opt.bw_last >= a)
         expanded = tuple(o for o, opt in enumerate(options) if opt.expanded_bytes and opt.bw_first <= a <= opt.bw_last)
         key = (kept, recomputed, stored, expanded)
         row = MemoryConstraint(side=BACKWARD, step=step, base_bytes=bw_base[step], kept=kept, recomputed=recomputed,
-                               lossy_stored=stored, lossy_expanded=expanded)
+                               option_stored=stored, option_expanded=expanded)
         if key in seen:
             j = seen[key]
             if constraints[j].base_bytes < bw_base[step]:
@@ -209,13 +230,14 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         inputs=tuple(tuple(index[n] for n in c.inputs) for c in cands),
         constraints=tuple(constraints),
         n_steps=len(fw_base) + n_bw,
-        lossy=tuple(options),
+        options=tuple(options),
     )
 
 
-def _lossy_options(cands, storage_of, storage_bytes, storage_owner, need) -> list[LossyOption]:
-    """The legal lossy options: a quantized copy per quantizable storage the backward reads, a few-bit
-    code per GELU/SiLU input whose only backward reads are the derivative's."""
+def _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last) -> list[ModeOption]:
+    """The legal mode options: a quantized copy per quantizable storage the backward reads, a few-bit
+    code per GELU/SiLU input and an output-form derivative per activation input whose only backward
+    reads are those derivatives (``last``: each storage's last backward step when kept)."""
     members: dict[int, list[int]] = {}
     for i, s in enumerate(storage_of):
         if s >= 0:
@@ -229,20 +251,57 @@ def _lossy_options(cands, storage_of, storage_bytes, storage_owner, need) -> lis
         windows = [need[i] for i in members.get(s, ()) if need[i][0] is not None]
         if not serves or not windows:
             continue
-        options.append(LossyOption(
-            mode=QUANTIZE, candidate=owner, storage=s, serves=serves, packed_bytes=c.quantize_bytes,
-            expanded_bytes=storage_bytes[s], seconds=c.quantize_seconds, fw_from=c.fw_step,
-            bw_first=min(w[0] for w in windows), bw_last=max(w[1] for w in windows),
+        options.append(ModeOption(
+            mode=QUANTIZE, candidate=owner, storage=s, whole_storage=True, serves=serves,
+            packed_bytes=c.quantize_bytes, expanded_bytes=storage_bytes[s], seconds=c.quantize_seconds,
+            fw_from=c.fw_step, bw_first=min(w[0] for w in windows), bw_last=max(w[1] for w in windows),
         ))
     for i, c in enumerate(cands):
-        # a view of it read elsewhere in the backward passes its need on: the code cannot serve that
-        if not c.fewbit_bytes or not c.needed or storage_of[i] < 0 or need[i] != [c.bw_first, c.bw_last]:
+        # a view of it read elsewhere in the backward passes its need on: the option cannot serve that
+        if not c.needed or storage_of[i] < 0 or need[i] != [c.bw_first, c.bw_last]:
             continue
-        options.append(LossyOption(
-            mode=FEWBIT, candidate=i, storage=storage_of[i], serves=(i,), packed_bytes=c.fewbit_bytes,
-            expanded_bytes=0, seconds=c.fewbit_seconds, fw_from=c.fw_step, bw_first=c.bw_first, bw_last=c.bw_last,
-        ))
+        if c.fewbit_bytes:
+            options.append(ModeOption(
+                mode=FEWBIT, candidate=i, storage=storage_of[i], whole_storage=False, serves=(i,),
+                packed_bytes=c.fewbit_bytes, expanded_bytes=0, seconds=c.fewbit_seconds, fw_from=c.fw_step,
+                bw_first=c.bw_first, bw_last=c.bw_last,
+            ))
+        output = index.get(c.inplace_output) if c.inplace_output else None
+        out_storage = storage_of[output] if output is not None else -1
+        if out_storage >= 0 and storage_owner[out_storage] == output and cands[output].can_save:
+            # kept, the output lives to its own last backward need; the derivative may read it later
+            extends = c.bw_last > last[out_storage]
+            options.append(ModeOption(
+                mode=INPLACE, candidate=i, storage=storage_of[i], whole_storage=False, serves=(i,),
+                packed_bytes=0, expanded_bytes=storage_bytes[out_storage] if extends else 0, seconds=0.0,
+                fw_from=c.fw_step, bw_first=max(last[out_storage] + 1, 0) if extends else c.bw_first,
+                bw_last=c.bw_last, requires_kept=out_storage,
+            ))
     return options
+
+
+def without_modes(problem: PlanProblem, modes: Collection[str]) -> PlanProblem:
+    """``problem`` with the options of ``modes`` taken out (what a plan without those modes may choose)."""
+    kept = [o for o, opt in enumerate(problem.options) if opt.mode not in modes]
+    if len(kept) == len(problem.options):
+        return problem
+    renumber = {o: k for k, o in enumerate(kept)}
+    rows = tuple(
+        dataclasses.replace(
+            c, option_stored=tuple(renumber[o] for o in c.option_stored if o in renumber),
+            option_expanded=tuple(renumber[o] for o in c.option_expanded if o in renumber),
+        )
+        for c in problem.constraints
+    )
+    return dataclasses.replace(problem, options=tuple(problem.options[o] for o in kept), constraints=rows)
+
+
+def conflicts(a: ModeOption, b: ModeOption) -> bool:
+    """Two options that may not both be chosen: they serve the same value, or one replaces the
+    storage the other serves."""
+    if set(a.serves) & set(b.serves):
+        return True
+    return (a.whole_storage or b.whole_storage) and a.storage == b.storage >= 0
 
 
 def _free_alias(i: int, s: int, storage_owner, can_recompute: bool, recompute_seconds: float) -> bool:
@@ -252,38 +311,42 @@ def _free_alias(i: int, s: int, storage_owner, can_recompute: bool, recompute_se
 
 
 def evaluate(
-    problem: PlanProblem, keep: set[int], recompute: set[int], lossy: Collection[int] = ()
+    problem: PlanProblem, keep: set[int], recompute: set[int], options: Collection[int] = ()
 ) -> tuple[int, float]:
-    """(peak bytes, added seconds) of a decision under the problem's memory model (``lossy``: option indices)."""
+    """(peak bytes, added seconds) of a decision under the problem's memory model (``options``: option indices)."""
     kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
     rec_storage = {problem.storage_of[i] for i in recompute if problem.storage_of[i] >= 0 and problem.storage_owner[problem.storage_of[i]] == i}
-    lossy = set(lossy)
+    options = set(options)
     peak = 0
     for c in problem.constraints:
         total = c.base_bytes
         total += sum(problem.storage_bytes[s] for s in c.kept if s in kept_storage)
         total += sum(problem.storage_bytes[s] for s in c.recomputed if s in rec_storage)
-        total += sum(problem.lossy[o].packed_bytes for o in c.lossy_stored if o in lossy)
-        total += sum(problem.lossy[o].expanded_bytes for o in c.lossy_expanded if o in lossy)
+        total += sum(problem.options[o].packed_bytes for o in c.option_stored if o in options)
+        total += sum(problem.options[o].expanded_bytes for o in c.option_expanded if o in options)
         peak = max(peak, total)
-    seconds = sum(problem.recompute_seconds[i] for i in recompute) + sum(problem.lossy[o].seconds for o in lossy)
+    seconds = sum(problem.recompute_seconds[i] for i in recompute) + sum(problem.options[o].seconds for o in options)
     return peak, seconds
 
 
-def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], lossy: Collection[int] = ()) -> bool:
-    """Every needed value is kept, recomputed or served by a lossy option; every recomputed value's inputs
-    are kept or recomputed; a lossy option's storage (few-bit: value) is not also kept or recomputed."""
-    served = {i for o in lossy for i in problem.lossy[o].serves}
-    for o in lossy:
-        opt = problem.lossy[o]
-        if opt.mode == QUANTIZE:
-            if any(problem.storage_of[i] == opt.storage for i in keep) or opt.candidate in recompute:
+def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], options: Collection[int] = ()) -> bool:
+    """Every needed value is kept, recomputed or served by an option; every recomputed value's inputs
+    are kept or recomputed; an option's storage (whole-storage options) or value is not also kept or
+    recomputed, no two chosen options conflict, and a storage an option requires is kept."""
+    options = sorted(set(options))
+    served = {i for o in options for i in problem.options[o].serves}
+    kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
+    for k, o in enumerate(options):
+        opt = problem.options[o]
+        if opt.whole_storage:
+            if opt.storage in kept_storage or problem.storage_owner[opt.storage] in recompute:
                 return False
         elif opt.candidate in keep or opt.candidate in recompute:
             return False
-    quantized = {problem.lossy[o].storage for o in lossy if problem.lossy[o].mode == QUANTIZE}
-    if any(problem.lossy[o].mode == FEWBIT and problem.lossy[o].storage in quantized for o in lossy):
-        return False
+        if opt.requires_kept >= 0 and opt.requires_kept not in kept_storage:
+            return False
+        if any(conflicts(opt, problem.options[other]) for other in options[k + 1:]):
+            return False
     for i in range(problem.n_candidates):
         if problem.needed[i] and i not in keep and i not in recompute and i not in served:
             return False
@@ -296,16 +359,15 @@ def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], lossy: C
     return True
 
 
-def lossy_names(problem: PlanProblem, chosen: set[int]) -> dict[str, frozenset[str]]:
-    """PlanSolution's ``quantize`` and ``fewbit`` fields for the chosen lossy options."""
+def option_names(problem: PlanProblem, chosen: Collection[int]) -> dict[str, frozenset[str]]:
+    """PlanSolution's per-mode fields (``quantize``, ``fewbit``, ``inplace``) for the chosen options."""
     return {
-        mode: frozenset(problem.names[problem.lossy[o].candidate] for o in chosen if problem.lossy[o].mode == mode)
-        for mode in (QUANTIZE, FEWBIT)
+        mode: frozenset(problem.names[problem.options[o].candidate] for o in chosen if problem.options[o].mode == mode)
+        for mode in OPTION_MODES
     }
 
 
-def lossy_indices(problem: PlanProblem, sol) -> set[int]:
-    """The lossy options a PlanSolution chose (inverse of ``lossy_names``)."""
-    names = {QUANTIZE: sol.quantize, FEWBIT: sol.fewbit}
-    return {o for o, opt in enumerate(problem.lossy) if problem.names[opt.candidate] in names[opt.mode]}
-
+def option_indices(problem: PlanProblem, sol) -> set[int]:
+    """The options a PlanSolution chose (inverse of ``option_names``)."""
+    names = {mode: getattr(sol, mode) for mode in OPTION_MODES}
+    return {o for o, opt in enumerate(problem.options) if problem.names[opt.candidate] in names[opt.mode]}

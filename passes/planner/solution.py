@@ -26,6 +26,8 @@ class PlanSolution:
     """Storages (by owner name) stored as int8 codes and scales for the backward."""
     fewbit: frozenset[str] = frozenset()
     """GELU/SiLU inputs whose derivative is stored as a few-bit code."""
+    inplace: frozenset[str] = frozenset()
+    """Activation inputs not saved: their derivatives read the activation's output instead."""
 
     @property
     def feasible(self) -> bool:

@@ -15,7 +15,7 @@ from memcompile.passes.planner.problem import (
     build_problem,
     evaluate,
     is_valid,
-    lossy_indices,
+    option_indices,
 )
 from memcompile.passes.planner.solution import PEAK, TIME
 
@@ -45,19 +45,19 @@ def chain(n: int, *, nbytes=8 * MB, seconds=1e-3, quantize=True, fewbit_at=(1, 3
 
 def lossless(problem):
     """The same problem with the lossy options taken out (what modes=("keep", "recompute") plans)."""
-    rows = tuple(dataclasses.replace(c, lossy_stored=(), lossy_expanded=()) for c in problem.constraints)
-    return dataclasses.replace(problem, lossy=(), constraints=rows)
+    rows = tuple(dataclasses.replace(c, option_stored=(), option_expanded=()) for c in problem.constraints)
+    return dataclasses.replace(problem, options=(), constraints=rows)
 
 
 def decision(problem, sol):
     keep = {problem.names.index(n) for n in sol.keep}
     rec = {problem.names.index(n) for n in sol.recompute}
-    return keep, rec, lossy_indices(problem, sol)
+    return keep, rec, option_indices(problem, sol)
 
 
 def brute_force(problem, budget):
     """Cheapest valid plan within ``budget``: every candidate none/keep/recompute, every option on/off."""
-    n, n_opt = problem.n_candidates, len(problem.lossy)
+    n, n_opt = problem.n_candidates, len(problem.options)
     best = None
     for modes in itertools.product((0, 1, 2), repeat=n):
         keep = {i for i, m in enumerate(modes) if m == 1}
@@ -74,11 +74,11 @@ def brute_force(problem, budget):
 
 def test_options_are_built_per_storage_and_per_gelu_input():
     problem = build_problem(chain(5))
-    modes = sorted((o.mode, problem.names[o.candidate]) for o in problem.lossy)
+    modes = sorted((o.mode, problem.names[o.candidate]) for o in problem.options)
     assert modes == sorted([(QUANTIZE, f"a{i}") for i in range(5)] + [(FEWBIT, "a1"), (FEWBIT, "a3")])
-    q = next(o for o in problem.lossy if o.mode == QUANTIZE)
+    q = next(o for o in problem.options if o.mode == QUANTIZE)
     assert q.packed_bytes == 2 * MB and q.expanded_bytes == 8 * MB  # codes kept, full copy rebuilt in the backward
-    f = next(o for o in problem.lossy if o.mode == FEWBIT)
+    f = next(o for o in problem.options if o.mode == FEWBIT)
     assert f.packed_bytes == MB // 2 and f.expanded_bytes == 0
 
 
@@ -139,7 +139,7 @@ def test_one_mode_per_storage():
 def test_lossy_value_is_never_an_input_of_a_recompute():
     """a0 feeds a1; recomputing a1 needs a0 at full precision, so a0 may not be quantized then."""
     problem = build_problem(chain(2, fewbit_at=()))
-    a0 = next(o for o, opt in enumerate(problem.lossy) if problem.names[opt.candidate] == "a0")
+    a0 = next(o for o, opt in enumerate(problem.options) if problem.names[opt.candidate] == "a0")
     assert not is_valid(problem, set(), {1}, {a0})
     assert is_valid(problem, {0}, {1}, set())
 
