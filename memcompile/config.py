@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-LOSSLESS_MODES = ("keep", "recompute")
-"""Modes the planner may use without being asked (they give the same gradients as eager)."""
+LOSSLESS_MODES = ("keep", "recompute", "inplace")
+"""Modes the planner may use without being asked (they give eager's gradients; inplace's ELU rule up to
+one rounding, README "In-place mode")."""
 
 ALL_MODES = ("keep", "recompute", "quantize", "fewbit", "offload", "inplace")
 """Every mode of the design; the ones not in IMPLEMENTED_MODES are refused with a clear error."""
 
-IMPLEMENTED_MODES = ("keep", "recompute", "quantize", "fewbit")
+IMPLEMENTED_MODES = ("keep", "recompute", "quantize", "fewbit", "inplace")
 
 LOSSY_MODES = ("quantize", "fewbit")
 """Modes that change the gradients (within stated bounds, README "Lossy modes"): used only when named."""
@@ -70,8 +71,10 @@ class MemConfig:
     peak (0.0) and the default partition's peak (1.0), the same scale as torch's activation_memory_budget.
     An int or a string such as "6GiB": cap on the predicted peak bytes of the step, inputs included."""
     modes: tuple[str, ...] = LOSSLESS_MODES
-    """Modes the planner may choose from; "keep" is always allowed. The lossy ones ("quantize": int8 per-group
-    storage; "fewbit": a 2-bit code of a GELU/SiLU derivative) are used only when named here."""
+    """Modes the planner may choose from; "keep" is always allowed. By default the lossless ones: "recompute"
+    and "inplace" (an activation's derivative reads its output, so its input is not saved). The lossy ones
+    ("quantize": int8 per-group storage; "fewbit": a 2-bit code of a GELU/SiLU derivative) are used only
+    when named here."""
     inner: str = "inductor"
     """Compiler for the rewritten graphs: "inductor" or "eager" (debugging)."""
     solver_time_limit: float = 20.0

@@ -14,8 +14,10 @@ JSON layout (``Report.to_json()``), stable keys first:
 - ``solver``: ``{"status", "seconds", "objective"}``; status is PuLP's string ("Optimal", ...),
   "Greedy", or the Plan's source ("default") when no solve chose the partition;
 - ``tensors``: one ``{"name", "shape", "dtype", "bytes", "mode", "added_seconds"}`` per tensor
-  the forward saves ("keep") or the backward rebuilds ("recompute"); ``bytes`` is the storage
-  the tensor owns (0 for a view of another tensor);
+  the forward saves ("keep"), the backward rebuilds ("recompute"), stores lossily ("quantize",
+  "fewbit": ``bytes`` are the packed bytes) or does not need because its derivative reads the
+  activation's output ("inplace"); ``bytes`` is the storage the tensor owns (0 for a view of
+  another tensor);
 - ``binding_step``: where the predicted peak occurs: ``{"graph", "index", "node", "side",
   "live_bytes", "held_bytes", "live": [{"name", "bytes", "role"}]}``, live storages largest
   first (``held_bytes`` are the graph's inputs, live for the whole step); a live storage is
@@ -47,9 +49,14 @@ from .config import MemConfig
 from .plan import Plan, TensorDecision
 
 KEEP, RECOMPUTE = "keep", "recompute"
+MODES = (KEEP, RECOMPUTE, "quantize", "fewbit", "inplace")
+"""Every mode a TensorDecision may carry, in the order the summary and the plot list them."""
 _ROLE_KEEP, _ROLE_RECOMPUTE, _ROLE_OTHER = KEEP, RECOMPUTE, "other"
 # Colours per mode / role, shared by the timeline's stacked area and the bar of bytes per mode.
-_COLOURS = {"held": "#c7c7c7", _ROLE_KEEP: "#1f77b4", _ROLE_RECOMPUTE: "#ff7f0e", _ROLE_OTHER: "#9ecae1"}
+_COLOURS = {"held": "#c7c7c7", _ROLE_KEEP: "#1f77b4", _ROLE_RECOMPUTE: "#ff7f0e", _ROLE_OTHER: "#9ecae1",
+            "quantize": "#2ca02c", "fewbit": "#9467bd", "inplace": "#8c564b"}
+# What each mode's bytes are, for the summary's totals.
+_TOTAL_NOTES = {"quantize": "packed", "fewbit": "packed", "inplace": "not saved: the backward reads the activation's output"}
 _SUMMARY_LIVE_ROWS = 8
 
 
@@ -227,14 +234,15 @@ class Report:
         hidden = len(rows) - len(shown)
         if hidden:
             lines.append(f"  ({hidden} views of other tensors, 0 bytes of their own, not listed)")
-        for mode in (KEEP, RECOMPUTE):
+        for mode in _modes_of(plan):
             chosen = [d for d in plan.decisions if d.mode == mode]
             owning = sum(d.bytes > 0 for d in chosen)
             added = sum(d.added_seconds for d in chosen)
             lines.append(
                 f"{mode:<9} {owning:>4} tensors {_fmt_bytes(sum(d.bytes for d in chosen)):>11}"
+                + (f" ({_TOTAL_NOTES[mode]})" if mode in _TOTAL_NOTES else "")
                 + (f" (+{len(chosen) - owning} views)" if len(chosen) > owning else "")
-                + (f", +{added * 1e3:.4f} ms predicted" if mode == RECOMPUTE else "")
+                + (f", +{added * 1e3:.4f} ms predicted" if mode not in (KEEP, "inplace") else "")
             )
         budget = "none" if plan.budget_bytes is None else _fmt_bytes(plan.budget_bytes)
         if plan.budget_bytes is not None and plan.config.budget_fraction is not None:
@@ -440,6 +448,12 @@ def _roles(plan: Plan) -> dict[str, str]:
     return roles
 
 
+def _modes_of(plan: Plan) -> list[str]:
+    """keep and recompute always, then every other mode the plan uses (MODES order, unknown ones last)."""
+    used = {d.mode for d in plan.decisions}
+    return [m for m in MODES if m in (KEEP, RECOMPUTE) or m in used] + sorted(used - set(MODES))
+
+
 def _solver_json(plan: Plan) -> dict[str, Any]:
     sol = plan.solution
     if sol is None:
@@ -475,17 +489,19 @@ def _plot_modes(ax, plans: Iterable[Plan]) -> None:
     labels = [f"graph {number}" for number in range(len(plans))]
     unit, scale = _unit_for(max(sum(d.bytes for d in p.decisions) for p in plans))
     left = [0.0] * len(plans)
-    for mode, role in ((KEEP, _ROLE_KEEP), (RECOMPUTE, _ROLE_RECOMPUTE)):
+    modes = [m for m in MODES if any(d.mode == m for p in plans for d in p.decisions)] or [KEEP, RECOMPUTE]
+    for mode in modes:
         widths = [sum(d.bytes for d in p.decisions if d.mode == mode) / scale for p in plans]
         counts = [sum(d.mode == mode and d.bytes > 0 for d in p.decisions) for p in plans]
-        bars = ax.barh(labels, widths, left=left, color=_COLOURS[role], label=mode)
+        bars = ax.barh(labels, widths, left=left, color=_COLOURS.get(mode, _COLOURS[_ROLE_OTHER]), label=mode)
         for bar, count, width in zip(bars, counts, widths):
             if width > 0:
                 ax.text(bar.get_x() + width / 2, bar.get_y() + bar.get_height() / 2, f"{count} tensors",
                         ha="center", va="center", fontsize=7)
         left = [a + b for a, b in zip(left, widths)]
     ax.set_xlabel(f"{unit} of tensors the backward reads from the forward, by mode")
-    ax.set_title("bytes per mode (recomputed tensors are not stored between forward and backward)", fontsize=10)
+    ax.set_title("bytes per mode (recomputed and in-place tensors are not stored between forward and backward; "
+                 "quantize and fewbit show packed bytes)", fontsize=10)
     ax.invert_yaxis()
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
 

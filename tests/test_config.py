@@ -59,3 +59,12 @@ def test_bad_option_through_torch_compile_is_a_clear_error():
     compiled = torch.compile(model, backend="memcompile", options={"memory_budget": "lots"})
     with pytest.raises(Exception, match="memory_budget: cannot parse 'lots'"):
         compiled(torch.randn(2, 4))
+
+
+def test_inplace_is_a_default_lossless_mode_and_offload_is_refused():
+    assert MemConfig().modes == ("keep", "recompute", "inplace")
+    assert MemConfig(modes=("inplace",)).modes == ("keep", "inplace")
+    assert MemConfig(modes=("keep", "recompute")).modes == ("keep", "recompute")  # inplace can be left out
+    assert MemConfig(modes=("keep", "inplace")).cache_key() != MemConfig(modes=("keep",)).cache_key()
+    with pytest.raises(ValueError, match="offload.*not available"):
+        MemConfig(modes=("keep", "offload"))
