@@ -42,11 +42,10 @@ leaks nothing, and a clone of a handle (``torch.library.opcheck`` clones inputs)
 finds its transfer while the original lives. A wait does not consume its handle.
 """
 
-from __future__ import annotations
-
 import itertools
 import weakref
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -120,6 +119,8 @@ def _wait(transfer: _Transfer, device: torch.device) -> torch.Tensor:
 
 
 # ---- custom ops: eager implementations + fake impls (shapes only) so torch.compile can trace ----
+# (typing.Optional, not ``X | None``, and no postponed annotations in this file: torch.library
+# reads these signatures to build the op schemas, and older releases parse only the plain forms)
 # empty_like keeps the strides of a dense (non-overlapping) tensor and falls back to
 # contiguous otherwise, identically for real and fake tensors, so the fake impls' layouts
 # are the real ones.
@@ -137,7 +138,7 @@ def _(x):
 
 
 @torch.library.custom_op("memcompile::offload_wait", mutates_args=())
-def _offload_wait_op(handle: torch.Tensor, x: torch.Tensor, after: torch.Tensor | None = None) -> torch.Tensor:
+def _offload_wait_op(handle: torch.Tensor, x: torch.Tensor, after: Optional[torch.Tensor] = None) -> torch.Tensor:
     return _wait(_transfer_of(handle, "offload_wait"), x.device)
 
 
@@ -147,7 +148,7 @@ def _(handle, x, after=None):
 
 
 @torch.library.custom_op("memcompile::prefetch", mutates_args=())
-def _prefetch_op(host: torch.Tensor, device: torch.device, after: torch.Tensor | None = None) -> torch.Tensor:
+def _prefetch_op(host: torch.Tensor, device: torch.device, after: Optional[torch.Tensor] = None) -> torch.Tensor:
     out = torch.empty_like(host, device=device)
     return _new_handle(out, _copy_async(out, host, out.device))
 
