@@ -15,7 +15,10 @@ Why a handle and a separate wait, rather than one op returning the copy:
   reuse, which ``record_stream`` does not see) keeps ``x`` until the current stream has
   waited for the copy that reads it. torch's own activation offloading (torch 2.13,
   ``torch/_functorch/_activation_offloading/offload_ops.py``) keeps the source alive the
-  same way and advises against ``record_stream``;
+  same way and advises against ``record_stream`` (blocks it marks wait for everything
+  queued on the side stream, later copies included). Only a handle dropped without its wait
+  falls back to ``record_stream`` (``_release``), so no use of the ops can free a buffer a
+  copy still touches;
 - ordering under Inductor: every op returns a value its successor reads, so no pass can drop
   or reorder them (no side-effect registration is needed). ``after`` (any tensor, unused at
   run time) gives a lower bound: ``prefetch`` cannot be hoisted above the node that
@@ -52,12 +55,18 @@ import torch
 _SIDE_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Transfer:
     result: torch.Tensor
     """The destination of the copy (pinned host tensor for offload, device tensor for prefetch)."""
+    source: torch.Tensor
+    """The tensor copied from, held until the handle dies (see ``_release``)."""
     done: "torch.cuda.Event | None"
     """Recorded on the side stream after the copy; None for synchronous (CPU) copies."""
+    stream: "torch.cuda.Stream | None"
+    """The side stream the copy runs on; None for CPU copies."""
+    waited: bool = False
+    """Set by the wait: the current stream is ordered after the copy."""
 
 
 _TRANSFERS: dict[int, _Transfer] = {}
@@ -69,12 +78,25 @@ def pending_transfers() -> int:
     return len(_TRANSFERS)
 
 
-def _new_handle(result: torch.Tensor, done) -> torch.Tensor:
+def _new_handle(transfer: _Transfer) -> torch.Tensor:
     key = next(_KEYS)
     handle = torch.tensor([key], dtype=torch.int64)
-    _TRANSFERS[key] = _Transfer(result, done)
-    weakref.finalize(handle, _TRANSFERS.pop, key, None)
+    _TRANSFERS[key] = transfer
+    weakref.finalize(handle, _release, key)
     return handle
+
+
+def _release(key: int) -> None:
+    """Drop a transfer when its handle dies. A copy nobody waited for may still be running: its
+    device tensors then go back to the allocator through ``record_stream``, which holds their
+    blocks until the side stream's work is done (on the normal path the wait already ordered the
+    current stream after the copy, and no bookkeeping is needed)."""
+    transfer = _TRANSFERS.pop(key, None)
+    if transfer is None or transfer.waited or transfer.stream is None:
+        return
+    for t in (transfer.result, transfer.source):
+        if t.is_cuda:
+            t.record_stream(transfer.stream)
 
 
 def _transfer_of(handle: torch.Tensor, op: str) -> _Transfer:
@@ -97,24 +119,25 @@ def _side_stream(device: torch.device) -> "torch.cuda.Stream":
     return stream
 
 
-def _copy_async(dst: torch.Tensor, src: torch.Tensor, device: torch.device):
-    """``dst.copy_(src)`` on ``device``'s side stream once the current stream's queued work has run;
-    returns the event that marks its end (None on CPU, where the copy is synchronous)."""
+def _start_copy(dst: torch.Tensor, src: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``dst.copy_(src)`` on ``device``'s side stream once the current stream's queued work has run
+    (synchronously on CPU); returns the handle of the transfer."""
     if device.type != "cuda":
         dst.copy_(src)
-        return None
+        return _new_handle(_Transfer(result=dst, source=src, done=None, stream=None))
     side = _side_stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         dst.copy_(src, non_blocking=True)
         done = torch.cuda.Event()
         done.record(side)
-    return done
+    return _new_handle(_Transfer(result=dst, source=src, done=done, stream=side))
 
 
 def _wait(transfer: _Transfer, device: torch.device) -> torch.Tensor:
     if transfer.done is not None:
         torch.cuda.current_stream(device).wait_event(transfer.done)
+    transfer.waited = True
     return transfer.result
 
 
@@ -129,7 +152,7 @@ def _wait(transfer: _Transfer, device: torch.device) -> torch.Tensor:
 @torch.library.custom_op("memcompile::offload", mutates_args=())
 def _offload_op(x: torch.Tensor) -> torch.Tensor:
     host = torch.empty_like(x, device="cpu", pin_memory=x.is_cuda)
-    return _new_handle(host, _copy_async(host, x, x.device))
+    return _start_copy(host, x, x.device)
 
 
 @_offload_op.register_fake
@@ -150,7 +173,7 @@ def _(handle, x, after=None):
 @torch.library.custom_op("memcompile::prefetch", mutates_args=())
 def _prefetch_op(host: torch.Tensor, device: torch.device, after: Optional[torch.Tensor] = None) -> torch.Tensor:
     out = torch.empty_like(host, device=device)
-    return _new_handle(out, _copy_async(out, host, out.device))
+    return _start_copy(out, host, out.device)
 
 
 @_prefetch_op.register_fake
