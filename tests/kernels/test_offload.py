@@ -215,3 +215,17 @@ def test_cuda_copy_overlaps_compute():
     compute_s = min(timed(lambda: matmuls(n)) for _ in range(3))
     both_s = min(timed(both) for _ in range(3))
     assert both_s < compute_s + 0.5 * copy_s, (copy_s, compute_s, both_s, n)
+
+
+@pytest.mark.cuda
+def test_cuda_handle_dropped_without_its_wait_releases_through_record_stream():
+    before = off.pending_transfers()
+    x = torch.randn(1024, 1024, device="cuda")
+    handle = off.offload(x)
+    host = off.offload_wait(handle, x)
+    fetch = off.prefetch(host, "cuda")
+    del handle, fetch, x  # the prefetch was never waited for: its buffer goes back via record_stream
+    assert off.pending_transfers() == before
+    y = torch.zeros(1024, 1024, device="cuda")  # may take the freed block only after the copy
+    torch.cuda.synchronize()
+    assert not y.any()
