@@ -115,7 +115,10 @@ def offload_cost(
 
 
 def window_seconds(step_seconds: Sequence[float], after: int, before: int) -> float:
-    """Predicted seconds of the steps strictly after ``after`` and strictly before ``before``."""
+    """Predicted seconds of the steps strictly after ``after`` and strictly before ``before``.
+
+    Step seconds are never negative, so a window only grows as its ends move apart; the
+    placement functions below rely on it to find their step in one pass."""
     return float(sum(step_seconds[max(after + 1, 0):max(before, 0)]))
 
 
@@ -135,17 +138,15 @@ def release_step(
     if not 0 <= issue_step <= last_use < n:
         raise ValueError(f"need 0 <= issue_step ({issue_step}) <= last_use ({last_use}) < steps ({n})")
     ok = _flags(anchorable, n)
-    first_anchor = None
+    window = window_seconds(step_seconds, issue_step, last_use)  # one pass: windows only grow
+    last_anchor = None
     for step in range(last_use, n):
-        if not ok[step]:
-            continue
-        if first_anchor is None:
-            first_anchor = step
-        if window_seconds(step_seconds, issue_step, step + 1) >= hide_seconds:
-            return step
-    if first_anchor is None:
-        return last_use
-    return max(step for step in range(last_use, n) if ok[step])
+        window += step_seconds[step] if step > issue_step else 0.0
+        if ok[step]:
+            if window >= hide_seconds:
+                return step
+            last_anchor = step
+    return last_use if last_anchor is None else last_anchor
 
 
 def prefetch_step(
@@ -166,11 +167,14 @@ def prefetch_step(
     if lead_seconds < 0:
         raise ValueError(f"lead_seconds must be >= 0, got {lead_seconds!r}")
     ok = _flags(anchorable, n)
-    in_range = [s for s in range(max(earliest, 0), first_use) if ok[s]]
-    if not in_range:
-        return None
-    covering = [s for s in in_range if window_seconds(step_seconds, s, first_use) >= lead_seconds]
-    return max(covering) if covering else min(in_range)
+    window, earliest_anchor = 0.0, None  # walking up from the use: windows only grow
+    for step in range(first_use - 1, max(earliest, 0) - 1, -1):
+        if ok[step]:
+            if window >= lead_seconds:
+                return step
+            earliest_anchor = step
+        window += step_seconds[step]
+    return earliest_anchor
 
 
 def place_offload(

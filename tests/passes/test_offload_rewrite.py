@@ -85,6 +85,12 @@ def test_release_step(hide, anchorable, expected):
     assert oc.release_step(STEPS, issue_step=0, last_use=3, anchorable=anchorable, hide_seconds=hide) == expected
 
 
+@pytest.mark.parametrize("hide, expected", [(0.0, 4), (1.0, 5), (3.0, 7)])
+def test_release_step_never_counts_the_producer_itself(hide, expected):
+    # a value only the backward reads: its last forward "use" is its producer at step 4
+    assert oc.release_step(STEPS, issue_step=4, last_use=4, hide_seconds=hide) == expected
+
+
 @pytest.mark.parametrize("lead, earliest, anchorable, expected", [
     (3.0, 0, None, 5),                               # 6, 7, 8 run between prefetch and the use at 9
     (3.0, 0, [i in (1, 4, 6) for i in range(10)], 4),  # latest anchor that still covers 3 s
