@@ -12,7 +12,6 @@ output. Everything here is keyed by node name so the planner never sees an FX no
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 

@@ -36,7 +36,6 @@ ILLEGAL = {
     "elu_negative_alpha": lambda t: F.elu(t, -0.5),
     "hardsigmoid": F.hardsigmoid, "gelu": F.gelu, "softplus": F.softplus,
 }
-EXACT = ("leaky_relu", "hardtanh", "relu6", "threshold", "relu", "sigmoid")
 
 
 def joint_graph(fn):
