@@ -54,7 +54,7 @@ import torch.fx as fx
 from ..lifetimes import alias_source, is_tangent, size_hint
 from ..offload_cost import OffloadPlacement, place_offload
 from ._lossy import LOSSY_META, call, fake_mode_of
-from .quantize import alias_closure, dense_order
+from .quantize import dense_order
 
 OFFLOAD_META = "memcompile_offload"
 """``node.meta`` key on the four nodes the rewrite inserts per storage: {"role", "source", "nbytes"}.
@@ -225,6 +225,7 @@ def offload_schedule(
     fw_anchor = [is_materialized(nodes[n]) for n in steps.forward]
     bw_anchor = [is_materialized(nodes[n]) for n in steps.backward]
     output = next(iter(gm.graph.find_nodes(op="output")))
+    groups = alias_groups(gm.graph)
     schedule: dict[str, OffloadSchedule] = {}
     skipped: list[tuple[str, str]] = []
     for name in roots:
@@ -239,7 +240,7 @@ def offload_schedule(
         if why is not None:
             skipped.append((name, why))
             continue
-        closure = alias_closure(root)
+        closure = groups.get(root, [root])
         inside = set(closure)
         if any(output in a.users for a in closure if a.name not in backward):
             skipped.append((name, "a forward output aliases it: its memory stays alive anyway"))
@@ -277,6 +278,19 @@ def offload_schedule(
             first_reader=first.name, placement=placement,
         )
     return schedule, tuple(skipped)
+
+
+def alias_groups(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:
+    """Every storage-owning node with the nodes sharing its storage (itself first), in graph order:
+    ``quantize.alias_closure`` for all storages in one pass."""
+    owner: dict[fx.Node, fx.Node] = {}
+    groups: dict[fx.Node, list[fx.Node]] = {}
+    for node in graph.nodes:
+        source = alias_source(node)
+        root = node if source is None else owner.get(source, source)
+        owner[node] = root
+        groups.setdefault(root, []).append(node)
+    return groups
 
 
 def _backward_ancestors(node: fx.Node, backward: Collection[str]) -> set[str]:
@@ -346,6 +360,7 @@ def offload_values(
         forward_first(gm, backward)
     nodes = {n.name: n for n in graph.nodes}
     mode = fake_mode_of(graph)
+    groups = alias_groups(graph)  # inserted nodes alias their own values, never a root: computed once
     applied, added_fw, added_bw = [], set(), set()
     for name in roots:
         if any(s == name for s, _ in skipped):
@@ -358,7 +373,7 @@ def offload_values(
         anchor = nodes[plan.prefetch_after] if plan.prefetch_after is not None else None
         val = root.meta["val"]
         role = {"source": name, "nbytes": plan.nbytes}
-        closure = alias_closure(root)
+        closure = groups.get(root, [root])
         inside = set(closure)
         readers = [(u, a) for a in closure for u in a.users if u.name in backward and u not in inside]
         if not readers or first not in {u for u, _ in readers}:

@@ -486,6 +486,24 @@ def _aot_backend(pick_roots, record, **rewrite_kwargs):
     return aot_autograd(fw_compiler=boxed, bw_compiler=boxed, partition_fn=partition)
 
 
+def test_alias_groups_are_quantize_alias_closures():
+    from examples.toy_transformer import make
+    from memcompile.passes.rewrite.offload import alias_groups
+    from memcompile.passes.rewrite.quantize import alias_closure
+
+    checked = []
+
+    def pick(joint, backward):
+        for root, group in alias_groups(joint.graph).items():
+            assert group == alias_closure(root), root.name
+            checked.append(len(group))
+        return []
+
+    model, inputs = make("llama-tiny")
+    torch.compile(model, backend=_aot_backend(pick, [], **BY_NODES))(*inputs).backward()
+    assert max(checked) >= 4  # the fused QKV projection and its split views
+
+
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny"])
 def test_toy_transformer_gradients_equal_eager_with_every_storage_offloaded(name):
     """Attention (fused QKV split into three views, SDPA), norms (multi-output ops), embeddings:
