@@ -500,8 +500,7 @@ def _plot_modes(ax, plans: Iterable[Plan]) -> None:
                         ha="center", va="center", fontsize=7)
         left = [a + b for a, b in zip(left, widths)]
     ax.set_xlabel(f"{unit} of tensors the backward reads from the forward, by mode")
-    ax.set_title("bytes per mode (recomputed and in-place tensors are not stored between forward and backward; "
-                 "quantize and fewbit show packed bytes)", fontsize=10)
+    ax.set_title("bytes per mode (recompute, inplace: not stored; quantize, fewbit: packed bytes)", fontsize=10)
     ax.invert_yaxis()
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
 
