@@ -86,44 +86,14 @@ def recompute_ban(node: fx.Node) -> str | None:
     """
     target = node.target
     tags = getattr(target, "tags", ())
-    if (torch.Tag.nondeterministic_seeded in tags and not _draws_nothing(node)) or any(
-        s in str(target) for s in _RANDOM_TARGET_NAMES
-    ):
+    if torch.Tag.nondeterministic_seeded in tags or any(s in str(target) for s in _RANDOM_TARGET_NAMES):
         return "random op"
-    if _is_impure(node):
+    if node.is_impure() if hasattr(node, "is_impure") else False:
         return "side effect"
     recompute_tag = node.meta.get("recompute")
     if recompute_tag is not None and "MUST_SAVE" in str(recompute_tag):
         return "tagged must-save"
     return None
-
-
-def _is_impure(node: fx.Node) -> bool:
-    """Side effects other than drawing random numbers (those are judged above)."""
-    try:
-        return node.is_impure(impure_random=False)
-    except TypeError:  # torch without the argument counts seeded ops as impure
-        return node.is_impure() and torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ())
-
-
-def _draws_nothing(node: fx.Node) -> bool:
-    """A seeded op called with a literal zero dropout probability (SDPA's ``dropout_p=0.0``, the
-    default; ``native_dropout(x, 0.0, train)``): it draws no random numbers, so rebuilding it
-    gives the same values."""
-    schema = getattr(node.target, "_schema", None)
-    if schema is None:
-        return False
-    for position, argument in enumerate(schema.arguments):
-        if argument.name not in ("dropout_p", "p"):
-            continue
-        if argument.name in node.kwargs:
-            value = node.kwargs[argument.name]
-        elif position < len(node.args) and not argument.kwarg_only:
-            value = node.args[position]
-        else:
-            value = argument.default_value if argument.has_default_value() else None
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
-    return False
 
 
 def build_candidates(
