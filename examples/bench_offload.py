@@ -310,7 +310,7 @@ def main(argv=None) -> int:
         device, dtype = "cpu", torch.float32
         model_args = ModelArgs(vocab_size=64, dim=32, n_layers=2, n_heads=2, max_seq_len=16, batch_size=2, seq_len=16)
         d2h = h2d = 10e9
-        args.steps, args.warmup = min(args.steps, 2), 0
+        args.steps, args.warmup = min(args.steps, 2), min(args.warmup, 1)
     else:
         _require_cuda()
         device, dtype = "cuda", getattr(torch, args.dtype)
