@@ -24,6 +24,12 @@ import torch.fx as fx
 
 from ._lossy import LOSSY_META, LossyRewrite, call, fake_mode_of
 
+# NOTE on compile caches: a graph this rewrite produced calls memcompile::fewbit_gelu / _silu / _backward.
+# When Inductor's caches serve such a graph to a new process, no planning (and no rewrite)
+# runs there, so the ops must be registered by importing memcompile, which imports this
+# module (found when a cached graph failed: 'memcompile' has no attribute 'quantize_int8').
+import memcompile.kernels.fewbit  # noqa: F401, E402 - registers the ops
+
 BITS = 2
 """Bits per code (the kernels take 2 or 3)."""
 
@@ -82,7 +88,6 @@ def fewbit_values(
 ) -> LossyRewrite:
     """Rewrite ``gm`` (a joint graph, in place) so the derivatives reading ``names`` read few-bit codes.
     ``backward``: names of the joint graph's backward nodes."""
-    import memcompile.kernels.fewbit  # noqa: F401 - registers memcompile::fewbit_gelu / _silu / _backward
 
     ops = torch.ops.memcompile
     graph = gm.graph

@@ -35,6 +35,12 @@ import torch.fx as fx
 from ..lifetimes import alias_source, size_hint
 from ._lossy import LOSSY_META, LossyRewrite, call, fake_mode_of
 
+# NOTE on compile caches: a graph this rewrite produced calls memcompile::quantize_int8 / dequantize.
+# When Inductor's caches serve such a graph to a new process, no planning (and no rewrite)
+# runs there, so the ops must be registered by importing memcompile, which imports this
+# module (found when a cached graph failed: 'memcompile' has no attribute 'quantize_int8').
+import memcompile.kernels.quantize  # noqa: F401, E402 - registers the ops
+
 GROUP_SIZE = 128
 """Elements per absmax group (one fp32 scale each)."""
 FORMAT = "int8"
@@ -115,7 +121,14 @@ def _static(val: torch.Tensor) -> bool:
 def inline_aten(graph: fx.Graph, fake_mode, fn, *args) -> tuple[fx.Node, ...]:
     """Insert the ATen ops ``fn`` runs on ``args`` (nodes and constants) at the insert point, each
     with meta["val"]; returns the nodes of its outputs. ``fn`` is traced with make_fx on the nodes'
-    fake values, so the graph gets exactly the ops that eager dispatch would run."""
+    fake values.
+
+    NOTE on decompositions: AOT autograd has already applied Inductor's decompositions to the
+    joint graph, and Inductor lowers only what is left after them; an op it would have
+    decomposed (``aten.clamp``) fails at lowering ("both a fallback and a decomp"). So we trace
+    with Inductor's table too: the ops are then valid for Inductor and for eager alike.
+    """
+    from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
 
     at = [i for i, a in enumerate(args) if isinstance(a, fx.Node)]
@@ -127,7 +140,7 @@ def inline_aten(graph: fx.Graph, fake_mode, fn, *args) -> tuple[fx.Node, ...]:
         return fn(*full)
 
     with fake_mode:
-        traced = make_fx(traced_fn)(*(args[i].meta["val"] for i in at))
+        traced = make_fx(traced_fn, decomposition_table=select_decomp_table())(*(args[i].meta["val"] for i in at))
     env: dict[fx.Node, fx.Node] = {}
     inputs = iter(args[i] for i in at)
     for node in traced.graph.nodes:
@@ -157,7 +170,6 @@ def quantize_storages(
     quantized copies. ``backward``: names of the joint graph's backward nodes. ``form``: "kernel"
     (custom ops) or "aten" (inlined ATen ops, for Inductor; see ``preferred_form``); a storage with
     symbolic sizes always takes "kernel"."""
-    import memcompile.kernels.quantize  # noqa: F401 - registers memcompile::quantize_int8 / dequantize
     from memcompile.kernels import quantize_decomposed as decomposed
 
     if form not in FORMS:

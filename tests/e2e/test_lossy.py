@@ -258,8 +258,12 @@ def test_quantize_halves_measured_activation_memory(no_compile_cache, one_thread
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny"])
-def test_inductor_gradients_within_bounds_with_all_modes(name, no_compile_cache):
+@pytest.mark.parametrize(("name", "form"), [("gpt-tiny", "kernel"), ("llama-tiny", "aten")])
+def test_inductor_gradients_within_bounds_with_all_modes(name, form, no_compile_cache, monkeypatch):
+    """form: the quantize rewrite's form ("aten": inlined ATen ops that Inductor lowers and fuses)."""
+    from memcompile.passes.rewrite.quantize import quantize_storages
+
+    monkeypatch.setattr(partitioner_mod, "quantize_storages", functools.partial(quantize_storages, form=form))
     model, inputs = make(name)
     ref_loss, ref = grads_of(model, inputs)
     loss, got = compiled_grads(name, {"memory_budget": 0.0, "modes": ALL})
