@@ -14,6 +14,10 @@ each program's time and what each form adds to the program without quantization.
 
     python -m memcompile.kernels.bench_kernels [--mbytes 64] [--dtype bf16] [--peak-gbps X]
     python -m memcompile.kernels.bench_kernels --fusion [--mbytes 16] [--dtype fp32]
+    python -m memcompile.kernels.bench_kernels --memory [--mbytes 8] [--dtype fp32]
+
+``--memory`` measures what each reference.py op holds beyond its outputs (CPU profiler
+method of memcompile/measure.py): the temporaries a plan cannot see on CPU without Triton.
 """
 
 import argparse
@@ -67,11 +71,15 @@ def main() -> None:
                         help="device peak bandwidth; default: from CUDA properties")
     parser.add_argument("--fusion", action="store_true",
                         help="time the custom-op and ATen forms of quantize/dequantize through torch.compile")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak of each reference.py op beyond its outputs (CPU)")
     parser.add_argument("--rounds", type=int, default=20,
                         help="--fusion: interleaved timing rounds, best of each (default 20)")
     args = parser.parse_args()
     if args.fusion:
         fusion_table(args)
+    elif args.memory:
+        memory_table(args)
     else:
         bandwidth_table(args)
 
@@ -250,6 +258,40 @@ def fusion_table(args: argparse.Namespace) -> None:
         print(f"{name:<34}{times['none'] * 1e3:>9.3f}{times['custom op'] * 1e3:>14.3f}"
               f"{times['ATen'] * 1e3:>9.3f}{added['custom op'] * 1e3:>16.3f}"
               f"{added['ATen'] * 1e3:>11.3f}  {faster}")
+
+
+
+def memory_table(args: argparse.Namespace) -> None:
+    """Bytes each reference.py op holds at its peak beyond its outputs, at one input size."""
+    from memcompile.measure import measure_peak
+
+    args.mbytes = args.mbytes or 8
+    args.dtype = args.dtype or "fp32"
+    dtype = _DTYPES[args.dtype]
+    g = args.group_size
+    x = torch.randn(args.mbytes * 2**20 // dtype.itemsize, dtype=dtype)
+    q, s = ref.quantize_int8(x, g)
+    _, packed = ref.fewbit_forward(x, 2, "gelu")
+    grad = torch.randn_like(x)
+    ops = {
+        "quantize_int8": lambda: ref.quantize_int8(x, g),
+        "quantize_fp8": lambda: ref.quantize_fp8(x, g),
+        "dequantize": lambda: ref.dequantize(q, s, g, dtype),
+        "fewbit_forward gelu 2b": lambda: ref.fewbit_forward(x, 2, "gelu"),
+        "fewbit_forward silu 3b": lambda: ref.fewbit_forward(x, 3, "silu"),
+        "fewbit_backward": lambda: ref.fewbit_backward(grad, packed, 2, "gelu"),
+    }
+    print(f"reference.py on CPU; input {args.mbytes} MiB {args.dtype}, group {g}, "
+          f"chunk {getattr(ref, 'CHUNK_ELEMS', 'none')} elements")
+    print(f"{'op':<24}{'peak MiB':>10}{'outputs MiB':>13}{'extra MiB':>11}{'extra / input':>15}")
+    for name, fn in ops.items():
+        fn()  # warm-up: cached few-bit tables
+        results = []
+        peak = measure_peak(lambda fn=fn: results.append(fn()), live_before_bytes=0).peak_bytes
+        outputs = results[0] if isinstance(results[0], tuple) else (results[0],)
+        out_bytes = sum(t.numel() * t.element_size() for t in outputs)
+        print(f"{name:<24}{peak / 2**20:>10.2f}{out_bytes / 2**20:>13.2f}"
+              f"{(peak - out_bytes) / 2**20:>11.2f}{(peak - out_bytes) / x.nbytes:>14.2f}x")
 
 
 if __name__ == "__main__":
