@@ -9,16 +9,27 @@ Model (what Inductor's generated code and AOT autograd's boxed calling conventio
   or any view of it; views and getitems of aliasing ops allocate nothing;
 - the forward's user outputs (the loss) and the backward's outputs (the gradients) live
   to the end of the step; saved tensors live from their forward node to their last
-  backward use; tangents are allocated when the backward starts.
+  backward use; tangents are allocated when the backward starts;
+- offload (nodes tagged ``meta["memcompile_offload"]`` by rewrite/offload.py): the host copy
+  (``offload_wait``) and the handles are host memory and count nothing; the device copy a
+  ``prefetch`` allocates counts from the prefetch on, although the graph sees it only from its
+  ``prefetch_wait``. Only offload makes such nodes: on CUDA they hold pinned host memory; on CPU
+  only the config's test hook ``_force_offload_on_cpu`` makes them, and the model then treats
+  host memory as if it were separate, as on a GPU.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch.fx as fx
 
 from .lifetimes import BACKWARD, FORWARD, LifetimeTable, analyse
+
+OFFLOAD_META = "memcompile_offload"
+"""``node.meta`` key on the nodes rewrite/offload.py inserts ({"role", "source", "nbytes"}; roles there)."""
+_HOST_ROLES = ("offload", "offload_wait", "prefetch")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,12 +81,27 @@ def simulate_step(
     """
     fw_table = analyse(fw)
     bw_table = analyse(bw) if bw is not None else None
-    return simulate_tables(fw_table, bw_table, num_fwd_outputs=num_fwd_outputs, model=model)
+    offload = (offload_roles(fw), offload_roles(bw) if bw is not None else {})
+    return simulate_tables(fw_table, bw_table, num_fwd_outputs=num_fwd_outputs, model=model, offload=offload)
+
+
+def offload_roles(gm: fx.GraphModule | fx.Graph) -> dict[str, tuple[str, str | None]]:
+    """Per node the offload rewrite inserted: (role, the prefetch node of a ``prefetch_wait``, else None)."""
+    graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
+    out = {}
+    for node in graph.nodes:
+        tag = node.meta.get(OFFLOAD_META)
+        if tag:
+            fetch = node.args[0] if tag["role"] == "prefetch_wait" else None
+            out[node.name] = (tag["role"], fetch.name if isinstance(fetch, fx.Node) else None)
+    return out
 
 
 def simulate_tables(
-    fw_table: LifetimeTable, bw_table: LifetimeTable | None, *, num_fwd_outputs: int, model: str = "inductor"
+    fw_table: LifetimeTable, bw_table: LifetimeTable | None, *, num_fwd_outputs: int, model: str = "inductor",
+    offload: tuple[Mapping[str, tuple[str, str | None]], Mapping[str, tuple[str, str | None]]] = ({}, {}),
 ) -> Timeline:
+    """``offload``: ``offload_roles`` of the forward and of the backward graph."""
     if model not in ("inductor", "eager"):
         raise ValueError(f"model: expected 'inductor' or 'eager', got {model!r}")
     fused = model == "inductor"
@@ -98,10 +124,12 @@ def simulate_tables(
     nbytes: dict[str, int] = {}
     alloc: dict[str, int] = {}
     last: dict[str, int] = {}
+    fw_host, bw_roles = offload
     for name, info in fw_table.tensors.items():
         root[(0, name)] = info.alias_root
         if info.alias_root == name:
-            nbytes[name] = 0 if fused and info.fusible else info.nbytes_hint
+            host = fw_host.get(name, ("",))[0] in _HOST_ROLES
+            nbytes[name] = 0 if (fused and info.fusible) or host else info.nbytes_hint
             alloc[name] = step_of.get((0, name), -1)
 
     tables = [(0, fw_table)]
@@ -123,8 +151,11 @@ def simulate_tables(
             else:
                 key = name if name not in nbytes else f"bw:{name}"
                 root[(1, name)] = key
-                nbytes[key] = 0 if fused and info.fusible else info.nbytes_hint
-                alloc[key] = step_of[(1, name)]
+                role, fetch = bw_roles.get(name, ("", None))
+                host = role in _HOST_ROLES
+                nbytes[key] = 0 if (fused and info.fusible) or host else info.nbytes_hint
+                # a prefetched copy exists from its prefetch on
+                alloc[key] = step_of.get((1, fetch), step_of[(1, name)]) if role == "prefetch_wait" else step_of[(1, name)]
         tables.append((1, bw_table))
 
     end = len(steps) - 1

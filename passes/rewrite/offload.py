@@ -53,14 +53,15 @@ import torch.fx as fx
 
 from ..lifetimes import alias_source, is_tangent, size_hint
 from ..offload_cost import OffloadPlacement, place_offload
+from ..simulate import OFFLOAD_META
 from ._lossy import LOSSY_META, call, fake_mode_of
 from .quantize import dense_order
 
-OFFLOAD_META = "memcompile_offload"
-"""``node.meta`` key on the four nodes the rewrite inserts per storage: {"role", "source", "nbytes"}.
-Roles: "offload" and "offload_wait" (forward), "prefetch" and "prefetch_wait" (backward). The
-device copy of a prefetch exists from the "prefetch" node on although the graph sees it only
-from "prefetch_wait"; "offload_wait"'s value lives in host memory. Extraction keeps node.meta."""
+# OFFLOAD_META (defined beside the simulator, which reads it): the ``node.meta`` key on the four
+# nodes the rewrite inserts per storage: {"role", "source", "nbytes"}. Roles: "offload" and
+# "offload_wait" (forward), "prefetch" and "prefetch_wait" (backward). The device copy of a
+# prefetch exists from the "prefetch" node on although the graph sees it only from
+# "prefetch_wait"; "offload_wait"'s value lives in host memory. Extraction keeps node.meta.
 
 INDUCTOR_CONFIG = {"reorder_for_peak_memory": False}
 """Inductor config patch for graphs this rewrite touched. Inductor's peak-memory reordering
@@ -126,6 +127,20 @@ class OffloadRewrite:
     forward_nodes: frozenset[str]
     """Names of the nodes added to the forward (offload, offload_wait)."""
     schedule: Mapping[str, OffloadSchedule]
+
+
+_OFFLOAD_OPS = frozenset(f"memcompile::{op}" for op in ("offload", "offload_wait", "prefetch", "prefetch_wait"))
+
+
+def has_offload(gm: fx.GraphModule) -> bool:
+    """True when ``gm`` (an extracted forward or backward graph) calls the offload ops: Inductor
+    should compile it with ``INDUCTOR_CONFIG``."""
+    return any(
+        n.op == "call_function" and (
+            n.meta.get(OFFLOAD_META) or isinstance(n.target, torch._ops.OpOverload) and n.target.name() in _OFFLOAD_OPS
+        )
+        for n in gm.graph.nodes
+    )
 
 
 def is_materialized(node: fx.Node) -> bool:
