@@ -7,13 +7,21 @@ enabled, a storage may also be quantized (int8 codes and scales; rewrite/quantiz
 GELU/SiLU input stored as a few-bit derivative code (rewrite/fewbit.py): their legality,
 packed bytes and added seconds are recorded here. With "inplace", an activation's input whose
 backward reads can all read the activation's output instead (rewrite/inplace.py) records that
-output. Everything here is keyed by node name so the planner never sees an FX node.
+output. With "offload", every storage the backward reads that may go to host memory
+(rewrite/offload.py: a device tensor, dense, not a view or graph input) is placed and priced
+once (``offload_schedule``: the step through which the forward still holds it, the backward step
+from which its prefetched copy is held, the transfer time the compute around it cannot hide);
+the schedule travels with the set so the rewrite inserts the copies exactly where the planner
+charged them. Everything here is keyed by node name so the planner never sees an FX node.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -58,6 +66,19 @@ class Candidate:
     inplace_output: str | None = None
     """Name of the forward op's output y that every backward read of this value may read instead
     (mode "inplace": the derivative in its output form), else None."""
+    offload_seconds: float | None = None
+    """Added time of offloading the storage this candidate owns (the parts of its two copies the
+    compute around them cannot hide, plus the op overhead), None when it may not be offloaded."""
+    offload_transfer_seconds: float = 0.0
+    """One copy's time over the host link (bytes / host_link_bandwidth), for the link's capacity."""
+    offload_release_step: int = -1
+    """Last forward step through which the device storage is held when offloaded (the copy's wait
+    follows it; at or after the storage's last forward use)."""
+    offload_held_from: int | None = None
+    """First backward step at which the prefetched device copy exists (None: its first backward read)."""
+    offload_copies: tuple[tuple[float, float, float], ...] = ()
+    """(issue_at, transfer_seconds, wait_at) of the D2H copy (forward seconds) and the H2D copy
+    (backward seconds), to check a chosen set's copies queued on one link."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +90,13 @@ class CandidateSet:
     """Live bytes at each forward step that no decision changes (inputs, transient forward values)."""
     bw_base_bytes: tuple[int, ...]
     """Live bytes at each backward step that no decision changes (inputs, gradients, backward temporaries)."""
+    link_seconds: tuple[float, float] = (math.inf, math.inf)
+    """Predicted compute seconds of the forward and of the backward: how long the host link may be
+    busy per phase (offload copies share one link, one copy at a time)."""
+    offload_schedule: Mapping[str, Any] = field(default_factory=dict)
+    """rewrite.offload.OffloadSchedule per offloadable storage (by owner name): what the rewrite inserts."""
+    offload_skipped: tuple[tuple[str, str], ...] = ()
+    """(storage, reason) for each storage the backward reads that may not be offloaded (with "offload")."""
 
     def by_name(self) -> Mapping[str, Candidate]:
         return {c.name: c for c in self.candidates}
@@ -107,6 +135,7 @@ def build_candidates(
     costs: CostTable,
     modes: Collection[str] = ("keep", "recompute"),
     fused: bool = True,
+    offload_device_check: bool = True,
 ) -> CandidateSet:
     """Candidates of a joint graph.
 
@@ -116,8 +145,9 @@ def build_candidates(
     not repeated). ``backward_nodes``: nodes that depend on a tangent. ``default_timeline``: the
     default partition's simulated timeline, whose backward order and backward temporaries we keep.
     ``modes``: the modes the plan may use. Without "recompute" only what costs no time may be
-    rebuilt in the backward (views, getitems, values the forward never needs); "quantize" and
-    "fewbit" are off unless named.
+    rebuilt in the backward (views, getitems, values the forward never needs); "quantize",
+    "fewbit" and "offload" are off unless named. ``offload_device_check``: False offers offload
+    for CPU tensors too (the config's test hook ``_force_offload_on_cpu``; nothing is gained there).
     """
     graph = joint.graph
     nodes = {n.name: n for n in graph.nodes}
@@ -196,13 +226,83 @@ def build_candidates(
             if iv.free_step >= start and iv.root.removeprefix("bw:") not in fw_pos
         ),
     )
+    offload: dict[str, Any] = {}
+    if "offload" in modes:
+        candidates, offload = _offload_prices(
+            joint, candidates, fw_pos=fw_pos, bw_pos=bw_pos, backward=backward_nodes, forward_only=forward_only,
+            costs=costs, device_check=offload_device_check,
+        )
     return CandidateSet(
         candidates=tuple(candidates),
         fw_steps=fw_steps,
         bw_steps=bw_steps,
         fw_base_bytes=fw_base,
         bw_base_bytes=bw_base,
+        **offload,
     )
+
+
+def _offload_prices(joint: fx.GraphModule, candidates: list[Candidate], *, fw_pos, bw_pos, backward: Collection[str],
+                    forward_only: Collection[str], costs: CostTable, device_check: bool) -> tuple[list[Candidate], dict]:
+    """Offload fields of the storages the backward reads, and the CandidateSet's offload fields.
+
+    ``offload_schedule`` places the copies on the joint graph's own step lists (forward nodes, then
+    backward nodes in joint order); the planner's steps are the forward nodes it decides about and
+    the default partition's backward order, so each placement step is mapped to the nearest planner
+    step at or after it. Copy times for the link check run over every step of a phase (the priced
+    windows count only the backward nodes the first reader depends on; ``offload_schedule``)."""
+    from .rewrite.offload import joint_steps, offload_schedule
+
+    profile = costs.profile
+    by_name = {c.name: i for i, c in enumerate(candidates)}
+    roots = list(dict.fromkeys(
+        c.root for c in candidates if c.needed and c.root in by_name and candidates[by_name[c.root]].nbytes > 0
+    ))
+    schedule, skipped = offload_schedule(
+        joint, roots, backward=backward, host_link_bandwidth=profile.host_link_bandwidth,
+        node_seconds=costs.seconds, overhead_seconds=4 * profile.kernel_overhead_seconds, device_check=device_check,
+    )
+    steps = joint_steps(joint, backward)
+    fw_next = _following(steps.forward, fw_pos, default=len(fw_pos) - 1)
+    bw_next = _following(steps.backward, bw_pos, default=None)
+    fw_clock = _clock(costs.seconds(n) for n in steps.forward)
+    bw_clock = _clock(costs.seconds(n) for n in steps.backward)
+    for root, plan in schedule.items():
+        i = by_name[root]
+        place = plan.placement
+        held_from = None
+        if plan.prefetch_after is not None:
+            held_from = bw_pos[plan.prefetch_after] + 1 if plan.prefetch_after in bw_pos else bw_next[plan.prefetch_after]
+        transfer = place.cost.device_to_host.transfer_seconds
+        prefetch_at = bw_clock[place.wait_step if place.prefetch_step is None else place.prefetch_step + 1]
+        candidates[i] = dataclasses.replace(
+            candidates[i], offload_seconds=place.cost.added_seconds, offload_transfer_seconds=transfer,
+            offload_release_step=max(fw_next[plan.release_after], candidates[i].fw_step),
+            offload_held_from=held_from,
+            offload_copies=((fw_clock[place.issue_step + 1], transfer, fw_clock[place.release_step + 1]),
+                            (prefetch_at, transfer, bw_clock[place.wait_step])),
+        )
+    link = (sum(costs.seconds(n) for n in steps.forward if n in forward_only), bw_clock[-1])
+    return candidates, {"link_seconds": link, "offload_schedule": schedule, "offload_skipped": tuple(skipped)}
+
+
+def _following(order: tuple[str, ...], pos: Mapping[str, int], *, default: int | None) -> dict[str, int | None]:
+    """Per name of ``order``: ``pos`` of the first name at or after it that ``pos`` has (``default`` if none)."""
+    out: dict[str, int | None] = {}
+    current = default
+    for name in reversed(order):
+        if name in pos:
+            current = pos[name]
+        out[name] = current
+    return out
+
+
+def _clock(step_seconds) -> list[float]:
+    """Start time of every step, and the phase's end last."""
+    out = [0.0]
+    for seconds in step_seconds:
+        out.append(out[-1] + seconds)
+    return out
 
 
 def _lossy_prices(node: fx.Node, info, *, owns: bool, has_storage: bool, backward: Collection[str],

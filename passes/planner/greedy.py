@@ -1,7 +1,7 @@
 """A greedy planner with the ILP's signature: the fallback when CBC finds nothing in time.
 
 Start from keeping every value the backward reads; then recompute storages (or replace them by
-a mode option: quantize, few-bit, inplace) in order of bytes freed per added second until the
+a mode option: quantize, few-bit, inplace, offload) in order of bytes freed per added second until the
 model's peak meets the budget (or, for the "peak" objective, keep the prefix of that order with
 the lowest peak). A move that would leave a plan invalid is skipped.
 """

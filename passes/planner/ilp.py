@@ -1,20 +1,22 @@
 """The ILP (PuLP + CBC) over a PlanProblem: keep or recompute, or one of the mode options.
 
 Variables: keep[i], recompute[i] per candidate, kept[s] per storage, option[o] per mode option
-(a quantized storage, a few-bit code, an output-form derivative; only for the modes enabled and
-legal), a continuous peak P.
+(a quantized storage, a few-bit code, an output-form derivative, an offloaded storage; only for the
+modes enabled and legal), a continuous peak P.
 - a value the backward reads is kept, recomputed or served by an option:
   keep[i] + recompute[i] + sum(option[o] serving i) >= 1;
 - a recomputed value's inputs are kept or recomputed (never an option's copy):
   recompute[i] <= keep[j] + recompute[j];
 - keeping any alias keeps the storage: kept[s] >= keep[i];
-- one mode per storage (quantize) or value (few-bit, inplace): option[o] + kept[s] <= 1 and
+- one mode per storage (quantize, offload) or value (few-bit, inplace): option[o] + kept[s] <= 1 and
   option[o] + recompute[owner] <= 1, or option[o] + keep[i] + recompute[i] <= 1; two options
   that conflict (problem.conflicts): option[o] + option[p] <= 1;
 - an option that needs a storage kept (inplace: the activation's output) keeps its owner:
   option[o] <= keep[owner];
 - each memory constraint: base + sum(bytes * kept) + sum(bytes * recompute[owner])
-  + sum(packed or expanded bytes * option) <= P.
+  + sum(packed, expanded or held bytes * option) <= P;
+- offloaded storages share one host link: sum(transfer seconds * option) <= the shorter phase's
+  predicted compute (problem.link_budget_seconds).
 Objective "time": min added seconds + a tie-break on P (so equal-time plans take the lower
 peak), with P <= budget. Objective "peak": min P + a tie-break on seconds.
 
@@ -104,7 +106,7 @@ def solve_ilp(
             model += kept[s] - keep[i] >= 0, f"alias{i}"
             n_rows += 1
 
-    # One mode per storage (quantize) or value (few-bit, inplace); each group below is mutually exclusive.
+    # One mode per storage (quantize, offload) or value (few-bit, inplace); each group below is mutually exclusive.
     for o, opt in enumerate(problem.options):
         if opt.whole_storage:
             groups = [[kept[opt.storage]]] if opt.storage in kept else []
@@ -148,6 +150,8 @@ def solve_ilp(
             terms[("o", o)] = problem.options[o].packed_bytes / _MIB
         for o in c.option_expanded:
             terms[("o", o)] = terms.get(("o", o), 0.0) + problem.options[o].expanded_bytes / _MIB
+        for o in c.option_held:
+            terms[("o", o)] = terms.get(("o", o), 0.0) + problem.options[o].held_bytes / _MIB
         return terms
 
     def var(key: tuple[str, int]) -> pulp.LpVariable:
@@ -171,6 +175,11 @@ def solve_ilp(
         model += total - peak <= -c.base_bytes / _MIB, f"mem{k}_{c.side[0]}{c.step}"
         n_rows += 2
         running, previous = total, current
+
+    link = [(option[o], opt.transfer_seconds * _MS) for o, opt in enumerate(problem.options) if opt.transfer_seconds]
+    if link and sum(w for _, w in link) > problem.link_budget_seconds * _MS:
+        model += pulp.LpAffineExpression(link) <= problem.link_budget_seconds * _MS, "host_link"
+        n_rows += 1
 
     milliseconds = pulp.LpAffineExpression(
         [(rec[i], problem.recompute_seconds[i] * _MS) for i in rec]

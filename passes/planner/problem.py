@@ -21,25 +21,33 @@ last backward need), expanded bytes (live over a backward window) and added seco
   its input x. Nothing is packed and no time is added, but y's storage must be kept, and when
   the derivative runs after y's last backward need, y lives on until it (the expanded bytes
   are y's bytes over that extension).
+- offload a storage (lossless, opt-in): copied to host memory after its last forward use and
+  prefetched before its first backward read (rewrite/offload.py). It packs nothing on the device;
+  the storage stays on the device from where keeping it would start to cost (its last forward use)
+  through the step after which the forward waits for the copy (held bytes over [fw_from,
+  fw_until], forward only), and the prefetched copy (full bytes) lives from the prefetch to the
+  last backward read. Its seconds are the transfer time the compute around each copy cannot hide,
+  plus the op overhead. Copies share one host link: the chosen storages' transfer time must fit in
+  the shorter phase's compute (``link_seconds``), so the per-copy prices stay a fair estimate.
 Each candidate takes exactly one way: keep, recompute, or one option. An option excludes
 keeping and recomputing what it replaces (the storage, or the value), and two options that
 serve the same value or replace the same storage exclude each other. Nothing is recomputed
-from an option's copy: a recomputed value's inputs are kept or recomputed. An offload option
-would be one more storage-wide option (0 packed device bytes, full bytes over its backward
-window, its un-hidden transfer time as seconds).
+from an option's copy: a recomputed value's inputs are kept or recomputed (so an offloaded or
+quantized storage never feeds a recompute).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..candidates import CandidateSet
 
 FORWARD, BACKWARD = "forward", "backward"
-QUANTIZE, FEWBIT, INPLACE = "quantize", "fewbit", "inplace"
-OPTION_MODES = (QUANTIZE, FEWBIT, INPLACE)
+QUANTIZE, FEWBIT, INPLACE, OFFLOAD = "quantize", "fewbit", "inplace", "offload"
+OPTION_MODES = (QUANTIZE, FEWBIT, INPLACE, OFFLOAD)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,7 +63,9 @@ class MemoryConstraint:
     option_stored: tuple[int, ...] = ()
     """Mode options whose packed bytes count here when chosen."""
     option_expanded: tuple[int, ...] = ()
-    """Mode options whose expanded bytes (dequantized copy, extended output) count here when chosen."""
+    """Mode options whose expanded bytes (dequantized copy, extended output, prefetched copy) count here when chosen."""
+    option_held: tuple[int, ...] = ()
+    """Mode options whose forward-held bytes (an offloaded storage before its copy is waited for) count here."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,19 +73,19 @@ class ModeOption:
     """One way other than keep or recompute to serve backward reads (module docstring)."""
 
     mode: str
-    """QUANTIZE, FEWBIT or INPLACE."""
+    """QUANTIZE, FEWBIT, INPLACE or OFFLOAD."""
     candidate: int
-    """quantize: the storage's owner; fewbit: the GELU/SiLU input; inplace: the activation's input."""
+    """quantize, offload: the storage's owner; fewbit: the GELU/SiLU input; inplace: the activation's input."""
     storage: int
     """The storage of the value(s) it serves (-1 if none)."""
     whole_storage: bool
-    """It replaces the storage for every alias the backward reads (quantize); else it serves one value."""
+    """It replaces the storage for every alias the backward reads (quantize, offload); else it serves one value."""
     serves: tuple[int, ...]
     """Candidates whose backward reads it serves."""
     packed_bytes: int
     expanded_bytes: int
     """Bytes live over [bw_first, bw_last] when chosen: the dequantized copy (quantize), the
-    activation output's extra lifetime (inplace); 0 for few-bit."""
+    activation output's extra lifetime (inplace), the prefetched copy (offload); 0 for few-bit."""
     seconds: float
     fw_from: int
     """Forward step from which the packed bytes are live."""
@@ -83,6 +93,15 @@ class ModeOption:
     bw_last: int
     requires_kept: int = -1
     """A storage that must be kept when it is chosen (inplace: the activation's output), else -1."""
+    held_bytes: int = 0
+    """Device bytes live over forward steps [fw_from, fw_until] only (offload: the storage until
+    the forward waits for its copy to the host)."""
+    fw_until: int = -1
+    transfer_seconds: float = 0.0
+    """Seconds each of its copies keeps the host link busy (offload: one per phase)."""
+    copies: tuple[tuple[float, float, float], ...] = ()
+    """offload: (issue_at, transfer_seconds, wait_at) of its forward and its backward copy
+    (seconds from each phase's start), for ``queued_offload_seconds``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +120,13 @@ class PlanProblem:
     constraints: tuple[MemoryConstraint, ...]
     n_steps: int
     options: tuple[ModeOption, ...] = ()
+    link_seconds: tuple[float, float] = (math.inf, math.inf)
+    """Predicted compute seconds of the forward and the backward: the chosen offloads' transfer
+    seconds must fit in the shorter (each phase moves every offloaded storage once)."""
+
+    @property
+    def link_budget_seconds(self) -> float:
+        return min(self.link_seconds)
 
     @property
     def n_candidates(self) -> int:
@@ -172,17 +198,24 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         last[s] = max(last[s], win_last[i])
 
     options = _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last)
+    options += _offload_options(cands, storage_of, storage_bytes, storage_owner, need)
 
     constraints: list[MemoryConstraint] = []
     fw_base = cset.fw_base_bytes
+    # Terms only enter as t grows, except held windows (offload), which leave after fw_until: the
+    # suffix-maximum argument holds within each stretch between such ends, so it restarts at each.
+    held_ends = {opt.fw_until + 1 for opt in options if opt.held_bytes and opt.fw_from <= opt.fw_until}
     best_later = -1
     for t in range(len(fw_base) - 1, -1, -1):
+        if t + 1 in held_ends:
+            best_later = -1
         if fw_base[t] > best_later:
             best_later = fw_base[t]
             kept = tuple(s for s in range(n_storage) if keep_from[s] <= t)
             stored = tuple(o for o, opt in enumerate(options) if opt.packed_bytes and opt.fw_from <= t)
+            held = tuple(o for o, opt in enumerate(options) if opt.held_bytes and opt.fw_from <= t <= opt.fw_until)
             constraints.append(MemoryConstraint(side=FORWARD, step=t, base_bytes=fw_base[t], kept=kept, recomputed=(),
-                                                option_stored=stored))
+                                                option_stored=stored, option_held=held))
 
     bw_base = cset.bw_base_bytes
     n_bw = len(bw_base)
@@ -231,6 +264,7 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         constraints=tuple(constraints),
         n_steps=len(fw_base) + n_bw,
         options=tuple(options),
+        link_seconds=cset.link_seconds,
     )
 
 
@@ -280,6 +314,34 @@ def _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, 
     return options
 
 
+def _offload_options(cands, storage_of, storage_bytes, storage_owner, need) -> list[ModeOption]:
+    """An offload option per storage the candidates priced (``Candidate.offload_seconds``) whose
+    backward reads give it a window."""
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(storage_of):
+        if s >= 0:
+            members.setdefault(s, []).append(i)
+    options = []
+    for s, owner in enumerate(storage_owner):
+        c = cands[owner]
+        if c.offload_seconds is None:
+            continue
+        serves = tuple(i for i in members.get(s, ()) if cands[i].needed)
+        windows = [need[i] for i in members.get(s, ()) if need[i][0] is not None]
+        if not serves or not windows:
+            continue
+        first_read = min(w[0] for w in windows)
+        held_from = first_read if c.offload_held_from is None else min(c.offload_held_from, first_read)
+        options.append(ModeOption(
+            mode=OFFLOAD, candidate=owner, storage=s, whole_storage=True, serves=serves,
+            packed_bytes=0, expanded_bytes=storage_bytes[s], seconds=c.offload_seconds,
+            fw_from=c.fw_keep_from, bw_first=held_from, bw_last=max(w[1] for w in windows),
+            held_bytes=storage_bytes[s], fw_until=c.offload_release_step,
+            transfer_seconds=c.offload_transfer_seconds, copies=c.offload_copies,
+        ))
+    return options
+
+
 def without_modes(problem: PlanProblem, modes: Collection[str]) -> PlanProblem:
     """``problem`` with the options of ``modes`` taken out (what a plan without those modes may choose)."""
     kept = [o for o, opt in enumerate(problem.options) if opt.mode not in modes]
@@ -290,6 +352,7 @@ def without_modes(problem: PlanProblem, modes: Collection[str]) -> PlanProblem:
         dataclasses.replace(
             c, option_stored=tuple(renumber[o] for o in c.option_stored if o in renumber),
             option_expanded=tuple(renumber[o] for o in c.option_expanded if o in renumber),
+            option_held=tuple(renumber[o] for o in c.option_held if o in renumber),
         )
         for c in problem.constraints
     )
@@ -324,6 +387,7 @@ def evaluate(
         total += sum(problem.storage_bytes[s] for s in c.recomputed if s in rec_storage)
         total += sum(problem.options[o].packed_bytes for o in c.option_stored if o in options)
         total += sum(problem.options[o].expanded_bytes for o in c.option_expanded if o in options)
+        total += sum(problem.options[o].held_bytes for o in c.option_held if o in options)
         peak = max(peak, total)
     seconds = sum(problem.recompute_seconds[i] for i in recompute) + sum(problem.options[o].seconds for o in options)
     return peak, seconds
@@ -332,8 +396,11 @@ def evaluate(
 def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], options: Collection[int] = ()) -> bool:
     """Every needed value is kept, recomputed or served by an option; every recomputed value's inputs
     are kept or recomputed; an option's storage (whole-storage options) or value is not also kept or
-    recomputed, no two chosen options conflict, and a storage an option requires is kept."""
+    recomputed, no two chosen options conflict, a storage an option requires is kept, and the
+    chosen offloads' copies fit on the host link."""
     options = sorted(set(options))
+    if sum(problem.options[o].transfer_seconds for o in options) > problem.link_budget_seconds:
+        return False
     served = {i for o in options for i in problem.options[o].serves}
     kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
     for k, o in enumerate(options):
@@ -359,8 +426,21 @@ def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], options:
     return True
 
 
+def queued_offload_seconds(problem: PlanProblem, options: Collection[int]) -> float:
+    """Exposed seconds of the chosen offloads' copies when they queue on one link (forward copies
+    among themselves, backward copies among themselves; ``offload_cost.queued_exposed_seconds``),
+    against which the options' own seconds, priced one copy at a time, can be checked."""
+    from ..offload_cost import queued_exposed_seconds
+
+    chosen = [problem.options[o] for o in sorted(set(options)) if problem.options[o].copies]
+    total = 0.0
+    for phase in (0, 1):
+        total += sum(queued_exposed_seconds([opt.copies[phase] for opt in chosen]))
+    return total
+
+
 def option_names(problem: PlanProblem, chosen: Collection[int]) -> dict[str, frozenset[str]]:
-    """PlanSolution's per-mode fields (``quantize``, ``fewbit``, ``inplace``) for the chosen options."""
+    """PlanSolution's per-mode fields (``quantize``, ``fewbit``, ``inplace``, ``offload``) for the chosen options."""
     return {
         mode: frozenset(problem.names[problem.options[o].candidate] for o in chosen if problem.options[o].mode == mode)
         for mode in OPTION_MODES

@@ -28,6 +28,8 @@ class PlanSolution:
     """GELU/SiLU inputs whose derivative is stored as a few-bit code."""
     inplace: frozenset[str] = frozenset()
     """Activation inputs not saved: their derivatives read the activation's output instead."""
+    offload: frozenset[str] = frozenset()
+    """Storages (by owner name) copied to host memory in the forward and prefetched for the backward."""
 
     @property
     def feasible(self) -> bool:
