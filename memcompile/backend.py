@@ -107,7 +107,26 @@ def memcompile_backend(
         return _eager(gm, example_inputs, partitioner)
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs, config_patches=_config_patches(config, partitioner))
+    return compile_fx(gm, example_inputs, inner_compile=_inner_compile,
+                      config_patches=_config_patches(config, partitioner))
+
+
+def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any):
+    """Inductor's compile of one extracted graph, under the offload rewrite's INDUCTOR_CONFIG when
+    that graph calls the offload ops (config.patch restores the config when it returns).
+
+    NOTE on why here: which graphs hold offload ops is known only once the partitioner has run,
+    inside compile_fx; it then hands the forward and the backward graph to ``inner_compile`` one at
+    a time (the backward possibly much later), so a patch around compile_fx could not tell them apart."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    from memcompile.passes.rewrite.offload import INDUCTOR_CONFIG, has_offload
+
+    if has_offload(gm):
+        with inductor_config.patch(INDUCTOR_CONFIG):
+            return compile_fx_inner(gm, example_inputs, **kwargs)
+    return compile_fx_inner(gm, example_inputs, **kwargs)
 
 
 def _config_patches(config: MemConfig, partitioner: MemPartitioner) -> dict[str, Any]:

@@ -25,7 +25,7 @@ _BUDGET_HELP = (
     "torch's activation_memory_budget) or a byte cap on the step's peak such as 6GiB, 800MB, 1e9; "
     "default: no budget (analysis of the default partition)"
 )
-_MODES_HELP = "modes the planner may use, space- or comma-separated (default: keep recompute)"
+_MODES_HELP = "modes the planner may use, space- or comma-separated (default: keep recompute inplace; opt-in: quantize fewbit offload)"
 
 
 class _UsageError(Exception):

@@ -20,7 +20,7 @@ one rounding, README "In-place mode")."""
 ALL_MODES = ("keep", "recompute", "quantize", "fewbit", "offload", "inplace")
 """Every mode of the design; the ones not in IMPLEMENTED_MODES are refused with a clear error."""
 
-IMPLEMENTED_MODES = ("keep", "recompute", "quantize", "fewbit", "inplace")
+IMPLEMENTED_MODES = ("keep", "recompute", "quantize", "fewbit", "offload", "inplace")
 
 LOSSY_MODES = ("quantize", "fewbit")
 """Modes that change the gradients (within stated bounds, README "Lossy modes"): used only when named."""
@@ -73,8 +73,9 @@ class MemConfig:
     modes: tuple[str, ...] = LOSSLESS_MODES
     """Modes the planner may choose from; "keep" is always allowed. By default the lossless ones: "recompute"
     and "inplace" (an activation's derivative reads its output, so its input is not saved). The lossy ones
-    ("quantize": int8 per-group storage; "fewbit": a 2-bit code of a GELU/SiLU derivative) are used only
-    when named here."""
+    ("quantize": int8 per-group storage; "fewbit": a 2-bit code of a GELU/SiLU derivative) and "offload"
+    (a saved storage copied to pinned host memory in the forward and prefetched for the backward; device
+    tensors only) are used only when named here."""
     inner: str = "inductor"
     """Compiler for the rewritten graphs: "inductor" or "eager" (debugging)."""
     solver_time_limit: float = 20.0
@@ -83,6 +84,12 @@ class MemConfig:
     """What a byte budget no plan meets does: "raise" MemoryBudgetError, or "best_effort" (warn, smallest peak)."""
     report_dir: str | None = None
     """If set, a JSON report (and a PNG when matplotlib is installed) is written per compiled graph."""
+    _force_offload_on_cpu: bool = False
+    """TEST HOOK, not a user option (left out of the README and of the accepted-keys message): offer
+    offload for CPU tensors too, as if host memory were separate from the device's. The copies are then
+    plain CPU copies that free nothing, and the simulator counts no host copy, so predicted peaks fall
+    while measured ones do not. It exists so that CPU tests can make the planner choose offload and
+    check the rewritten graphs' gradients; leave it False."""
     budget_fraction: float | None = field(init=False, default=None)
     budget_bytes: int | None = field(init=False, default=None)
 
@@ -111,6 +118,8 @@ class MemConfig:
             raise TypeError(f"solver_time_limit: expected seconds as a number, got {self.solver_time_limit!r}")
         if not self.solver_time_limit > 0:
             raise ValueError(f"solver_time_limit: expected a positive number of seconds, got {self.solver_time_limit!r}")
+        if not isinstance(self._force_offload_on_cpu, bool):
+            raise TypeError(f"_force_offload_on_cpu: expected a bool, got {self._force_offload_on_cpu!r}")
         if self.on_infeasible not in ON_INFEASIBLE:
             raise ValueError(f"on_infeasible: expected one of {ON_INFEASIBLE}, got {self.on_infeasible!r}")
         if self.report_dir is not None:
@@ -130,7 +139,8 @@ class MemConfig:
         known = [f.name for f in dataclasses.fields(cls) if f.init]
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ValueError(f"options: unknown key(s) {unknown}; accepted keys: {known}")
+            public = [k for k in known if not k.startswith("_")]
+            raise ValueError(f"options: unknown key(s) {unknown}; accepted keys: {public}")
         return cls(**dict(options))
 
     @property

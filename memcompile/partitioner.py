@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import inspect
@@ -35,11 +36,20 @@ from memcompile.passes.costs import DeviceProfile, estimate_costs
 from memcompile.passes.lifetimes import analyse, partition_saved
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
-from memcompile.passes.planner.problem import INPLACE, build_problem, evaluate, without_modes
+from memcompile.passes.planner.problem import (
+    INPLACE,
+    OFFLOAD,
+    build_problem,
+    evaluate,
+    option_indices,
+    queued_offload_seconds,
+    without_modes,
+)
 from memcompile.passes.planner.solution import PEAK, TIME, PlanSolution
 from memcompile.passes.rewrite._lossy import LOSSY_META
 from memcompile.passes.rewrite.fewbit import fewbit_values
 from memcompile.passes.rewrite.inplace import output_form_values
+from memcompile.passes.rewrite.offload import offload_values
 from memcompile.passes.rewrite.quantize import quantize_storages
 from memcompile.passes.rewrite.recompute import Extractor, saved_for
 from memcompile.passes.simulate import Timeline, simulate_step
@@ -92,17 +102,19 @@ def _source_files() -> tuple[str, ...]:
     import memcompile.passes.candidates as c
     import memcompile.passes.costs as co
     import memcompile.passes.lifetimes as li
+    import memcompile.passes.offload_cost as oc
     import memcompile.passes.planner.greedy as g
     import memcompile.passes.planner.ilp as il
     import memcompile.passes.planner.problem as pr
     import memcompile.passes.rewrite._lossy as lo
     import memcompile.passes.rewrite.fewbit as fb
     import memcompile.passes.rewrite.inplace as ip
+    import memcompile.passes.rewrite.offload as of
     import memcompile.passes.rewrite.quantize as qu
     import memcompile.passes.rewrite.recompute as rc
     import memcompile.passes.simulate as si
 
-    return tuple(m.__file__ for m in (c, co, li, g, il, pr, si, lo, fb, ip, qu, rc)) + (__file__,)
+    return tuple(m.__file__ for m in (c, co, li, oc, g, il, pr, si, lo, fb, ip, of, qu, rc)) + (__file__,)
 
 
 class MemPartitioner(CustomPartitionerFn):
@@ -223,19 +235,21 @@ class MemPartitioner(CustomPartitionerFn):
             joint, table=table, forward_nodes=forward_nodes, backward_nodes=backward_nodes,
             forward_only=required_fw, default_timeline=baseline, costs=costs,
             fused=_sim_model(cfg) == "inductor",
-            modes=cfg.modes,
+            modes=cfg.modes, offload_device_check=not cfg._force_offload_on_cpu,
         )
         problem = build_problem(cset)
         stages.stop()
-        notes: list[str] = []
+        notes: list[str] = _offload_notes(cset)
 
         def realize(sol: PlanSolution) -> tuple[fx.GraphModule, fx.GraphModule, Timeline]:
             graph, inside = joint, backward_nodes
-            if sol.quantize or sol.fewbit or sol.inplace:
+            if sol.quantize or sol.fewbit or sol.inplace or sol.offload:
                 with stages("rewrite"):
-                    graph, inside, skipped = _rewrite_lossy(joint, sol, backward_nodes, problem)
+                    placed = {"offload_schedule": cset.offload_schedule} if sol.offload else {}
+                    graph, inside, skipped = _rewrite_lossy(joint, sol, backward_nodes, problem, **placed)
                 notes.extend(
                     f"{name}: derivative not rewritten to read its output ({why}); kept instead" if name in sol.inplace
+                    else f"{name} not offloaded ({why}); kept instead" if name in sol.offload
                     else f"{name} not stored lossily ({why}); kept instead"
                     for name, why in skipped
                 )
@@ -401,6 +415,8 @@ class MemPartitioner(CustomPartitionerFn):
         else:
             min_peak = floor_bytes() if "sol" in lazy else None
         fw, bw, tl, sol, source = chosen
+        if sol is not None and sol.offload:
+            notes.append(_link_note(problem, sol))
         self._record(cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target,
                      min_peak, start, source, tuple(notes), costs=costs, baseline=baseline, planned=tl,
                      stages=stages, min_solution=extra_min)
@@ -506,22 +522,47 @@ def _saved_activation_bytes(table, saved: Sequence[fx.Node]) -> int:
 
 
 def _rewrite_lossy(
-    joint: fx.GraphModule, sol: PlanSolution, backward_nodes: set[str], problem
+    joint: fx.GraphModule, sol: PlanSolution, backward_nodes: set[str], problem, *, offload_schedule=None,
 ) -> tuple[fx.GraphModule, set[str], list[tuple[str, str]]]:
-    """A copy of the joint graph with the plan's output-form derivatives (inplace), quantized storages
-    and few-bit codes in place, its backward node names, and what could not be rewritten (those values
-    are then simply saved). The inplace rewrite goes first: it reads the derivatives as traced."""
+    """A copy of the joint graph with the plan's output-form derivatives (inplace), quantized storages,
+    few-bit codes and offloaded storages in place, its backward node names, and what could not be
+    rewritten (those values are then simply saved). The inplace rewrite goes first: it reads the
+    derivatives as traced. Offload goes last, with the placement the planner priced
+    (``offload_schedule``, by node name: the other rewrites touch other storages and remove no node)."""
     graph = fx.GraphModule(joint, _copy_graph(joint.graph))
     seconds = {problem.names[opt.candidate]: opt.seconds for opt in problem.options}
     inside = set(backward_nodes)
     skipped: list[tuple[str, str]] = []
+    offload = functools.partial(offload_values, schedule=offload_schedule or {})
     for names, rewrite in ((sol.inplace, output_form_values), (sol.quantize, quantize_storages),
-                           (sol.fewbit, fewbit_values)):
+                           (sol.fewbit, fewbit_values), (sol.offload, offload)):
         if names:
             done = rewrite(graph, sorted(names), backward=inside, seconds=seconds)
             inside |= done.backward_nodes
             skipped.extend(done.skipped)
     return graph, inside, skipped
+
+
+def _offload_notes(cset) -> list[str]:
+    """Why offload was not offered, one note per reason (on CPU: every storage, for one reason)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in cset.offload_skipped:
+        by_reason.setdefault(why, []).append(name)
+    return [
+        f"offload not offered for {len(names)} storage{'s' if len(names) > 1 else ''} "
+        f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): {why}"
+        for why, names in by_reason.items()
+    ]
+
+
+def _link_note(problem, sol: PlanSolution) -> str:
+    """The plan's offload copies priced one at a time (what the ILP charged) and queued on one link."""
+    chosen = [o for o in option_indices(problem, sol) if problem.options[o].mode == OFFLOAD]
+    alone = sum(problem.options[o].seconds for o in chosen)
+    queued = queued_offload_seconds(problem, chosen)
+    moved = sum(problem.storage_bytes[problem.options[o].storage] for o in chosen)
+    return (f"offload: {len(chosen)} storages, {_fmt(moved)} each way; priced +{alone * 1e3:.3f} ms (each copy "
+            f"alone, plus the op overhead); copies queued on one link: {queued * 1e3:.3f} ms exposed (no overhead)")
 
 
 def _graph_device(gm: fx.GraphModule) -> torch.device:
@@ -533,8 +574,8 @@ def _graph_device(gm: fx.GraphModule) -> torch.device:
 
 
 def _decisions(fw: fx.GraphModule, bw: fx.GraphModule, costs, *, inplace=()) -> tuple[TensorDecision, ...]:
-    """One row per saved tensor (keep; quantize and fewbit with their packed bytes), per recomputed
-    tensor, and per ``inplace`` value the forward computes but does not save (its derivative reads
+    """One row per saved tensor (keep; quantize and fewbit with their packed bytes; offload with the
+    bytes of its host copy), per recomputed tensor, and per ``inplace`` value the forward computes but does not save (its derivative reads
     the activation's output, which has its own keep row)."""
     fw_table = analyse(fw)
     fw_names = set(fw_table.tensors)
@@ -546,7 +587,7 @@ def _decisions(fw: fx.GraphModule, bw: fx.GraphModule, costs, *, inplace=()) -> 
         if info is None or info.producer == "placeholder" or info.kind != "tensor":
             continue
         tag = fw_nodes[name].meta.get(LOSSY_META) if name in fw_nodes else None
-        if tag is not None:  # codes (and scales) standing in for a forward value: one row, packed bytes
+        if tag is not None:  # codes (and scales), or a host copy, standing in for a forward value: one row
             lossy.setdefault((tag["mode"], tag["source"]), [tag, 0])[1] += info.nbytes_hint
             continue
         out.append(_decision(info, "keep", 0.0))

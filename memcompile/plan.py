@@ -17,7 +17,9 @@ class TensorDecision:
     dtype: str
     bytes: int
     mode: str
-    """"keep" (saved for the backward) or "recompute" (rebuilt in the backward)."""
+    """"keep" (saved for the backward), "recompute" (rebuilt in the backward), "quantize" or "fewbit"
+    (stored packed), "offload" (copied to host memory and prefetched) or "inplace" (not saved: its
+    derivative reads the activation's output)."""
     added_seconds: float
 
 

@@ -15,7 +15,8 @@ JSON layout (``Report.to_json()``), stable keys first:
   "Greedy", or the Plan's source ("default") when no solve chose the partition;
 - ``tensors``: one ``{"name", "shape", "dtype", "bytes", "mode", "added_seconds"}`` per tensor
   the forward saves ("keep"), the backward rebuilds ("recompute"), stores lossily ("quantize",
-  "fewbit": ``bytes`` are the packed bytes) or does not need because its derivative reads the
+  "fewbit": ``bytes`` are the packed bytes), copies to host memory and prefetches ("offload":
+  ``bytes`` are the host copy's) or does not need because its derivative reads the
   activation's output ("inplace"); ``bytes`` is the storage the tensor owns (0 for a view of
   another tensor);
 - ``binding_step``: where the predicted peak occurs: ``{"graph", "index", "node", "side",
@@ -49,14 +50,16 @@ from .config import MemConfig
 from .plan import Plan, TensorDecision
 
 KEEP, RECOMPUTE = "keep", "recompute"
-MODES = (KEEP, RECOMPUTE, "quantize", "fewbit", "inplace")
+MODES = (KEEP, RECOMPUTE, "quantize", "fewbit", "inplace", "offload")
 """Every mode a TensorDecision may carry, in the order the summary and the plot list them."""
 _ROLE_KEEP, _ROLE_RECOMPUTE, _ROLE_OTHER = KEEP, RECOMPUTE, "other"
 # Colours per mode / role, shared by the timeline's stacked area and the bar of bytes per mode.
 _COLOURS = {"held": "#c7c7c7", _ROLE_KEEP: "#1f77b4", _ROLE_RECOMPUTE: "#ff7f0e", _ROLE_OTHER: "#9ecae1",
-            "quantize": "#2ca02c", "fewbit": "#9467bd", "inplace": "#8c564b"}
+            "quantize": "#2ca02c", "fewbit": "#9467bd", "inplace": "#8c564b",
+            "offload": "#e377c2"}
 # What each mode's bytes are, for the summary's totals.
-_TOTAL_NOTES = {"quantize": "packed", "fewbit": "packed", "inplace": "not saved: the backward reads the activation's output"}
+_TOTAL_NOTES = {"quantize": "packed", "fewbit": "packed", "inplace": "not saved: the backward reads the activation's output",
+                "offload": "in host memory between the forward and the backward"}
 _SUMMARY_LIVE_ROWS = 8
 
 

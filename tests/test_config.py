@@ -61,10 +61,22 @@ def test_bad_option_through_torch_compile_is_a_clear_error():
         compiled(torch.randn(2, 4))
 
 
-def test_inplace_is_a_default_lossless_mode_and_offload_is_refused():
+def test_inplace_is_a_default_lossless_mode_and_offload_is_opt_in():
     assert MemConfig().modes == ("keep", "recompute", "inplace")
     assert MemConfig(modes=("inplace",)).modes == ("keep", "inplace")
     assert MemConfig(modes=("keep", "recompute")).modes == ("keep", "recompute")  # inplace can be left out
     assert MemConfig(modes=("keep", "inplace")).cache_key() != MemConfig(modes=("keep",)).cache_key()
-    with pytest.raises(ValueError, match="offload.*not available"):
-        MemConfig(modes=("keep", "offload"))
+    assert "offload" not in MemConfig().modes
+    assert MemConfig(modes=("recompute", "offload")).modes == ("keep", "recompute", "offload")
+    assert MemConfig(modes=("keep", "offload")).cache_key() != MemConfig(modes=("keep",)).cache_key()
+
+
+def test_offload_cpu_test_hook_is_private_and_validated():
+    assert MemConfig()._force_offload_on_cpu is False
+    hooked = MemConfig.from_options({"modes": ("keep", "offload"), "_force_offload_on_cpu": True})
+    assert hooked._force_offload_on_cpu and hooked.cache_key() != MemConfig(modes=("keep", "offload")).cache_key()
+    with pytest.raises(TypeError, match="_force_offload_on_cpu"):
+        MemConfig(_force_offload_on_cpu=1)
+    with pytest.raises(ValueError, match="accepted keys") as err:
+        MemConfig.from_options({"offload_on_cpu": True})
+    assert "_force_offload_on_cpu" not in str(err.value)

@@ -50,7 +50,7 @@ def test_lossy_modes_are_opt_in():
     assert MemConfig(modes=ALL).modes == ALL
     assert MemConfig(modes=("fewbit",)).modes == ("keep", "fewbit")
     with pytest.raises(ValueError, match="modes"):
-        MemConfig(modes=("keep", "offload"))
+        MemConfig(modes=("keep", "offload_to_disk"))
 
 
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny"])
