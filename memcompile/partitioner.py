@@ -64,9 +64,9 @@ log = logging.getLogger(__name__)
 _REPAIR_ROUNDS = 6
 # A fraction budget accepts a plan whose simulated peak is this share of the default's peak above its target.
 _FRACTION_SLACK = 0.02
-_LOWER_PEAK_TIME = 0.05
+_LOWER_PEAK_TIME = 0.10
 """Added time, as a fraction of the forward's compute, that a budgeted plan may spend beyond the
-fastest plan meeting the budget to lower its peak further (about 2% of a training step). A
+fastest plan meeting the budget to lower its peak further (about 3% of a training step). A
 fraction asks for memory at a small cost in time, as torch's does; a byte budget asks for the
 fastest plan under a cap, so it only gets back what the solver's 1% gap may have left."""
 _SOLVER_GAP_TIME = 0.01
@@ -355,15 +355,21 @@ class MemPartitioner(CustomPartitionerFn):
             if cfg.budget_fraction >= 1.0 or wanted >= default_model_bytes:
                 chosen = (fw_def, bw_def, baseline, None, "default")
             else:
-                # Solve for the wanted peak first: when a plan reaches it, the floor (a second
-                # CBC run) is not needed.
+                # Solve for the wanted peak first; the floor (a second CBC run) tells whether
+                # the wanted peak is within the slack of the smallest reachable one.
                 probe = None
                 if wanted > 0:
                     with stages("solve"):  # no greedy fallback here: an unproven probe just means "solve the floor"
                         probe = solve_ilp(problem, budget_bytes=wanted, objective=TIME,
                                           time_limit_seconds=cfg.solver_time_limit)
                 if probe is not None and probe.feasible:
-                    target, first_solution = wanted, probe
+                    if min_solution().feasible and wanted - floor_bytes() <= slack:
+                        # Within the accepted slack of the smallest reachable peak: plan for that
+                        # peak, as every lower fraction does, so they all get the same plan (and
+                        # measured peak), not near-equal plans Inductor may run in either order.
+                        target = floor_bytes()
+                    else:
+                        target, first_solution = wanted, probe
                 elif default_model_bytes <= floor_bytes():
                     chosen = (fw_def, bw_def, baseline, None, "default")
                 else:
