@@ -23,3 +23,43 @@ def test_buffer_reuse_is_off_under_a_budget(monkeypatch, budget, reuse_off):
     memcompile_backend(gm, [torch.randn(2, 4)], options=options)
     assert isinstance(seen["custom_partitioner_fn"], memcompile.partitioner.MemPartitioner)
     assert ("allow_buffer_reuse" in seen and seen["allow_buffer_reuse"] is False) == reuse_off
+
+
+@pytest.mark.parametrize("inner, form", [("inductor", "aten"), ("eager", "kernel")])
+def test_quantize_takes_the_preferred_form(monkeypatch, inner, form):
+    """On CPU under Inductor the quantized copies are written as ATen ops Inductor fuses into
+    their producer (quantize.preferred_form); executed eagerly they are the custom ops."""
+    import torch.fx as fx
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch import partitioners as tp
+
+    import memcompile.partitioner as partitioner_mod
+    from examples.toy_transformer import make
+    from memcompile.config import MemConfig
+
+    captured = {}
+
+    def capture(joint, inputs, **kw):
+        captured.update(joint=fx.GraphModule(joint, partitioner_mod._copy_graph(joint.graph)), inputs=inputs, kw=kw)
+        return tp.default_partition(joint, inputs, **kw)
+
+    model, inputs = make("gpt-tiny")
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=lambda g, _: g, bw_compiler=lambda g, _: g, partition_fn=capture)
+    torch.compile(model, backend=backend)(*inputs)
+
+    seen = []
+    original = partitioner_mod._rewrite_lossy
+
+    def spy(joint, sol, backward_nodes, problem, **kwargs):
+        out = original(joint, sol, backward_nodes, problem, **kwargs)
+        seen.append((kwargs.get("quantize_form", "kernel"), {str(n.target) for n in out[0].graph.nodes}))
+        return out
+
+    monkeypatch.setattr(partitioner_mod, "_rewrite_lossy", spy)
+    config = MemConfig(memory_budget=0.0, modes=("keep", "quantize"), inner=inner)
+    kw = {k: v for k, v in captured["kw"].items() if k != "compiler"}
+    partitioner_mod.MemPartitioner(config)(captured["joint"], captured["inputs"], **kw)
+    assert seen and all(f == form for f, _ in seen)
+    custom = any("memcompile.quantize_int8" in t for _, targets in seen for t in targets)
+    assert custom == (form == "kernel")
