@@ -562,7 +562,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", type=_parse_methods, default=DEFAULT_METHODS,
                         help=f"'all' (default) or a comma-separated subset of: {', '.join(METHODS)}")
     parser.add_argument("--lossy", action="store_true",
-                        help=f"also run memcompile with modes {LOSSY_MODES} (reported 'not available' if refused)")
+                        help=f"also run memcompile with modes {LOSSY_MODES} (reported 'not available' if a mode is refused)")
     parser.add_argument("--steps", type=_positive_int, default=5, help="timed steps per run (default 5)")
     parser.add_argument("--warmup", type=_non_negative_int, default=1,
                         help="untimed steps after the first (compiling) step (default 1)")
