@@ -197,8 +197,9 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         first[s] = win_first[i] if first[s] is None else min(first[s], win_first[i])
         last[s] = max(last[s], win_last[i])
 
-    options = _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last)
-    options += _offload_options(cands, storage_of, storage_bytes, storage_owner, need)
+    reads = _storage_reads(cands, storage_of, need)
+    options = _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last, reads)
+    options += _offload_options(cands, storage_bytes, storage_owner, reads)
 
     constraints: list[MemoryConstraint] = []
     fw_base = cset.fw_base_bytes
@@ -268,23 +269,33 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
     )
 
 
-def _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last) -> list[ModeOption]:
-    """The legal mode options: a quantized copy per quantizable storage the backward reads, a few-bit
-    code per GELU/SiLU input and an output-form derivative per activation input whose only backward
-    reads are those derivatives (``last``: each storage's last backward step when kept)."""
+def _storage_reads(cands, storage_of, need) -> dict[int, tuple[tuple[int, ...], list]]:
+    """Per storage the backward reads: (the candidates among its aliases the backward reads, their need
+    windows). What a whole-storage option (quantize, offload) serves and over which steps."""
     members: dict[int, list[int]] = {}
     for i, s in enumerate(storage_of):
         if s >= 0:
             members.setdefault(s, []).append(i)
+    reads = {}
+    for s, group in members.items():
+        serves = tuple(i for i in group if cands[i].needed)
+        windows = [need[i] for i in group if need[i][0] is not None]
+        if serves and windows:
+            reads[s] = (serves, windows)
+    return reads
+
+
+def _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last, reads) -> list[ModeOption]:
+    """The legal mode options: a quantized copy per quantizable storage the backward reads, a few-bit
+    code per GELU/SiLU input and an output-form derivative per activation input whose only backward
+    reads are those derivatives (``last``: each storage's last backward step when kept; ``reads``:
+    ``_storage_reads``)."""
     options = []
     for s, owner in enumerate(storage_owner):
         c = cands[owner]
-        if not c.quantize_bytes:
+        if not c.quantize_bytes or s not in reads:
             continue
-        serves = tuple(i for i in members.get(s, ()) if cands[i].needed)
-        windows = [need[i] for i in members.get(s, ()) if need[i][0] is not None]
-        if not serves or not windows:
-            continue
+        serves, windows = reads[s]
         options.append(ModeOption(
             mode=QUANTIZE, candidate=owner, storage=s, whole_storage=True, serves=serves,
             packed_bytes=c.quantize_bytes, expanded_bytes=storage_bytes[s], seconds=c.quantize_seconds,
@@ -314,22 +325,15 @@ def _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, 
     return options
 
 
-def _offload_options(cands, storage_of, storage_bytes, storage_owner, need) -> list[ModeOption]:
+def _offload_options(cands, storage_bytes, storage_owner, reads) -> list[ModeOption]:
     """An offload option per storage the candidates priced (``Candidate.offload_seconds``) whose
-    backward reads give it a window."""
-    members: dict[int, list[int]] = {}
-    for i, s in enumerate(storage_of):
-        if s >= 0:
-            members.setdefault(s, []).append(i)
+    backward reads give it a window (``reads``: ``_storage_reads``)."""
     options = []
     for s, owner in enumerate(storage_owner):
         c = cands[owner]
-        if c.offload_seconds is None:
+        if c.offload_seconds is None or s not in reads:
             continue
-        serves = tuple(i for i in members.get(s, ()) if cands[i].needed)
-        windows = [need[i] for i in members.get(s, ()) if need[i][0] is not None]
-        if not serves or not windows:
-            continue
+        serves, windows = reads[s]
         first_read = min(w[0] for w in windows)
         held_from = first_read if c.offload_held_from is None else min(c.offload_held_from, first_read)
         options.append(ModeOption(
