@@ -7,6 +7,7 @@ rewrite inserts gets the value the op would produce under the graph's FakeTensor
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,3 +46,29 @@ def call(graph: fx.Graph, fake_mode, target, *args: Any, **kwargs: Any) -> fx.No
     with fake_mode:
         node.meta["val"] = target(*fake_args, **fake_kwargs)
     return node
+
+
+def backward_readers(closure, backward: Collection[str]) -> list[tuple[fx.Node, fx.Node]]:
+    """(reader, alias) for every backward node outside ``closure`` (a storage's root and its
+    aliases) that reads one of them: the reads a stand-in for the storage must serve."""
+    inside = set(closure)
+    return [(u, a) for a in closure for u in a.users if u.name in backward and u not in inside]
+
+
+def redirect_readers(graph: fx.Graph, fake_mode, closure, readers, stand_ins: dict[fx.Node, fx.Node],
+                     added: set[str]) -> None:
+    """At the current insert point, rebuild the aliases ``readers`` (``backward_readers``) read on top
+    of ``stand_ins`` (the storage's root, mapped to what replaces it) and point each reader at its
+    rebuilt alias; the names of the nodes made go into ``added``."""
+    inside = set(closure)
+    copies = dict(stand_ins)
+
+    def copy_of(n: fx.Node) -> fx.Node:
+        if n not in copies:
+            args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: copy_of(a) if a in inside else a)
+            copies[n] = call(graph, fake_mode, n.target, *args, **kwargs)
+            added.add(copies[n].name)
+        return copies[n]
+
+    for user, alias in readers:
+        user.replace_input_with(alias, copy_of(alias))

@@ -54,7 +54,7 @@ import torch.fx as fx
 from ..lifetimes import alias_source, is_tangent, size_hint
 from ..offload_cost import OffloadPlacement, place_offload
 from ..simulate import OFFLOAD_META
-from ._lossy import LOSSY_META, call, fake_mode_of
+from ._lossy import LOSSY_META, backward_readers, call, fake_mode_of, redirect_readers
 from .quantize import dense_order
 
 # OFFLOAD_META (defined beside the simulator, which reads it): the ``node.meta`` key on the four
@@ -260,7 +260,7 @@ def offload_schedule(
         if any(output in a.users for a in closure if a.name not in backward):
             skipped.append((name, "a forward output aliases it: its memory stays alive anyway"))
             continue
-        readers = [u for a in closure for u in a.users if u.name in backward and u not in inside]
+        readers = [u for u, _ in backward_readers(closure, backward)]
         if not readers:
             skipped.append((name, "the backward reads no alias of it"))
             continue
@@ -390,7 +390,7 @@ def offload_values(
         role = {"source": name, "nbytes": plan.nbytes}
         closure = groups.get(root, [root])
         inside = set(closure)
-        readers = [(u, a) for a in closure for u in a.users if u.name in backward and u not in inside]
+        readers = backward_readers(closure, backward)
         if not readers or first not in {u for u, _ in readers}:
             skipped.append((name, "the backward no longer reads it where the schedule says (rewritten already?)"))
             continue
@@ -417,17 +417,7 @@ def offload_values(
                 fetch = call(graph, mode, ops.prefetch.default, host, val.device, fallback)
         with graph.inserting_before(first):
             y = call(graph, mode, ops.prefetch_wait.default, fetch, host, val.device)
-            copies: dict[fx.Node, fx.Node] = {root: y}
-
-            def copy_of(n: fx.Node) -> fx.Node:
-                if n not in copies:
-                    args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: copy_of(a) if a in inside else a)
-                    copies[n] = call(graph, mode, n.target, *args, **kwargs)
-                    added_bw.add(copies[n].name)
-                return copies[n]
-
-            for user, alias in readers:
-                user.replace_input_with(alias, copy_of(alias))
+            redirect_readers(graph, mode, closure, readers, {root: y}, added_bw)
         fetch.meta[OFFLOAD_META] = {"role": "prefetch", **role}
         y.meta[OFFLOAD_META] = {"role": "prefetch_wait", **role}
         added_bw |= {fetch.name, y.name}

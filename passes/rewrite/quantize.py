@@ -33,7 +33,7 @@ import torch
 import torch.fx as fx
 
 from ..lifetimes import alias_source, size_hint
-from ._lossy import LOSSY_META, LossyRewrite, call, fake_mode_of
+from ._lossy import LOSSY_META, LossyRewrite, backward_readers, call, fake_mode_of, redirect_readers
 
 # NOTE on compile caches: a graph this rewrite produced calls memcompile::quantize_int8 / dequantize.
 # When Inductor's caches serve such a graph to a new process, no planning (and no rewrite)
@@ -190,8 +190,7 @@ def quantize_storages(
             skipped.append((name, why))
             continue
         closure = alias_closure(root)
-        inside = set(closure)
-        readers = [(u, a) for a in closure for u in a.users if u.name in backward and u not in inside]
+        readers = backward_readers(closure, backward)
         if not readers:
             skipped.append((name, "the backward reads no alias of it"))
             continue
@@ -211,7 +210,6 @@ def quantize_storages(
         q.meta[LOSSY_META] = scales.meta[LOSSY_META] = tag
 
         first = min((u for u, _ in readers), key=order.__getitem__)
-        copies: dict[fx.Node, fx.Node] = {}
         with graph.inserting_before(first):
             if aten:
                 before = set(graph.nodes)
@@ -224,17 +222,7 @@ def quantize_storages(
                 inverse = [perm.index(d) for d in range(len(perm))]
                 dq = call(graph, mode, torch.ops.aten.permute.default, dq, inverse)
                 added.add(dq.name)
-            copies[root] = dq
-
-            def copy_of(n: fx.Node) -> fx.Node:
-                if n not in copies:
-                    args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: copy_of(a) if a in inside else a)
-                    copies[n] = call(graph, mode, n.target, *args, **kwargs)
-                    added.add(copies[n].name)
-                return copies[n]
-
-            for user, alias in readers:
-                user.replace_input_with(alias, copy_of(alias))
+            redirect_readers(graph, mode, closure, readers, {root: dq}, added)
         applied.append(name)
     graph.lint()
     gm.recompile()
