@@ -1,9 +1,8 @@
 """The planner on synthetic problems (no torch.compile): ILP vs brute force, greedy validity."""
 
-import itertools
-
 import pytest
 
+from _planner_helpers import brute_force
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
@@ -29,20 +28,6 @@ def chain(n: int, *, nbytes=8 * MB, seconds=1e-3, random_at=()) -> CandidateSet:
         candidates=tuple(cands), fw_steps=tuple(c.name for c in cands), bw_steps=tuple(f"g{i}" for i in range(n)),
         fw_base_bytes=tuple(nbytes for _ in range(n)), bw_base_bytes=tuple(nbytes for _ in range(n)),
     )
-
-
-def brute_force(problem, budget):
-    best = None
-    n = problem.n_candidates
-    for modes in itertools.product((0, 1, 2), repeat=n):  # 0 none, 1 keep, 2 recompute
-        keep = {i for i, m in enumerate(modes) if m == 1}
-        rec = {i for i, m in enumerate(modes) if m == 2}
-        if not is_valid(problem, keep, rec):
-            continue
-        peak, seconds = evaluate(problem, keep, rec)
-        if peak <= budget and (best is None or seconds < best[0] - 1e-12):
-            best = (seconds, peak)
-    return best
 
 
 @pytest.mark.parametrize("budget_mb", [80, 56, 48, 40, 32])

@@ -3,10 +3,10 @@ activation's output kept, its lifetime extended to the derivative), ILP vs brute
 time, exclusivity with the other modes, greedy validity."""
 
 import dataclasses
-import itertools
 
 import pytest
 
+from _planner_helpers import brute_force, decision
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
@@ -16,7 +16,6 @@ from memcompile.passes.planner.problem import (
     build_problem,
     evaluate,
     is_valid,
-    option_indices,
 )
 from memcompile.passes.planner.solution import PEAK, TIME
 
@@ -50,28 +49,6 @@ def mlp(n: int, *, nbytes=4 * MB, inplace=True, quantize=False, recompute=True, 
         candidates=tuple(cands), fw_steps=tuple(c.name for c in cands), bw_steps=bw_steps,
         fw_base_bytes=tuple(nbytes for _ in cands), bw_base_bytes=tuple(nbytes for _ in bw_steps),
     )
-
-
-def decision(problem, sol):
-    return ({problem.names.index(n) for n in sol.keep}, {problem.names.index(n) for n in sol.recompute},
-            option_indices(problem, sol))
-
-
-def brute_force(problem, budget):
-    """(seconds, peak) of the cheapest valid plan within ``budget``: every candidate none/keep/recompute,
-    every option on or off."""
-    best = None
-    for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
-        keep = {i for i, m in enumerate(modes) if m == 1}
-        rec = {i for i, m in enumerate(modes) if m == 2}
-        for chosen in itertools.product((0, 1), repeat=len(problem.options)):
-            options = {o for o, on in enumerate(chosen) if on}
-            if not is_valid(problem, keep, rec, options):
-                continue
-            peak, seconds = evaluate(problem, keep, rec, options)
-            if peak <= budget and (best is None or (seconds, peak) < best):
-                best = (seconds, peak)
-    return best
 
 
 def test_option_per_activation_input_keeps_the_output_and_extends_it_to_the_derivative():

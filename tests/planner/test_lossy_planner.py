@@ -2,10 +2,10 @@
 never chosen without memory pressure, never slower than recompute alone, greedy validity."""
 
 import dataclasses
-import itertools
 
 import pytest
 
+from _planner_helpers import brute_force, decision
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
@@ -15,7 +15,6 @@ from memcompile.passes.planner.problem import (
     build_problem,
     evaluate,
     is_valid,
-    option_indices,
 )
 from memcompile.passes.planner.solution import PEAK, TIME
 
@@ -47,29 +46,6 @@ def lossless(problem):
     """The same problem with the lossy options taken out (what modes=("keep", "recompute") plans)."""
     rows = tuple(dataclasses.replace(c, option_stored=(), option_expanded=()) for c in problem.constraints)
     return dataclasses.replace(problem, options=(), constraints=rows)
-
-
-def decision(problem, sol):
-    keep = {problem.names.index(n) for n in sol.keep}
-    rec = {problem.names.index(n) for n in sol.recompute}
-    return keep, rec, option_indices(problem, sol)
-
-
-def brute_force(problem, budget):
-    """Cheapest valid plan within ``budget``: every candidate none/keep/recompute, every option on/off."""
-    n, n_opt = problem.n_candidates, len(problem.options)
-    best = None
-    for modes in itertools.product((0, 1, 2), repeat=n):
-        keep = {i for i, m in enumerate(modes) if m == 1}
-        rec = {i for i, m in enumerate(modes) if m == 2}
-        for chosen in itertools.product((0, 1), repeat=n_opt):
-            lossy = {o for o, on in enumerate(chosen) if on}
-            if not is_valid(problem, keep, rec, lossy):
-                continue
-            peak, seconds = evaluate(problem, keep, rec, lossy)
-            if peak <= budget and (best is None or seconds < best[0] - 1e-12):
-                best = (seconds, peak)
-    return best
 
 
 def test_options_are_built_per_storage_and_per_gelu_input():

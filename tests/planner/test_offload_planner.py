@@ -5,11 +5,11 @@ the PlanProblem of a real toy GPT under made-up device profiles: offload is chos
 makes it cheaper than recomputing, and mixed plans are never slower than recompute alone."""
 
 import dataclasses
-import itertools
 
 import pytest
 import torch
 
+from _planner_helpers import brute_force, decision
 import memcompile.partitioner as partitioner_mod
 from examples.toy_transformer import make
 from memcompile.passes.candidates import Candidate, CandidateSet
@@ -24,7 +24,6 @@ from memcompile.passes.planner.problem import (
     build_problem,
     evaluate,
     is_valid,
-    option_indices,
     queued_offload_seconds,
     without_modes,
 )
@@ -55,28 +54,6 @@ def chain(n: int, *, nbytes=8 * MB, seconds=1e-3, offload_seconds=2e-4, hold=1, 
         fw_base_bytes=tuple(nbytes for _ in range(n)), bw_base_bytes=tuple(nbytes for _ in range(n)),
         link_seconds=link,
     )
-
-
-def decision(problem, sol):
-    keep = {problem.names.index(n) for n in sol.keep}
-    rec = {problem.names.index(n) for n in sol.recompute}
-    return keep, rec, option_indices(problem, sol)
-
-
-def brute_force(problem, budget):
-    """Cheapest valid plan within ``budget``: every candidate none/keep/recompute, every option on/off."""
-    best = None
-    for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
-        keep = {i for i, m in enumerate(modes) if m == 1}
-        rec = {i for i, m in enumerate(modes) if m == 2}
-        for chosen in itertools.product((0, 1), repeat=len(problem.options)):
-            options = {o for o, on in enumerate(chosen) if on}
-            if not is_valid(problem, keep, rec, options):
-                continue
-            peak, seconds = evaluate(problem, keep, rec, options)
-            if peak <= budget and (best is None or seconds < best[0] - 1e-12):
-                best = (seconds, peak)
-    return best
 
 
 def test_offload_option_holds_the_storage_until_the_wait_and_the_copy_from_the_prefetch():
