@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch._functorch import partitioners as tp
 from torch._functorch.aot_autograd import aot_function
 
+from examples.bench_offload import storages_the_backward_reads
 from memcompile.kernels import offload as off
 from memcompile.partitioner import _prepare_joint
 from memcompile.passes import offload_cost as oc
@@ -151,17 +152,6 @@ def mlp_args():
     torch.manual_seed(0)
     return [torch.randn(16, 24)] + [torch.randn(o, i, requires_grad=True)
                                      for o, i in ((32, 24), (40, 32), (48, 40), (8, 48))]
-
-
-def storages_the_backward_reads(joint, backward):
-    """Every forward-owned storage that the default (save everything) partition would save."""
-    roots = []
-    for node in saved_for(joint, backward, frozenset()):
-        while alias_source(node) is not None:
-            node = alias_source(node)
-        if node.op == "call_function" and node.name not in roots:
-            roots.append(node.name)
-    return roots
 
 
 def run(pick_roots=storages_the_backward_reads, **rewrite_kwargs):
