@@ -66,12 +66,12 @@ _REPAIR_ROUNDS = 6
 _FRACTION_SLACK = 0.02
 _LOWER_PEAK_TIME = 0.05
 """Added time, as a fraction of the forward's compute, that a budgeted plan may spend beyond the
-fastest plan meeting the budget to lower its peak further (about 2% of a training step). 10% lowers
-llama-small at 0.8 through Inductor from 189.57 to 179.09 MB, but then a middle fraction can find a
-plan below the floor plan (HF BERT: 1.48 MB at 0.5, 1.61 MB at 0.0), because the floor is planned in
-a model that under-counts recompute chains. A
-fraction asks for memory at a small cost in time, as torch's does; a byte budget asks for the
-fastest plan under a cap, so it only gets back what the solver's 1% gap may have left."""
+fastest plan meeting the budget to lower its peak further (about 2% of a training step). A fraction
+asks for memory at a small cost in time, as torch's does; a byte budget asks for the fastest plan
+under a cap, so it only gets back what the solver's 1% gap may have left (``_SOLVER_GAP_TIME``).
+10% lowers llama-small at 0.8 through Inductor from 189.57 to 179.09 MB, but then a middle fraction
+can find a plan below the floor plan (HF BERT: 1.48 MB at 0.5, 1.61 MB at 0.0), because the floor
+is planned in a model that under-counts recompute chains."""
 _SOLVER_GAP_TIME = 0.01
 
 
@@ -248,11 +248,10 @@ class MemPartitioner(CustomPartitionerFn):
             graph, inside = joint, backward_nodes
             if sol.quantize or sol.fewbit or sol.inplace or sol.offload:
                 with stages("rewrite"):
-                    placed = {"offload_schedule": cset.offload_schedule} if sol.offload else {}
-                    form = preferred_form(device.type, cfg.inner)
-                    if sol.quantize and form != "kernel":
-                        placed["quantize_form"] = form
-                    graph, inside, skipped = _rewrite_lossy(joint, sol, backward_nodes, problem, **placed)
+                    graph, inside, skipped = _rewrite_lossy(
+                        joint, sol, backward_nodes, problem, offload_schedule=cset.offload_schedule,
+                        quantize_form=preferred_form(device.type, cfg.inner),
+                    )
                 notes.extend(
                     f"{name}: derivative not rewritten to read its output ({why}); kept instead" if name in sol.inplace
                     else f"{name} not offloaded ({why}); kept instead" if name in sol.offload

@@ -91,8 +91,8 @@ def test_rewritten_joint_graph_has_consistent_fake_values(no_compile_cache, monk
     seen = []
     original = partitioner_mod._rewrite_lossy
 
-    def spy(joint, sol, backward_nodes, problem):
-        out = original(joint, sol, backward_nodes, problem)
+    def spy(joint, sol, backward_nodes, problem, **kwargs):
+        out = original(joint, sol, backward_nodes, problem, **kwargs)
         seen.append((out[0], sol))
         return out
 
@@ -125,8 +125,8 @@ def test_aten_form_of_quantize_gives_the_kernel_forms_gradients(no_compile_cache
     grads, targets = {}, {}
     original = partitioner_mod._rewrite_lossy
 
-    def spy(joint, sol, backward_nodes, problem):
-        out = original(joint, sol, backward_nodes, problem)
+    def spy(joint, sol, backward_nodes, problem, **kwargs):
+        out = original(joint, sol, backward_nodes, problem, **kwargs)
         targets[form] = {str(n.target) for n in out[0].graph.nodes}
         return out
 
