@@ -64,14 +64,16 @@ log = logging.getLogger(__name__)
 _REPAIR_ROUNDS = 6
 # A fraction budget accepts a plan whose simulated peak is this share of the default's peak above its target.
 _FRACTION_SLACK = 0.02
-_LOWER_PEAK_TIME = 0.05
+_LOWER_PEAK_TIME = 0.08
 """Added time, as a fraction of the forward's compute, that a budgeted plan may spend beyond the
-fastest plan meeting the budget to lower its peak further (about 2% of a training step). A fraction
+fastest plan meeting the budget to lower its peak further (about 3% of a training step). A fraction
 asks for memory at a small cost in time, as torch's does; a byte budget asks for the fastest plan
 under a cap, so it only gets back what the solver's 1% gap may have left (``_SOLVER_GAP_TIME``).
-10% lowers llama-small at 0.8 through Inductor from 189.57 to 179.09 MB, but then a middle fraction
-can find a plan below the floor plan (HF BERT: 1.48 MB at 0.5, 1.61 MB at 0.0), because the floor
-is planned in a model that under-counts recompute chains."""
+Measured through Inductor on llama-small at 0.8 (torch's budget: 188.52 MB): 5% gives 189.57 MB,
+7% 185.38, 8% 181.15, 10% 179.09. At 10% a middle fraction of HF BERT found a plan below the
+floor plan (1.48 MB at 0.5, 1.61 MB at 0.0): the floor is planned in a model that under-counts
+recompute chains, so among the many plans with the floor's model peak the one taken is not
+always the lowest simulated; 8% keeps every HF model of tests/integration monotone."""
 _SOLVER_GAP_TIME = 0.01
 
 
