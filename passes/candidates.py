@@ -79,6 +79,10 @@ class Candidate:
     offload_copies: tuple[tuple[float, float, float], ...] = ()
     """(issue_at, transfer_seconds, wait_at) of the D2H copy (forward seconds) and the H2D copy
     (backward seconds), to check a chosen set's copies queued on one link."""
+    backward_only: bool = False
+    """The forward's outputs do not need it and only backward nodes read it (a part of a derivative
+    that reads forward values only, e.g. GELU's decomposed ``cdf + x * pdf``): recomputing it moves
+    it into the backward, where it may read a quantized input's dequantized copy."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,9 +173,17 @@ def build_candidates(
         return max([fw_pos.get(root, 0), *uses])
 
     candidates = []
+    # Through Inductor a pointwise value is computed in the kernel of its producers (vertical fusion),
+    # so a kept one is live from there: for a backward-only value the joint graph places after the
+    # whole forward (GELU's decomposed derivative), that is its layer's step, not the forward's end.
+    computed_at: dict[str, int] = {}
     for name in fw_steps:
         node = nodes[name]
         info = table.tensors[name]
+        pos = fw_pos[name]
+        if fused and info.fusible:
+            pos = min(pos, max((computed_at[a.name] for a in node.all_input_nodes if a.name in computed_at), default=pos))
+        computed_at[name] = pos
         bw_users = [bw_pos[u] for u in info.users if u in bw_pos]
         ban = recompute_ban(node)
         root = root_of(name)
@@ -179,7 +191,7 @@ def build_candidates(
         if ban is None and any(a.op == "placeholder" and "tangents" in str(a.target) for a in node.all_input_nodes):
             ban = "reads a tangent"
         nbytes = info.nbytes_hint if owns else 0
-        keep_from = fw_pos[name] if fused and info.fusible else fw_last(root) + 1
+        keep_from = computed_at[name] if fused and info.fusible else fw_last(root) + 1
         seconds = costs.recompute_seconds(name) if name in forward_only else 0.0
         if ban is None and seconds > 0.0 and "recompute" not in modes:
             ban = "recompute not enabled"
@@ -202,6 +214,7 @@ def build_candidates(
                 fw_keep_from=keep_from,
                 bw_first=min(bw_users) if bw_users else None,
                 bw_last=max(bw_users) if bw_users else None,
+                backward_only=name not in forward_only and bool(info.users) and all(u in backward_nodes for u in info.users),
                 **options,
             )
         )
