@@ -550,10 +550,14 @@ def _rewrite_lossy(
     offload = functools.partial(offload_values, schedule=offload_schedule or {})
     # "aten" where it measured faster (quantize.preferred_form: Inductor on CPU), else the custom ops
     quantize = quantize_storages if quantize_form == "kernel" else functools.partial(quantize_storages, form=quantize_form)
+    # recomputed backward-only values read a quantized input's dequantized copy (problem.quantized_input)
+    moved = {name for i, name in enumerate(problem.names) if problem.backward_only and problem.backward_only[i]}
+    moved &= sol.recompute
     for names, rewrite in ((sol.inplace, output_form_values), (sol.quantize, quantize),
                            (sol.fewbit, fewbit_values), (sol.offload, offload)):
         if names:
-            done = rewrite(graph, sorted(names), backward=inside, seconds=seconds)
+            readers = inside | moved if rewrite is quantize else inside
+            done = rewrite(graph, sorted(names), backward=readers, seconds=seconds)
             inside |= done.backward_nodes
             skipped.extend(done.skipped)
     return graph, inside, skipped

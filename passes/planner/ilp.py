@@ -5,8 +5,9 @@ Variables: keep[i], recompute[i] per candidate, kept[s] per storage, option[o] p
 modes enabled and legal), a continuous peak P.
 - a value the backward reads is kept, recomputed or served by an option:
   keep[i] + recompute[i] + sum(option[o] serving i) >= 1;
-- a recomputed value's inputs are kept or recomputed (never an option's copy):
-  recompute[i] <= keep[j] + recompute[j];
+- a recomputed value's inputs are kept or recomputed (never an option's copy, except a quantized
+  input of a backward-only value, problem.quantized_input): recompute[i] <= keep[j] + recompute[j]
+  (+ option[o]);
 - keeping any alias keeps the storage: kept[s] >= keep[i];
 - one mode per storage (quantize, offload) or value (few-bit, inplace): option[o] + kept[s] <= 1 and
   option[o] + recompute[owner] <= 1, or option[o] + keep[i] + recompute[i] <= 1; two options
@@ -125,6 +126,7 @@ def solve_ilp(
             else:
                 option[o].upBound = 0
 
+    quantized = problem.quantize_options()
     for i in range(n):
         if problem.needed[i]:
             terms = available(i) + [(option[o], 1.0) for o in serving.get(i, ())]
@@ -137,7 +139,11 @@ def solve_ilp(
                 n_rows += 1
         if i in rec:
             for j in problem.inputs[i]:
-                model += pulp.LpAffineExpression(available(j) + [(rec[i], -1.0)]) >= 0, f"in{i}_{j}"
+                terms = available(j) + [(rec[i], -1.0)]
+                o = problem.quantized_input(i, j, quantized)
+                if o >= 0:
+                    terms.append((option[o], 1.0))
+                model += pulp.LpAffineExpression(terms) >= 0, f"in{i}_{j}"
                 n_rows += 1
 
     def memory_terms(c) -> dict[tuple[str, int], float]:

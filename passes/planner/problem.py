@@ -31,9 +31,12 @@ last backward need), expanded bytes (live over a backward window) and added seco
   the shorter phase's compute (``link_seconds``), so the per-copy prices stay a fair estimate.
 Each candidate takes exactly one way: keep, recompute, or one option. An option excludes
 keeping and recomputing what it replaces (the storage, or the value), and two options that
-serve the same value or replace the same storage exclude each other. Nothing is recomputed
-from an option's copy: a recomputed value's inputs are kept or recomputed (so an offloaded or
-quantized storage never feeds a recompute).
+serve the same value or replace the same storage exclude each other. A recomputed value's
+inputs are kept or recomputed, with one exception: a backward-only value (``Candidate.backward_only``:
+a part of a derivative that reads forward values only, which Inductor's decompositions split
+out, e.g. GELU's ``cdf + x * pdf``) may read a quantized input's dequantized copy, as the
+derivative it belongs to would. So a quantize option also serves the backward-only readers of its
+storage, over their windows; an offloaded storage never feeds a recompute.
 """
 
 from __future__ import annotations
@@ -123,6 +126,19 @@ class PlanProblem:
     link_seconds: tuple[float, float] = (math.inf, math.inf)
     """Predicted compute seconds of the forward and the backward: the chosen offloads' transfer
     seconds must fit in the shorter (each phase moves every offloaded storage once)."""
+    backward_only: tuple[bool, ...] = ()
+    """Per candidate: ``Candidate.backward_only`` (recomputed, it may read a quantized input)."""
+
+    def quantize_options(self) -> dict[int, int]:
+        """Storage -> index of its quantize option."""
+        return {opt.storage: o for o, opt in enumerate(self.options) if opt.mode == QUANTIZE}
+
+    def quantized_input(self, i: int, j: int, quantize_options: dict[int, int]) -> int:
+        """The quantize option whose dequantized copy recomputing ``i`` may read for its input ``j``,
+        else -1 (``quantize_options``: ``self.quantize_options()``)."""
+        if not self.backward_only or not self.backward_only[i] or self.storage_of[j] < 0:
+            return -1
+        return quantize_options.get(self.storage_of[j], -1)
 
     @property
     def link_budget_seconds(self) -> float:
@@ -198,7 +214,8 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         last[s] = max(last[s], win_last[i])
 
     reads = _storage_reads(cands, storage_of, need)
-    options = _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last, reads)
+    options = _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last, reads,
+                            _backward_only_reads(cands, index, storage_of, need))
     options += _offload_options(cands, storage_bytes, storage_owner, reads)
 
     constraints: list[MemoryConstraint] = []
@@ -266,6 +283,7 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         n_steps=len(fw_base) + n_bw,
         options=tuple(options),
         link_seconds=cset.link_seconds,
+        backward_only=tuple(c.backward_only and c.can_recompute for c in cands),
     )
 
 
@@ -285,17 +303,34 @@ def _storage_reads(cands, storage_of, need) -> dict[int, tuple[tuple[int, ...], 
     return reads
 
 
-def _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last, reads) -> list[ModeOption]:
-    """The legal mode options: a quantized copy per quantizable storage the backward reads, a few-bit
-    code per GELU/SiLU input and an output-form derivative per activation input whose only backward
-    reads are those derivatives (``last``: each storage's last backward step when kept; ``reads``:
-    ``_storage_reads``)."""
+def _backward_only_reads(cands, index, storage_of, need) -> dict[int, list]:
+    """Per storage: the need windows of the backward-only candidates that read it (when recomputed,
+    they read a quantized storage's dequantized copy, so its window covers theirs)."""
+    out: dict[int, list] = {}
+    for c in cands:
+        if not (c.backward_only and c.can_recompute) or need[index[c.name]][0] is None:
+            continue
+        for name in c.inputs:
+            s = storage_of[index[name]]
+            if s >= 0:
+                out.setdefault(s, []).append(need[index[c.name]])
+    return out
+
+
+def _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last, reads,
+                  backward_only_reads) -> list[ModeOption]:
+    """The legal mode options: a quantized copy per quantizable storage the backward or a
+    backward-only value reads, a few-bit code per GELU/SiLU input and an output-form derivative per
+    activation input whose only backward reads are those derivatives (``last``: each storage's last
+    backward step when kept; ``reads``: ``_storage_reads``; ``backward_only_reads``:
+    ``_backward_only_reads``)."""
     options = []
     for s, owner in enumerate(storage_owner):
         c = cands[owner]
-        if not c.quantize_bytes or s not in reads:
+        if not c.quantize_bytes or (s not in reads and s not in backward_only_reads):
             continue
-        serves, windows = reads[s]
+        serves, windows = reads.get(s, ((), []))
+        windows = windows + backward_only_reads.get(s, [])
         options.append(ModeOption(
             mode=QUANTIZE, candidate=owner, storage=s, whole_storage=True, serves=serves,
             packed_bytes=c.quantize_bytes, expanded_bytes=storage_bytes[s], seconds=c.quantize_seconds,
@@ -399,10 +434,11 @@ def evaluate(
 
 def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], options: Collection[int] = ()) -> bool:
     """Every needed value is kept, recomputed or served by an option; every recomputed value's inputs
-    are kept or recomputed; an option's storage (whole-storage options) or value is not also kept or
+    are kept or recomputed (or, for a backward-only value, quantized); an option's storage (whole-storage options) or value is not also kept or
     recomputed, no two chosen options conflict, a storage an option requires is kept, and the
     chosen offloads' copies fit on the host link."""
     options = sorted(set(options))
+    quantized = problem.quantize_options()
     if sum(problem.options[o].transfer_seconds for o in options) > problem.link_budget_seconds:
         return False
     served = {i for o in options for i in problem.options[o].serves}
@@ -421,7 +457,10 @@ def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], options:
     for i in range(problem.n_candidates):
         if problem.needed[i] and i not in keep and i not in recompute and i not in served:
             return False
-        if i in recompute and any(j not in keep and j not in recompute for j in problem.inputs[i]):
+        if i in recompute and any(
+            j not in keep and j not in recompute and problem.quantized_input(i, j, quantized) not in options
+            for j in problem.inputs[i]
+        ):
             return False
         if i in keep and not problem.can_save[i]:
             return False

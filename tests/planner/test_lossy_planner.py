@@ -138,3 +138,52 @@ def test_warm_start_accepts_a_lossy_greedy_plan():
     problem = build_problem(chain(6))
     sol = solve_ilp(problem, budget_bytes=24 * MB, objective=TIME, time_limit_seconds=10, warm_start=True)
     assert sol.feasible and sol.predicted_peak_bytes <= 24 * MB
+
+
+def fused_derivative(*, backward_only=True) -> CandidateSet:
+    """x (8 MB, not recomputable: modes without "recompute", quantizable) feeds d (8 MB, a part of x's
+    derivative that only the backward reads: free to move there, not quantizable); the forward
+    holds 16 MB besides, the backward 4 MB."""
+    x = Candidate(
+        name="x", root="x", nbytes=8 * MB, recompute_seconds=1e-2, can_save=True, can_recompute=False,
+        recompute_ban="recompute not enabled", needed=False, inputs=(), fw_step=0, fw_keep_from=1, bw_first=None, bw_last=None,
+        quantize_bytes=2 * MB, quantize_seconds=2e-4,
+    )
+    d = Candidate(
+        name="d", root="d", nbytes=8 * MB, recompute_seconds=0.0, can_save=True, can_recompute=True,
+        recompute_ban=None, needed=True, inputs=("x",), fw_step=1, fw_keep_from=1, bw_first=1, bw_last=1,
+        backward_only=backward_only,
+    )
+    return CandidateSet(
+        candidates=(x, d), fw_steps=("x", "d"), bw_steps=("g0", "g1", "g2"),
+        fw_base_bytes=(16 * MB, 16 * MB), bw_base_bytes=(4 * MB, 4 * MB, 4 * MB),
+    )
+
+
+def test_backward_only_value_is_recomputed_from_a_quantized_input():
+    """GELU's decomposed derivative through Inductor: the part that reads x only may be rebuilt in the
+    backward from x's dequantized copy, so x is stored as int8 codes and neither x nor d whole."""
+    problem = build_problem(fused_derivative())
+    (q,) = [o for o, opt in enumerate(problem.options) if opt.mode == QUANTIZE]
+    assert (problem.options[q].bw_first, problem.options[q].bw_last) == (1, 1)  # d's read, not x's (it has none)
+    assert is_valid(problem, set(), {1}, {q})
+    sol = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert sol.quantize == {"x"} and sol.recompute == {"d"} and not sol.keep
+    keep, rec, lossy = decision(problem, sol)
+    # forward 16 + 2 (codes); backward 4 + 2 + 8 (dequantized x) + 8 (d): 22, against 24 keeping x or d
+    assert evaluate(problem, keep, rec, lossy)[0] == sol.predicted_peak_bytes == 22 * MB
+    for budget_mb in (24, 22, 21):
+        expected = brute_force(problem, budget_mb * MB)
+        got = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
+        if expected is None:
+            assert budget_mb < 22 and not got.feasible
+        else:
+            assert got.added_seconds == pytest.approx(expected[0])
+
+
+def test_a_value_the_forward_may_need_is_never_recomputed_from_a_quantized_input():
+    problem = build_problem(fused_derivative(backward_only=False))
+    options = [o for o, opt in enumerate(problem.options) if opt.mode == QUANTIZE]
+    assert all(not is_valid(problem, set(), {1}, {o}) for o in options)
+    sol = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert not sol.quantize and sol.predicted_peak_bytes == 24 * MB
