@@ -270,10 +270,11 @@ def test_quantize_halves_measured_activation_memory_through_inductor(no_compile_
     quantize alone at budget 0.0 at most halves keep-all's activation bytes, with gradients within
     the quantize bounds.
 
-    Two changes got it there (1.82x before): the part of GELU's decomposed derivative that reads x
-    only may be rebuilt in the backward from x's dequantized copy (problem.quantized_input), and a
-    kept pointwise value counts from its producers' step, where Inductor computes it, not from its
-    place in the joint graph (candidates.py). Measured 2026-11-25: keep-all 146.8 MB, quantize 68.1.
+    1.82x before: GELU's decomposed derivative, which reads x only and which the joint graph places
+    after the whole forward, was kept whole, charged from the forward's end while Inductor computes
+    it in the GELU's kernel; in plans with lossy modes a kept pointwise value now counts from its
+    producers' step (candidates.py), so it is quantized instead. Measured 2026-11-25: keep-all
+    146.8 MB, quantize 68.1.
     """
     import memcompile.kernels._dispatch as dispatch
 
