@@ -63,3 +63,50 @@ def test_quantize_takes_the_preferred_form(monkeypatch, inner, form):
     assert seen and all(f == form for f, _ in seen)
     custom = any("memcompile.quantize_int8" in t for _, targets in seen for t in targets)
     assert custom == (form == "kernel")
+
+
+@pytest.mark.parametrize("modes, kept_whole", [(None, False), (("keep", "quantize"), False), (("keep", "fewbit"), True)])
+def test_gelu_and_silu_derivatives_stay_whole_when_fewbit_may_replace_them(monkeypatch, modes, kept_whole):
+    """Decomposed into pointwise ops before the partitioner runs, GELU's and SiLU's derivatives would
+    leave the few-bit rewrite nothing to replace; every other decomposition is Inductor's own."""
+    import torch._inductor.compile_fx as cfx
+    from torch._inductor.decomposition import select_decomp_table
+
+    seen = {}
+
+    def fake_compile_fx(gm, example_inputs, **kwargs):
+        seen["decompositions"] = kwargs.get("decompositions")
+        return gm.forward
+
+    monkeypatch.setattr(cfx, "compile_fx", fake_compile_fx)
+    gm = torch.fx.symbolic_trace(torch.nn.Linear(4, 4))
+    options = {"memory_budget": 0.0} if modes is None else {"memory_budget": 0.0, "modes": modes}
+    memcompile_backend(gm, [torch.randn(2, 4)], options=options)
+    table = seen["decompositions"]
+    if not kept_whole:
+        assert table is None  # compile_fx's own table
+        return
+    aten = torch.ops.aten
+    whole = {aten.gelu_backward.default, aten.silu_backward.default}
+    assert not whole & set(table)
+    assert set(table) == set(select_decomp_table()) - whole
+
+
+@pytest.mark.slow
+def test_fewbit_replaces_gelu_derivatives_through_inductor(no_compile_cache):
+    """gpt-tiny through Inductor, keep + fewbit at budget 0.0: every GELU input is stored as a few-bit
+    code, and the gradients stay within the few-bit bounds of tests/e2e/test_lossy.py."""
+    from examples.toy_transformer import make
+
+    model, inputs = make("gpt-tiny")
+    model(*inputs).backward()
+    ref = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    memcompile.clear_plans()
+    model, inputs = make("gpt-tiny")
+    compiled = torch.compile(model, backend="memcompile", options={"memory_budget": 0.0, "modes": ("keep", "fewbit")})
+    compiled(*inputs).backward()
+    (plan,) = memcompile.last_plans()
+    assert len(plan.solution.fewbit) == model.args.n_layers
+    got = {n: p.grad for n, p in model.named_parameters()}
+    flat = torch.cat([(got[n] - ref[n]).flatten() for n in ref]).norm() / torch.cat([r.flatten() for r in ref.values()]).norm()
+    assert flat < 0.05  # GRAD_BOUNDS["fewbit"][1]
