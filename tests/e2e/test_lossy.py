@@ -179,7 +179,10 @@ def markov_batches(steps, args, seed=0):
         yield x[:, :-1], x[:, 1:]
 
 
-def train(options, steps=150, lr=1e-2):
+TRAIN_STEPS = 300
+
+
+def train(options, steps=TRAIN_STEPS, lr=1e-2):
     torch._dynamo.reset()
     clear_plans()
     torch.manual_seed(0)
@@ -215,7 +218,7 @@ def test_training_with_lossy_modes_reaches_the_lossless_loss(no_compile_cache, o
             assert len(stored) == TRAIN_ARGS.n_layers  # every GELU input
         else:
             assert sum(d.bytes for d in stored) > 0.25 * sum(d.bytes for d in plan.decisions if d.mode == "keep")
-        print(f"final loss (mean of last 20 of 150 steps): lossless {lossless:.4f}, {mode} {final:.4f} "
+        print(f"final loss (mean of last 20 of {TRAIN_STEPS} steps): lossless {lossless:.4f}, {mode} {final:.4f} "
               f"({(final - lossless) / lossless:+.2%})")
         assert abs(final - lossless) <= 0.02 * lossless
 
