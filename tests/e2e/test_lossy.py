@@ -321,3 +321,35 @@ def test_inductor_gradients_within_bounds_with_all_modes(name, form, no_compile_
     per_param, overall = relative_errors(got, ref)
     assert max(per_param.values()) < GRAD_BOUNDS["fewbit"][0]
     assert overall < GRAD_BOUNDS["fewbit"][1]
+
+
+@pytest.mark.slow
+def test_recompute_from_a_dequantized_copy_keeps_gradients_within_bounds(no_compile_cache, monkeypatch):
+    """gpt-tiny through Inductor, keep + recompute + quantize at 0.0: the decomposed GELU derivative's
+    x-only part is rebuilt in the backward from x's dequantized copy (problem.quantized_input), and
+    the gradients stay within the quantize bounds."""
+    handed = []
+    rewrite_lossy = partitioner_mod._rewrite_lossy
+    quantize = partitioner_mod.quantize_storages
+
+    def spy_rewrite(joint, sol, backward_nodes, problem, **kwargs):
+        handed.append({"recompute": set(sol.recompute), "backward": set(backward_nodes), "quantize_readers": set()})
+        return rewrite_lossy(joint, sol, backward_nodes, problem, **kwargs)
+
+    def spy_quantize(gm, roots, *, backward, **kwargs):
+        handed[-1]["quantize_readers"] |= set(backward)
+        return quantize(gm, roots, backward=backward, **kwargs)
+
+    monkeypatch.setattr(partitioner_mod, "_rewrite_lossy", spy_rewrite)
+    monkeypatch.setattr(partitioner_mod, "quantize_storages", spy_quantize)
+    model, inputs = make("gpt-tiny")
+    ref_loss, ref = grads_of(model, inputs)
+    loss, got = compiled_grads("gpt-tiny", {"memory_budget": 0.0, "modes": ("keep", "recompute", "quantize")})
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    (plan,) = last_plans()
+    assert plan.solution.quantize
+    last = handed[-1]
+    assert (last["quantize_readers"] - last["backward"]) & last["recompute"], "no recomputed value read a quantized copy"
+    per_param, overall = relative_errors(got, ref)
+    assert max(per_param.values()) < GRAD_BOUNDS["quantize"][0]
+    assert overall < GRAD_BOUNDS["quantize"][1]
