@@ -3,7 +3,11 @@ the ILP is checked against on small synthetic problems."""
 
 import itertools
 
+import pytest
+
+from memcompile.passes.planner.ilp import solve_ilp
 from memcompile.passes.planner.problem import evaluate, is_valid, option_indices
+from memcompile.passes.planner.solution import TIME
 
 
 def decision(problem, sol):
@@ -27,3 +31,21 @@ def brute_force(problem, budget):
             if peak <= budget and (best is None or (seconds, peak) < best):
                 best = (seconds, peak)
     return best
+
+
+def assert_ilp_matches_brute_force(problem, budget):
+    """The ILP's time-objective plan under ``budget`` is valid, meets the budget at the peak it
+    predicts, adds the seconds it reports, and is within CBC's 1% gap of the brute-force optimum;
+    or neither finds a plan."""
+    expected = brute_force(problem, budget)
+    sol = solve_ilp(problem, budget_bytes=budget, objective=TIME, time_limit_seconds=10)
+    if expected is None:
+        assert not sol.feasible
+        return
+    assert sol.feasible
+    keep, rec, options = decision(problem, sol)
+    assert is_valid(problem, keep, rec, options)
+    peak, seconds = evaluate(problem, keep, rec, options)
+    assert peak <= budget and peak == sol.predicted_peak_bytes
+    assert seconds == pytest.approx(sol.added_seconds)
+    assert seconds == pytest.approx(expected[0], rel=0.011, abs=1e-12)  # CBC stops at a 1% gap

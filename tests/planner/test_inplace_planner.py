@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from _planner_helpers import brute_force, decision
+from _planner_helpers import assert_ilp_matches_brute_force, brute_force, decision
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
@@ -126,18 +126,7 @@ def test_extension_is_charged_in_the_model():
 
 @pytest.mark.parametrize("budget_mb", [40, 32, 28, 24, 20, 16])
 def test_ilp_matches_brute_force(budget_mb):
-    problem = build_problem(mlp(3, gap=1))
-    expected = brute_force(problem, budget_mb * MB)
-    sol = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
-    if expected is None:
-        assert not sol.feasible
-        return
-    assert sol.feasible
-    keep, rec, options = decision(problem, sol)
-    assert is_valid(problem, keep, rec, options)
-    peak, seconds = evaluate(problem, keep, rec, options)
-    assert peak <= budget_mb * MB and peak == sol.predicted_peak_bytes
-    assert seconds == pytest.approx(expected[0], rel=0.011, abs=1e-12)  # CBC stops at a 1% gap
+    assert_ilp_matches_brute_force(build_problem(mlp(3, gap=1)), budget_mb * MB)
 
 
 def test_inplace_lowers_the_peak_with_no_added_time():

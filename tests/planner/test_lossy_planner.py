@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from _planner_helpers import brute_force, decision
+from _planner_helpers import assert_ilp_matches_brute_force, brute_force, decision
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
@@ -60,20 +60,7 @@ def test_options_are_built_per_storage_and_per_gelu_input():
 
 @pytest.mark.parametrize("budget_mb", [48, 32, 24, 20, 17])
 def test_ilp_matches_brute_force_with_lossy_options(budget_mb):
-    problem = build_problem(chain(4, fewbit_at=(1,)))
-    expected = brute_force(problem, budget_mb * MB)
-    sol = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
-    if expected is None:
-        assert not sol.feasible
-        return
-    assert sol.feasible
-    keep, rec, lossy = decision(problem, sol)
-    assert is_valid(problem, keep, rec, lossy)
-    peak, seconds = evaluate(problem, keep, rec, lossy)
-    assert peak <= budget_mb * MB
-    assert peak == sol.predicted_peak_bytes
-    assert seconds == pytest.approx(sol.added_seconds)
-    assert seconds == pytest.approx(expected[0], rel=0.011)  # CBC stops at a 1% gap
+    assert_ilp_matches_brute_force(build_problem(chain(4, fewbit_at=(1,))), budget_mb * MB)
 
 
 def test_no_lossy_mode_without_memory_pressure():

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from _planner_helpers import brute_force, decision
+from _planner_helpers import assert_ilp_matches_brute_force, decision
 import memcompile.partitioner as partitioner_mod
 from examples.toy_transformer import make
 from memcompile.passes.candidates import Candidate, CandidateSet
@@ -94,19 +94,7 @@ def test_a_held_window_that_ends_gets_its_own_forward_rows():
 
 @pytest.mark.parametrize("budget_mb", [40, 32, 28, 24, 16])
 def test_ilp_matches_brute_force_with_offload(budget_mb):
-    problem = build_problem(chain(4))
-    expected = brute_force(problem, budget_mb * MB)
-    sol = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
-    if expected is None:
-        assert not sol.feasible
-        return
-    assert sol.feasible
-    keep, rec, options = decision(problem, sol)
-    assert is_valid(problem, keep, rec, options)
-    peak, seconds = evaluate(problem, keep, rec, options)
-    assert peak <= budget_mb * MB and peak == sol.predicted_peak_bytes
-    assert seconds == pytest.approx(sol.added_seconds)
-    assert seconds == pytest.approx(expected[0], rel=0.011)  # CBC stops at a 1% gap
+    assert_ilp_matches_brute_force(build_problem(chain(4)), budget_mb * MB)
 
 
 def test_no_offload_without_memory_pressure():
