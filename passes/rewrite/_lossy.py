@@ -28,6 +28,13 @@ class LossyRewrite:
     """Names of the nodes the rewrite added to the backward (the partitioner must treat them as backward)."""
 
 
+def finish(gm: fx.GraphModule, applied, skipped, added) -> LossyRewrite:
+    """Check and recompile ``gm`` after a rewrite, and say what it did."""
+    gm.graph.lint()
+    gm.recompile()
+    return LossyRewrite(applied=tuple(applied), skipped=tuple(skipped), backward_nodes=frozenset(added))
+
+
 def fake_mode_of(graph: fx.Graph):
     """The FakeTensorMode of the graph's placeholder values (the one AOT autograd traced with)."""
     from torch._guards import detect_fake_mode

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from ._lossy import LOSSY_META, LossyRewrite, call, fake_mode_of
+from ._lossy import LOSSY_META, LossyRewrite, call, fake_mode_of, finish
 
 # NOTE on compile caches: a graph this rewrite produced calls memcompile::fewbit_gelu / _silu / _backward.
 # When Inductor's caches serve such a graph to a new process, no planning (and no rewrite)
@@ -118,6 +118,4 @@ def fewbit_values(
             user.replace_all_uses_with(new)
             graph.erase_node(user)
         applied.append(name)
-    graph.lint()
-    gm.recompile()
-    return LossyRewrite(applied=tuple(applied), skipped=tuple(skipped), backward_nodes=frozenset(added))
+    return finish(gm, applied, skipped, added)

@@ -39,7 +39,7 @@ from numbers import Real
 import torch
 import torch.fx as fx
 
-from ._lossy import LossyRewrite, call, fake_mode_of
+from ._lossy import LossyRewrite, call, fake_mode_of, finish
 
 aten = torch.ops.aten
 
@@ -236,6 +236,4 @@ def output_form_values(
             user.replace_all_uses_with(new)
             graph.erase_node(user)
         applied.append(name)
-    graph.lint()
-    gm.recompile()
-    return LossyRewrite(applied=tuple(applied), skipped=tuple(skipped), backward_nodes=frozenset(added))
+    return finish(gm, applied, skipped, added)

@@ -33,7 +33,7 @@ import torch
 import torch.fx as fx
 
 from ..lifetimes import alias_source, size_hint
-from ._lossy import LOSSY_META, LossyRewrite, backward_readers, call, fake_mode_of, redirect_readers
+from ._lossy import LOSSY_META, LossyRewrite, backward_readers, call, fake_mode_of, finish, redirect_readers
 
 # NOTE on compile caches: a graph this rewrite produced calls memcompile::quantize_int8 / dequantize.
 # When Inductor's caches serve such a graph to a new process, no planning (and no rewrite)
@@ -224,6 +224,4 @@ def quantize_storages(
                 added.add(dq.name)
             redirect_readers(graph, mode, closure, readers, {root: dq}, added)
         applied.append(name)
-    graph.lint()
-    gm.recompile()
-    return LossyRewrite(applied=tuple(applied), skipped=tuple(skipped), backward_nodes=frozenset(added))
+    return finish(gm, applied, skipped, added)
