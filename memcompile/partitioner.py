@@ -551,8 +551,7 @@ def _rewrite_lossy(
     # "aten" where it measured faster (quantize.preferred_form: Inductor on CPU), else the custom ops
     quantize = quantize_storages if quantize_form == "kernel" else functools.partial(quantize_storages, form=quantize_form)
     # recomputed backward-only values read a quantized input's dequantized copy (problem.quantized_input)
-    moved = {name for i, name in enumerate(problem.names) if problem.backward_only and problem.backward_only[i]}
-    moved &= sol.recompute
+    moved = {problem.names[i] for i, only in enumerate(problem.backward_only) if only} & sol.recompute
     for names, rewrite in ((sol.inplace, output_form_values), (sol.quantize, quantize),
                            (sol.fewbit, fewbit_values), (sol.offload, offload)):
         if names:

@@ -7,20 +7,25 @@ import memcompile
 from memcompile.backend import memcompile_backend
 
 
-@pytest.mark.parametrize("budget, reuse_off", [(None, False), (0.5, True), ("100MB", True)])
-def test_buffer_reuse_is_off_under_a_budget(monkeypatch, budget, reuse_off):
+def compile_fx_kwargs(monkeypatch, options) -> dict:
+    """The keyword arguments memcompile's backend hands Inductor's compile_fx (which is not run)."""
     import torch._inductor.compile_fx as cfx
 
     seen = {}
 
     def fake_compile_fx(gm, example_inputs, **kwargs):
-        seen.update(kwargs.get("config_patches") or {})
+        seen.update(kwargs)
         return gm.forward
 
     monkeypatch.setattr(cfx, "compile_fx", fake_compile_fx)
-    gm = torch.fx.symbolic_trace(torch.nn.Linear(4, 4))
+    memcompile_backend(torch.fx.symbolic_trace(torch.nn.Linear(4, 4)), [torch.randn(2, 4)], options=options)
+    return seen
+
+
+@pytest.mark.parametrize("budget, reuse_off", [(None, False), (0.5, True), ("100MB", True)])
+def test_buffer_reuse_is_off_under_a_budget(monkeypatch, budget, reuse_off):
     options = {} if budget is None else {"memory_budget": budget}
-    memcompile_backend(gm, [torch.randn(2, 4)], options=options)
+    seen = compile_fx_kwargs(monkeypatch, options).get("config_patches") or {}
     assert isinstance(seen["custom_partitioner_fn"], memcompile.partitioner.MemPartitioner)
     assert ("allow_buffer_reuse" in seen and seen["allow_buffer_reuse"] is False) == reuse_off
 
@@ -69,20 +74,10 @@ def test_quantize_takes_the_preferred_form(monkeypatch, inner, form):
 def test_gelu_and_silu_derivatives_stay_whole_when_fewbit_may_replace_them(monkeypatch, modes, kept_whole):
     """Decomposed into pointwise ops before the partitioner runs, GELU's and SiLU's derivatives would
     leave the few-bit rewrite nothing to replace; every other decomposition is Inductor's own."""
-    import torch._inductor.compile_fx as cfx
     from torch._inductor.decomposition import select_decomp_table
 
-    seen = {}
-
-    def fake_compile_fx(gm, example_inputs, **kwargs):
-        seen["decompositions"] = kwargs.get("decompositions")
-        return gm.forward
-
-    monkeypatch.setattr(cfx, "compile_fx", fake_compile_fx)
-    gm = torch.fx.symbolic_trace(torch.nn.Linear(4, 4))
     options = {"memory_budget": 0.0} if modes is None else {"memory_budget": 0.0, "modes": modes}
-    memcompile_backend(gm, [torch.randn(2, 4)], options=options)
-    table = seen["decompositions"]
+    table = compile_fx_kwargs(monkeypatch, options)["decompositions"]
     if not kept_whole:
         assert table is None  # compile_fx's own table
         return

@@ -214,8 +214,9 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         last[s] = max(last[s], win_last[i])
 
     reads = _storage_reads(cands, storage_of, need)
+    backward_only = tuple(c.backward_only and c.can_recompute for c in cands)
     options = _mode_options(cands, index, storage_of, storage_bytes, storage_owner, need, last, reads,
-                            _backward_only_reads(cands, index, storage_of, need))
+                            _backward_only_reads(cands, index, storage_of, need, backward_only))
     options += _offload_options(cands, storage_bytes, storage_owner, reads)
 
     constraints: list[MemoryConstraint] = []
@@ -283,7 +284,7 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         n_steps=len(fw_base) + n_bw,
         options=tuple(options),
         link_seconds=cset.link_seconds,
-        backward_only=tuple(c.backward_only and c.can_recompute for c in cands),
+        backward_only=backward_only,
     )
 
 
@@ -303,17 +304,18 @@ def _storage_reads(cands, storage_of, need) -> dict[int, tuple[tuple[int, ...], 
     return reads
 
 
-def _backward_only_reads(cands, index, storage_of, need) -> dict[int, list]:
-    """Per storage: the need windows of the backward-only candidates that read it (when recomputed,
-    they read a quantized storage's dequantized copy, so its window covers theirs)."""
+def _backward_only_reads(cands, index, storage_of, need, backward_only) -> dict[int, list]:
+    """Per storage: the need windows of the recomputable backward-only candidates (``backward_only``)
+    that read it (when recomputed, they read a quantized storage's dequantized copy, so its window
+    covers theirs)."""
     out: dict[int, list] = {}
-    for c in cands:
-        if not (c.backward_only and c.can_recompute) or need[index[c.name]][0] is None:
+    for i, c in enumerate(cands):
+        if not backward_only[i] or need[i][0] is None:
             continue
         for name in c.inputs:
             s = storage_of[index[name]]
             if s >= 0:
-                out.setdefault(s, []).append(need[index[c.name]])
+                out.setdefault(s, []).append(need[i])
     return out
 
 
