@@ -116,7 +116,7 @@ def _decompositions(config: MemConfig) -> dict | None:
     the plan may store few-bit codes: decomposed into pointwise ops before the partitioner sees the
     joint graph, they leave the few-bit rewrite nothing to replace (gpt-small, keep + fewbit through
     Inductor: 146.48 MB of activations, keep-all 146.76; kept whole: 116.40). A derivative the plan
-    does not replace then runs as ATen's kernel instead of fused Inductor code."""
+    does not replace is decomposed before Inductor lowers it (``_inner_compile``), as Inductor would have."""
     if "fewbit" not in config.modes:
         return None
     from torch._inductor.decomposition import select_decomp_table
@@ -136,8 +136,10 @@ def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: 
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx_inner
 
+    from memcompile.passes.rewrite.fewbit import decompose_leftover_derivatives
     from memcompile.passes.rewrite.offload import INDUCTOR_CONFIG, has_offload
 
+    decompose_leftover_derivatives(gm)  # only present when the fewbit mode kept them whole
     if has_offload(gm):
         with inductor_config.patch(INDUCTOR_CONFIG):
             return compile_fx_inner(gm, example_inputs, **kwargs)

@@ -105,3 +105,49 @@ def test_fewbit_replaces_gelu_derivatives_through_inductor(no_compile_cache):
     got = {n: p.grad for n, p in model.named_parameters()}
     flat = torch.cat([(got[n] - ref[n]).flatten() for n in ref]).norm() / torch.cat([r.flatten() for r in ref.values()]).norm()
     assert flat < 0.05  # GRAD_BOUNDS["fewbit"][1]
+
+
+@pytest.mark.parametrize("op, kwargs", [("gelu_backward", {}), ("gelu_backward", {"approximate": "tanh"}), ("silu_backward", {})])
+def test_leftover_derivatives_are_decomposed_before_inductor_lowers_them(op, kwargs):
+    """A derivative the few-bit rewrite kept whole but did not replace becomes Inductor's pointwise
+    decomposition: no node of the op is left, every new node carries meta["val"], same values."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from memcompile.passes.rewrite.fewbit import decompose_leftover_derivatives
+
+    target = getattr(torch.ops.aten, op).default
+
+    def f(grad, x):
+        return target(grad, x, **kwargs) * 2
+
+    grad, x = torch.randn(7, 33), torch.randn(7, 33)
+    with FakeTensorMode() as mode:
+        gm = make_fx(f, tracing_mode="real")(mode.from_tensor(grad), mode.from_tensor(x))
+    assert any(n.target is target for n in gm.graph.nodes)
+    assert decompose_leftover_derivatives(gm) == 1
+    assert not any(n.target is target for n in gm.graph.nodes)
+    assert all("val" in n.meta for n in gm.graph.nodes if n.op == "call_function")
+    torch.testing.assert_close(gm(grad, x), f(grad, x))
+    assert decompose_leftover_derivatives(gm) == 0
+
+
+@pytest.mark.slow
+def test_a_derivative_fewbit_does_not_replace_compiles_where_ci_forbids_aten_fallbacks(monkeypatch, no_compile_cache):
+    """With CI set, Inductor refuses to fall back to ATen for an op that has a decomposition (the CI
+    failure of stop 12). gpt-tiny, keep + fewbit at budget 1.0: the plan keeps every GELU input, so
+    every gelu_backward stays whole until the backend decomposes it; gradients equal eager."""
+    from examples.toy_transformer import make
+
+    monkeypatch.setenv("CI", "true")
+    model, inputs = make("gpt-tiny")
+    model(*inputs).backward()
+    ref = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    memcompile.clear_plans()
+    model, inputs = make("gpt-tiny")
+    compiled = torch.compile(model, backend="memcompile", options={"memory_budget": 1.0, "modes": ("keep", "fewbit")})
+    compiled(*inputs).backward()
+    (plan,) = memcompile.last_plans()
+    assert plan.solution is None or not plan.solution.fewbit  # None: budget 1.0 keeps the default partition
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-5)

@@ -119,3 +119,58 @@ def fewbit_values(
             graph.erase_node(user)
         applied.append(name)
     return finish(gm, applied, skipped, added)
+
+
+def decompose_leftover_derivatives(gm: fx.GraphModule) -> int:
+    """Replace, in place, every GELU/SiLU derivative the few-bit rewrite left in ``gm`` by Inductor's
+    decomposition of it (pointwise ATen ops); returns how many were replaced.
+
+    NOTE on why: with the fewbit mode the backend hands compile_fx a decomposition table without
+    these two ops, so the few-bit rewrite finds them whole in the joint graph. Those the plan does
+    not replace would reach Inductor's lowering as ops with no lowering, which falls back to ATen's
+    kernel, and which raises instead when the environment variable CI is set ("make_fallback(
+    aten.gelu_backward.default): a decomposition exists"). Decomposed here, they compile as they
+    would have without the fewbit mode."""
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    graph = gm.graph
+    leftovers = [n for n in graph.nodes if n.op == "call_function" and n.target in FEWBIT_RULES]
+    if not leftovers:
+        return 0
+    table = select_decomp_table()
+    mode = fake_mode_of(graph)
+    for node in leftovers:
+        tensors = [a for a in node.args if isinstance(a, fx.Node)]
+        if any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+            raise RuntimeError(f"memcompile: {node.format_node()} passes a tensor by keyword; cannot decompose it")
+        positions = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
+
+        def decomposed(*values, _node=node, _positions=positions):
+            args = list(_node.args)
+            for i, v in zip(_positions, values):
+                args[i] = v
+            return table[_node.target](*args, **_node.kwargs)
+
+        with mode:
+            traced = make_fx(decomposed, table, tracing_mode="real")(*(t.meta["val"] for t in tensors))
+        env: dict[fx.Node, fx.Node] = {}
+        inputs = iter(tensors)
+        result = None
+        with graph.inserting_before(node):
+            for t in traced.graph.nodes:
+                if t.op == "placeholder":
+                    env[t] = next(inputs)
+                elif t.op == "output":
+                    result = env[t.args[0]] if isinstance(t.args[0], fx.Node) else None
+                elif t.op == "call_function":
+                    env[t] = graph.node_copy(t, lambda a: env[a])
+                else:
+                    raise RuntimeError(f"memcompile: decomposing {node.format_node()} gave a {t.op} node")
+        if result is None:
+            raise RuntimeError(f"memcompile: decomposing {node.format_node()} gave no single tensor")
+        node.replace_all_uses_with(result)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+    return len(leftovers)
