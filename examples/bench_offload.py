@@ -210,7 +210,9 @@ def run_variant(label, args, model_args, device, dtype, compile_fn):
         return loss.detach()
 
     loss = step()
-    first_grads = [p.grad.detach().float().clone() for p in model.parameters()]
+    # On the host: copies kept on the device would count in every later peak (this variant's and the
+    # next ones'); seen on an H200, 2026-11-26, where they added 272 MB per copy to the figures.
+    first_grads = [p.grad.detach().float().cpu() for p in model.parameters()]
     for _ in range(args.warmup):
         step()
     times = []

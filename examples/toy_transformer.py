@@ -6,7 +6,6 @@ returns a scalar loss, so one training step is ``model(*inputs).backward()``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -73,6 +73,8 @@ def main() -> None:
                         help="time the custom-op and ATen forms of quantize/dequantize through torch.compile")
     parser.add_argument("--memory", action="store_true",
                         help="peak of each reference.py op beyond its outputs (CPU)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="CUDA: also time int8 quantize/dequantize per tile size and warp count")
     parser.add_argument("--rounds", type=int, default=20,
                         help="--fusion: interleaved timing rounds, best of each (default 20)")
     args = parser.parse_args()
@@ -139,12 +141,56 @@ def bandwidth_table(args: argparse.Namespace) -> None:
         rows.append((f"fewbit gelu fwd {bits}b", run_fwd, 2 * e_bytes + packed))
         rows.append((f"fewbit gelu bwd {bits}b", run_bwd, 2 * e_bytes + packed))
 
-    print(f"{'op':<22}{'ms':>9}{'GB/s':>9}{'% copy':>8}" + (f"{'% peak':>8}" if peak else ""))
+    # On CUDA a second set of columns replays the call from a CUDA graph: the kernel's own time,
+    # without the Python dispatch and launch of each call (which a 64 MiB kernel does not hide).
+    graph = f"{'graph ms':>10}{'GB/s':>9}{'% copy':>8}" + (f"{'% peak':>8}" if peak else "") if on_cuda else ""
+    print(f"{'op':<22}{'ms':>9}{'GB/s':>9}{'% copy':>8}" + (f"{'% peak':>8}" if peak else "") + graph)
     for name, fn, moved_bytes in rows:
-        seconds = _time_seconds(fn, on_cuda)
-        gbps = moved_bytes / seconds / 1e9
-        line = f"{name:<22}{seconds * 1e3:>9.3f}{gbps:>9.1f}{100 * gbps / copy_gbps:>7.0f}%"
-        print(line + (f"{100 * gbps / peak:>7.0f}%" if peak else ""))
+        line = ""
+        for seconds in (_time_seconds(fn, on_cuda), _graph_seconds(fn) if on_cuda else None):
+            if seconds is None:
+                continue
+            gbps = moved_bytes / seconds / 1e9
+            width = 9 if not line else 10
+            line += (f"{name:<22}" if not line else "") + f"{seconds * 1e3:>{width}.3f}{gbps:>9.1f}"
+            line += f"{100 * gbps / copy_gbps:>7.0f}%" + (f"{100 * gbps / peak:>7.0f}%" if peak else "")
+        print(line)
+    if on_cuda and args.sweep:
+        sweep_table(x, g, dtype, copy_gbps)
+
+
+def _graph_seconds(fn) -> float | None:
+    """Time of one call replayed from a CUDA graph (triton.testing.do_bench_cudagraph); None, with
+    the reason printed, where the call cannot be captured."""
+    from triton.testing import do_bench_cudagraph
+
+    try:
+        return do_bench_cudagraph(fn) * 1e-3
+    except Exception as exc:  # a capture failure must not lose the table's other figures
+        print(f"  (CUDA graph: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        return None
+
+
+def sweep_table(x: torch.Tensor, g: int, dtype: torch.dtype, copy_gbps: float) -> None:
+    """int8 quantize and dequantize per (elements per program, warps), kernel time from a CUDA graph."""
+    numel, e_bytes = x.numel(), x.numel() * x.element_size()
+    packed = quantized_nbytes(numel, group_size=g, fmt="int8")
+    saved = dict(qz.TUNING)
+    print(f"{'elems/program':>14}{'warps':>6}{'quantize GB/s':>15}{'dequantize GB/s':>17}{'% copy (q, dq)':>16}")
+    try:
+        for block in (2048, 4096, 8192, 16384):
+            for warps in (2, 4, 8):
+                qz.TUNING.update(block_elems=block, num_warps=warps)
+                q, s = qz.quantize(x, group_size=g, fmt="int8")
+                tq = _graph_seconds(lambda: qz.quantize(x, group_size=g, fmt="int8"))
+                td = _graph_seconds(lambda: qz.dequantize(q, s, group_size=g, shape=x.shape, out_dtype=dtype))
+                if tq is None or td is None:
+                    return
+                gq, gd = (e_bytes + packed) / tq / 1e9, (e_bytes + packed) / td / 1e9
+                print(f"{block:>14}{warps:>6}{gq:>15.1f}{gd:>17.1f}{100 * gq / copy_gbps:>9.0f}%, {100 * gd / copy_gbps:.0f}%")
+    finally:
+        qz.TUNING.clear()
+        qz.TUNING.update(saved)
 
 
 # ---- --fusion: custom op against the ATen form, both through Inductor ----

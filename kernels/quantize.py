@@ -45,6 +45,9 @@ _Q_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 # there we take 64 Ki elements (1823x781 fp32 to fp8: 13 s at 1024, 0.6 s at 65536).
 _BLOCK_ELEMS = 65536 if TRITON_INTERPRET else 4096
 
+TUNING: dict[str, int] = {"block_elems": _BLOCK_ELEMS, "num_warps": 4}
+"""Elements per program and warps per program of every launch (``bench_kernels --sweep`` varies them)."""
+
 if HAS_TRITON:
     import triton
     import triton.language as tl
@@ -52,8 +55,10 @@ if HAS_TRITON:
     from ._tl_utils import cast_rne, round_half_even, round_to_e4m3
 
     @triton.jit
-    def _load_groups(x_ptr, n_elements, GROUP: tl.constexpr, ROWS: tl.constexpr):
-        pid = tl.program_id(0).to(tl.int64)  # int64: offsets exceed 2**31 for >2 Gi elements
+    def _load_groups(x_ptr, n_elements, GROUP: tl.constexpr, ROWS: tl.constexpr, OFF64: tl.constexpr):
+        pid = tl.program_id(0)
+        if OFF64:  # offsets reach 2**31 (set by the launch): 64-bit index arithmetic only then
+            pid = pid.to(tl.int64)
         rows = pid * ROWS + tl.arange(0, ROWS)
         offs = rows[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
         mask = offs < n_elements  # masks the partial last group and the rows past the end
@@ -63,10 +68,10 @@ if HAS_TRITON:
     @triton.jit
     def _quantize_int8_kernel(
         x_ptr, q_ptr, scale_ptr, n_elements, n_groups, seed,
-        GROUP: tl.constexpr, ROWS: tl.constexpr, STOCHASTIC: tl.constexpr,
+        GROUP: tl.constexpr, ROWS: tl.constexpr, STOCHASTIC: tl.constexpr, OFF64: tl.constexpr,
     ):
         # Reads E*n bytes of x once; writes n int8 codes and 4*n/G bytes of scales.
-        rows, offs, mask, x = _load_groups(x_ptr, n_elements, GROUP, ROWS)
+        rows, offs, mask, x = _load_groups(x_ptr, n_elements, GROUP, ROWS, OFF64)
         # div_rn: IEEE division as in torch; plain `/` is approximate (div.full) on GPUs
         # and would move codes sitting on a .5 tie.
         scale = tl.math.div_rn(tl.max(tl.abs(x), axis=1), 127.0)
@@ -85,10 +90,10 @@ if HAS_TRITON:
     @triton.jit
     def _quantize_fp8_kernel(
         x_ptr, q_ptr, scale_ptr, n_elements, n_groups,
-        GROUP: tl.constexpr, ROWS: tl.constexpr,
+        GROUP: tl.constexpr, ROWS: tl.constexpr, OFF64: tl.constexpr,
     ):
         # Same traffic as the int8 kernel: E*n in, n + 4*n/G out.
-        rows, offs, mask, x = _load_groups(x_ptr, n_elements, GROUP, ROWS)
+        rows, offs, mask, x = _load_groups(x_ptr, n_elements, GROUP, ROWS, OFF64)
         scale = tl.math.div_rn(tl.max(tl.abs(x), axis=1), 448.0)
         safe = tl.where(scale > 0.0, scale, 1.0)
         v = tl.math.div_rn(x, safe[:, None])
@@ -99,10 +104,10 @@ if HAS_TRITON:
     @triton.jit
     def _dequantize_kernel(
         q_ptr, scale_ptr, out_ptr, n_elements, n_groups,
-        GROUP: tl.constexpr, ROWS: tl.constexpr,
+        GROUP: tl.constexpr, ROWS: tl.constexpr, OFF64: tl.constexpr,
     ):
         # Reads n codes (int8 or fp8, both exact in fp32) + 4*n/G scale bytes; writes E*n.
-        rows, offs, mask, q = _load_groups(q_ptr, n_elements, GROUP, ROWS)
+        rows, offs, mask, q = _load_groups(q_ptr, n_elements, GROUP, ROWS, OFF64)
         scale = tl.load(scale_ptr + rows, mask=rows < n_groups, other=0.0)
         out = q * scale[:, None]  # one fp32 rounding, then one to out dtype, as reference
         tl.store(out_ptr + offs, cast_rne(out, out_ptr.dtype.element_ty), mask=mask)
@@ -110,8 +115,13 @@ if HAS_TRITON:
 
 def _tiling(n_groups: int, group_size: int) -> tuple[int, int]:
     """(groups per program, programs). Small tensors get a smaller tile, not idle lanes."""
-    rows = min(max(_BLOCK_ELEMS // group_size, 1), triton.next_power_of_2(n_groups))
+    rows = min(max(TUNING["block_elems"] // group_size, 1), triton.next_power_of_2(n_groups))
     return rows, triton.cdiv(n_groups, rows)
+
+
+def _off64(rows: int, programs: int, group_size: int) -> bool:
+    """Whether the largest offset a program forms (a row past the end included) reaches 2**31."""
+    return rows * programs * group_size >= 2**31
 
 
 def _launch_quantize(
@@ -126,13 +136,15 @@ def _launch_quantize(
     if n == 0:
         return q, scales
     rows, programs = _tiling(n_groups, group_size)
+    off64 = _off64(rows, programs, group_size)
     if fmt == "int8":
         _quantize_int8_kernel[(programs,)](
             x, q, scales, n, n_groups, seed,
-            GROUP=group_size, ROWS=rows, STOCHASTIC=stochastic,
+            GROUP=group_size, ROWS=rows, STOCHASTIC=stochastic, OFF64=off64, num_warps=TUNING["num_warps"],
         )
     else:
-        _quantize_fp8_kernel[(programs,)](x, q, scales, n, n_groups, GROUP=group_size, ROWS=rows)
+        _quantize_fp8_kernel[(programs,)](x, q, scales, n, n_groups, GROUP=group_size, ROWS=rows, OFF64=off64,
+                                          num_warps=TUNING["num_warps"])
     return q, scales
 
 
@@ -147,7 +159,8 @@ def _launch_dequantize(
     n_groups = scales.numel()
     rows, programs = _tiling(n_groups, group_size)
     _dequantize_kernel[(programs,)](
-        q, scales.contiguous(), out, n, n_groups, GROUP=group_size, ROWS=rows
+        q, scales.contiguous(), out, n, n_groups, GROUP=group_size, ROWS=rows,
+        OFF64=_off64(rows, programs, group_size), num_warps=TUNING["num_warps"],
     )
     return out
 

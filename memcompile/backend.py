@@ -171,7 +171,6 @@ def _has_backward(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
 
 def _eager(gm: fx.GraphModule, example_inputs: Sequence[Any], partitioner: MemPartitioner):
     from torch._dynamo.backends.common import aot_autograd
-    from torch._functorch.aot_autograd import make_boxed_func
 
     def boxed(graph_module: fx.GraphModule, _inputs):
         # Boxed calling convention: the generated code clears its argument list, so saved

@@ -253,7 +253,11 @@ def run_child(spec: RunSpec) -> RunResult:
                 return _model(*args)
     elif spec.method in ("memcompile", "memcompile-lossy"):
         clear_plans()
-        fn = torch.compile(model, backend="memcompile", options=options)
+        # the callable rather than the name "memcompile": the name needs the installed entry point,
+        # which a checkout on PYTHONPATH (a GPU machine without network) does not have
+        from memcompile.backend import memcompile_backend
+
+        fn = torch.compile(model, backend=memcompile_backend, options=options)
     else:
         raise ValueError(f"method: unknown {spec.method!r}; accepted: {METHODS}")
 

@@ -548,7 +548,7 @@ def _rewrite_lossy(
     inside = set(backward_nodes)
     skipped: list[tuple[str, str]] = []
     offload = functools.partial(offload_values, schedule=offload_schedule or {})
-    # "aten" where it measured faster (quantize.preferred_form: Inductor on CPU), else the custom ops
+    # "aten" where it measured faster (quantize.preferred_form: Inductor on CPU and CUDA), else the custom ops
     quantize = quantize_storages if quantize_form == "kernel" else functools.partial(quantize_storages, form=quantize_form)
     # recomputed backward-only values read a quantized input's dequantized copy (problem.quantized_input)
     moved = {problem.names[i] for i, only in enumerate(problem.backward_only) if only} & sol.recompute

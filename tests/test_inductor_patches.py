@@ -151,3 +151,13 @@ def test_a_derivative_fewbit_does_not_replace_compiles_where_ci_forbids_aten_fal
     assert plan.solution is None or not plan.solution.fewbit  # None: budget 1.0 keeps the default partition
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device, inner, form", [("cpu", "inductor", "aten"), ("cuda", "inductor", "aten"),
+                                                 ("cpu", "eager", "kernel"), ("cuda", "eager", "kernel")])
+def test_preferred_quantize_form_follows_the_measurements(device, inner, form):
+    """Through Inductor the ATen form measured faster on CPU (2026-11-25) and on an H200 (2026-11-26,
+    docs/BENCHMARKS.md "GPU"); executed eagerly the custom op is used everywhere."""
+    from memcompile.passes.rewrite.quantize import preferred_form
+
+    assert preferred_form(device, inner) == form
