@@ -61,9 +61,11 @@ def solve_ilp(
     time_limit_seconds: float = 20.0,
     warm_start: bool = False,
     max_added_seconds: float | None = None,
+    initial: PlanSolution | None = None,
 ) -> PlanSolution:
     """``max_added_seconds``: a cap on the predicted added time, for a peak solve that looks for
-    the lowest peak among plans about as fast as a given one."""
+    the lowest peak among plans about as fast as a given one. ``initial``: a plan CBC starts from
+    (its first incumbent) when it meets the budget, instead of ``warm_start``'s greedy plan."""
     if objective not in (TIME, PEAK):
         raise ValueError(f"objective: expected {TIME!r} or {PEAK!r}, got {objective!r}")
     start = time.perf_counter()
@@ -202,7 +204,10 @@ def solve_ilp(
         model += peak + _TIME_TIE_MIB_PER_MS * milliseconds
 
     start_point = None
-    if warm_start:
+    if initial is not None and initial.feasible and (budget_bytes is None or initial.predicted_peak_bytes <= budget_bytes):
+        start_point = initial
+        _set_initial(problem, start_point, keep, rec, kept, option)
+    elif warm_start:
         start_point = solve_greedy(problem, budget_bytes=budget_bytes, objective=objective)
         if start_point.feasible and (objective == PEAK or budget_bytes is None or start_point.predicted_peak_bytes <= budget_bytes):
             _set_initial(problem, start_point, keep, rec, kept, option)
