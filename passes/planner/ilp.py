@@ -35,6 +35,7 @@ least as good as greedy's.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 import pulp
 
@@ -62,6 +63,7 @@ def solve_ilp(
     warm_start: bool = False,
     max_added_seconds: float | None = None,
     initial: PlanSolution | None = None,
+    unkept_storages: Collection[int] = (),
 ) -> PlanSolution:
     """``max_added_seconds``: a cap on the predicted added time, for a peak solve that looks for
     the lowest peak among plans about as fast as a given one. ``initial``: a plan CBC starts from
@@ -77,6 +79,10 @@ def solve_ilp(
         if problem.can_save[i] and not problem.free_alias(i)
     }
     rec = {i: pulp.LpVariable(f"r{i}", cat="Binary") for i in range(n) if problem.can_recompute[i]}
+    unkept = frozenset(unkept_storages)
+    for i, var in keep.items():
+        if problem.storage_of[i] in unkept:
+            var.upBound = 0
     option = {o: pulp.LpVariable(f"o{o}", cat="Binary") for o in range(len(problem.options))}
     serving: dict[int, list[int]] = {}
     for o, opt in enumerate(problem.options):

@@ -71,3 +71,62 @@ def test_greedy_gives_valid_plans_within_budget(budget_mb):
         assert evaluate(problem, keep, rec)[0] <= budget_mb * MB
     ilp = solve_ilp(problem, budget_bytes=budget_mb * MB, objective=TIME, time_limit_seconds=10)
     assert ilp.added_seconds <= sol.added_seconds + 1e-12
+
+
+def test_unkept_storages_are_never_kept():
+    """solve_ilp(unkept_storages=...): the partitioner's repair of a floor the simulator finds above
+    the model's; the storage's candidates are recomputed instead and the plan stays valid."""
+    from memcompile.passes.planner.problem import is_valid
+
+    problem = build_problem(_repair_chain())
+    free = solve_ilp(problem, budget_bytes=None, objective=TIME)
+    assert "a1" in free.keep
+    s = problem.storage_of[problem.names.index("a1")]
+    sol = solve_ilp(problem, budget_bytes=None, objective=TIME, unkept_storages={s})
+    assert sol.feasible and "a1" not in sol.keep and "a1" in sol.recompute
+    keep = {problem.names.index(n) for n in sol.keep}
+    rec = {problem.names.index(n) for n in sol.recompute}
+    assert is_valid(problem, keep, rec)
+
+
+def test_kept_at_peak_takes_the_largest_kept_storages_live_there():
+    from memcompile.partitioner import _kept_at_peak
+    from memcompile.passes.planner.solution import PlanSolution
+    from memcompile.passes.simulate import StorageInterval, Timeline
+
+    problem = build_problem(_repair_chain())
+    sol = PlanSolution(status="Optimal", solver="ilp", objective=0.0, keep=frozenset({"a0", "a1", "a2"}),
+                       recompute=frozenset(), predicted_peak_bytes=0, added_seconds=0.0, solve_seconds=0.0,
+                       n_vars=0, n_constraints=0)
+    mb = 2**20
+    intervals = (StorageInterval(root="a0", nbytes=2 * mb, alloc_step=0, free_step=5),
+                 StorageInterval(root="a1", nbytes=8 * mb, alloc_step=1, free_step=4),
+                 StorageInterval(root="a2", nbytes=4 * mb, alloc_step=2, free_step=3),
+                 StorageInterval(root="grad", nbytes=16 * mb, alloc_step=3, free_step=3))  # not a candidate
+    tl = Timeline(steps=tuple(f"n{i}" for i in range(6)), sides=("forward",) * 3 + ("backward",) * 3,
+                  live_bytes=(2 * mb, 10 * mb, 14 * mb, 26 * mb, 10 * mb, 2 * mb), held_bytes=0, backward_start=3,
+                  intervals=intervals)
+    index = {n: problem.storage_of[problem.names.index(n)] for n in ("a1", "a2")}
+    assert _kept_at_peak(problem, sol, tl, excess=1) == {index["a1"]}  # the largest first
+    assert _kept_at_peak(problem, sol, tl, excess=9 * mb) == {index["a1"], index["a2"]}
+    # a0 cannot be recomputed and "grad" is no candidate: never picked, however large the excess
+    assert _kept_at_peak(problem, sol, tl, excess=100 * mb) == {index["a1"], index["a2"]}
+    later = Timeline(steps=tl.steps, sides=tl.sides, live_bytes=(2 * mb, 10 * mb, 14 * mb, 2 * mb, 26 * mb, 2 * mb),
+                     held_bytes=0, backward_start=3, intervals=intervals)
+    assert _kept_at_peak(problem, sol, later, excess=100 * mb) == {index["a1"]}  # a2 is dead at step 4
+
+
+def _repair_chain():
+    """a0 -> a1 -> a2, each recomputable from the last, read in reverse by the backward."""
+    from memcompile.passes.candidates import Candidate, CandidateSet
+
+    mb = 2**20
+    sizes = (2 * mb, 8 * mb, 4 * mb)
+    cands = tuple(
+        Candidate(name=f"a{i}", root=f"a{i}", nbytes=sizes[i], recompute_seconds=1e-3, can_save=True,
+                  can_recompute=i > 0, recompute_ban=None, needed=True, inputs=(f"a{i-1}",) if i else (),
+                  fw_step=i, fw_keep_from=i + 1, bw_first=2 - i, bw_last=2 - i)
+        for i in range(3)
+    )
+    return CandidateSet(candidates=cands, fw_steps=("a0", "a1", "a2"), bw_steps=("g0", "g1", "g2"),
+                        fw_base_bytes=(0, 0, 0), bw_base_bytes=(0, 0, 0))
