@@ -269,15 +269,16 @@ class MemPartitioner(CustomPartitionerFn):
                 lazy["built"] = (fw, bw, tl, sol, sol.solver)
             return fw, bw, tl
 
-        def solve(budget: int | None, objective: str, unkept: frozenset[int] = frozenset()) -> PlanSolution:
+        def solve(budget: int | None, objective: str, unkept: frozenset[int] = frozenset(),
+                  start: PlanSolution | None = None) -> PlanSolution:
             # With lossy or offload options CBC can take seconds to find a first plan at a budget near
             # the floor (gpt-small, keep + recompute + quantize + fewbit at 0.0: 4.6 s for the time solve
             # at the floor, 0.08 s started from the floor plan, the same plan). Lossless solves (inplace
             # included) are left as they were measured (docs/BENCHMARKS.md); CBC's 1% gap bounds
             # either result the same way.
-            floor = lazy.get("sol")
+            start = start if start is not None else lazy.get("sol")
             lossy = any(opt.mode != INPLACE for opt in problem.options)
-            initial = floor if lossy and objective == TIME and floor is not None else None
+            initial = start if lossy and objective == TIME else None
             with stages("solve"):
                 sol = solve_ilp(problem, budget_bytes=budget, objective=objective, time_limit_seconds=cfg.solver_time_limit,
                                 initial=initial, unkept_storages=unkept)
@@ -398,10 +399,15 @@ class MemPartitioner(CustomPartitionerFn):
         model_budget = target
         unkept: frozenset[int] = frozenset()
         for _ in range(_REPAIR_ROUNDS if chosen is None else 0):
-            sol = first_solution if first_solution is not None else solve(model_budget, TIME, unkept)
+            if unkept:
+                # the smallest peak without those storages first: when it meets the budget, the time
+                # solve starts from it (lossy problems), else it is the plan
+                low = solve(None, PEAK, unkept)
+                fits = low.feasible and low.predicted_peak_bytes <= model_budget
+                sol = solve(model_budget, TIME, unkept, start=low) if fits else low
+            else:
+                sol = first_solution if first_solution is not None else solve(model_budget, TIME)
             first_solution = None
-            if not sol.feasible and unkept:
-                sol = solve(None, PEAK, unkept)
             if not sol.feasible:
                 break
             sol = lower_peak_at_same_time(sol, max(model_budget, sol.predicted_peak_bytes), unkept)

@@ -210,7 +210,9 @@ def solve_ilp(
         model += peak + _TIME_TIE_MIB_PER_MS * milliseconds
 
     start_point = None
-    if initial is not None and initial.feasible and (budget_bytes is None or initial.predicted_peak_bytes <= budget_bytes):
+    if (initial is not None and initial.feasible
+            and (budget_bytes is None or initial.predicted_peak_bytes <= budget_bytes)
+            and not any(problem.storage_of[problem.names.index(name)] in unkept for name in initial.keep)):
         start_point = initial
         _set_initial(problem, start_point, keep, rec, kept, option)
     elif warm_start:

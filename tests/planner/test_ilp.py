@@ -89,6 +89,14 @@ def test_unkept_storages_are_never_kept():
     assert is_valid(problem, keep, rec)
 
 
+def test_a_start_plan_keeping_an_unkept_storage_is_ignored():
+    problem = build_problem(_repair_chain())
+    free = solve_ilp(problem, budget_bytes=None, objective=TIME)
+    s = problem.storage_of[problem.names.index("a1")]
+    sol = solve_ilp(problem, budget_bytes=None, objective=TIME, unkept_storages={s}, initial=free)
+    assert sol.feasible and "a1" not in sol.keep
+
+
 def test_kept_at_peak_takes_the_largest_kept_storages_live_there():
     from memcompile.partitioner import _kept_at_peak
     from memcompile.passes.planner.solution import PlanSolution
