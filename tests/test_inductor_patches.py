@@ -91,18 +91,10 @@ def test_gelu_and_silu_derivatives_stay_whole_when_fewbit_may_replace_them(monke
 def test_fewbit_replaces_gelu_derivatives_through_inductor(no_compile_cache):
     """gpt-tiny through Inductor, keep + fewbit at budget 0.0: every GELU input is stored as a few-bit
     code, and the gradients stay within the few-bit bounds of tests/e2e/test_lossy.py."""
-    from examples.toy_transformer import make
+    ref, got, plan = _gpt_tiny_grads({"memory_budget": 0.0, "modes": ("keep", "fewbit")})
+    from examples.toy_transformer import ModelArgs
 
-    model, inputs = make("gpt-tiny")
-    model(*inputs).backward()
-    ref = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-    memcompile.clear_plans()
-    model, inputs = make("gpt-tiny")
-    compiled = torch.compile(model, backend="memcompile", options={"memory_budget": 0.0, "modes": ("keep", "fewbit")})
-    compiled(*inputs).backward()
-    (plan,) = memcompile.last_plans()
-    assert len(plan.solution.fewbit) == model.args.n_layers
-    got = {n: p.grad for n, p in model.named_parameters()}
+    assert len(plan.solution.fewbit) == ModelArgs.from_name("gpt-tiny").n_layers
     flat = torch.cat([(got[n] - ref[n]).flatten() for n in ref]).norm() / torch.cat([r.flatten() for r in ref.values()]).norm()
     assert flat < 0.05  # GRAD_BOUNDS["fewbit"][1]
 
@@ -137,20 +129,25 @@ def test_a_derivative_fewbit_does_not_replace_compiles_where_ci_forbids_aten_fal
     """With CI set, Inductor refuses to fall back to ATen for an op that has a decomposition (the CI
     failure of stop 12). gpt-tiny, keep + fewbit at budget 1.0: the plan keeps every GELU input, so
     every gelu_backward stays whole until the backend decomposes it; gradients equal eager."""
+    monkeypatch.setenv("CI", "true")
+    ref, got, plan = _gpt_tiny_grads({"memory_budget": 1.0, "modes": ("keep", "fewbit")})
+    assert plan.solution is None or not plan.solution.fewbit  # None: budget 1.0 keeps the default partition
+    for n, g in got.items():
+        torch.testing.assert_close(g, ref[n], rtol=1e-4, atol=1e-5)
+
+
+def _gpt_tiny_grads(options):
+    """(eager gradients, gradients through memcompile with ``options``, the one plan) of gpt-tiny."""
     from examples.toy_transformer import make
 
-    monkeypatch.setenv("CI", "true")
     model, inputs = make("gpt-tiny")
     model(*inputs).backward()
     ref = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     memcompile.clear_plans()
     model, inputs = make("gpt-tiny")
-    compiled = torch.compile(model, backend="memcompile", options={"memory_budget": 1.0, "modes": ("keep", "fewbit")})
-    compiled(*inputs).backward()
+    torch.compile(model, backend="memcompile", options=options)(*inputs).backward()
     (plan,) = memcompile.last_plans()
-    assert plan.solution is None or not plan.solution.fewbit  # None: budget 1.0 keeps the default partition
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-5)
+    return ref, {n: p.grad for n, p in model.named_parameters()}, plan
 
 
 @pytest.mark.parametrize("device, inner, form", [("cpu", "inductor", "aten"), ("cuda", "inductor", "aten"),
