@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from ._lossy import LOSSY_META, LossyRewrite, call, fake_mode_of, finish
+from ._lossy import LOSSY_META, LossyRewrite, call, fake_mode_of, finish, inline_aten
 
 # NOTE on compile caches: a graph this rewrite produced calls memcompile::fewbit_gelu / _silu / _backward.
 # When Inductor's caches serve such a graph to a new process, no planning (and no rewrite)
@@ -132,7 +132,6 @@ def decompose_leftover_derivatives(gm: fx.GraphModule) -> int:
     aten.gelu_backward.default): a decomposition exists"). Decomposed here, they compile as they
     would have without the fewbit mode."""
     from torch._inductor.decomposition import select_decomp_table
-    from torch.fx.experimental.proxy_tensor import make_fx
 
     graph = gm.graph
     leftovers = [n for n in graph.nodes if n.op == "call_function" and n.target in FEWBIT_RULES]
@@ -141,34 +140,13 @@ def decompose_leftover_derivatives(gm: fx.GraphModule) -> int:
     table = select_decomp_table()
     mode = fake_mode_of(graph)
     for node in leftovers:
-        tensors = [a for a in node.args if isinstance(a, fx.Node)]
-        if any(isinstance(v, fx.Node) for v in node.kwargs.values()):
-            raise RuntimeError(f"memcompile: {node.format_node()} passes a tensor by keyword; cannot decompose it")
-        positions = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
-
-        def decomposed(*values, _node=node, _positions=positions):
-            args = list(_node.args)
-            for i, v in zip(_positions, values):
-                args[i] = v
-            return table[_node.target](*args, **_node.kwargs)
-
-        with mode:
-            traced = make_fx(decomposed, table, tracing_mode="real")(*(t.meta["val"] for t in tensors))
-        env: dict[fx.Node, fx.Node] = {}
-        inputs = iter(tensors)
-        result = None
+        # keyword arguments (gelu_backward's approximate) passed positionally, in the schema's order
+        following = [a.name for a in node.target._schema.arguments[len(node.args):len(node.args) + len(node.kwargs)]]
+        if set(following) != set(node.kwargs):
+            raise RuntimeError(f"memcompile: cannot pass the arguments of {node.format_node()} positionally")
+        args = [*node.args, *(node.kwargs[name] for name in following)]
         with graph.inserting_before(node):
-            for t in traced.graph.nodes:
-                if t.op == "placeholder":
-                    env[t] = next(inputs)
-                elif t.op == "output":
-                    result = env[t.args[0]] if isinstance(t.args[0], fx.Node) else None
-                elif t.op == "call_function":
-                    env[t] = graph.node_copy(t, lambda a: env[a])
-                else:
-                    raise RuntimeError(f"memcompile: decomposing {node.format_node()} gave a {t.op} node")
-        if result is None:
-            raise RuntimeError(f"memcompile: decomposing {node.format_node()} gave no single tensor")
+            (result,) = inline_aten(graph, mode, table[node.target], *args)
         node.replace_all_uses_with(result)
         graph.erase_node(node)
     graph.lint()

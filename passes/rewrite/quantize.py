@@ -33,7 +33,17 @@ import torch
 import torch.fx as fx
 
 from ..lifetimes import alias_source, size_hint
-from ._lossy import LOSSY_META, LossyRewrite, backward_readers, call, fake_mode_of, finish, redirect_readers
+from ._lossy import (
+    LOSSY_META,
+    LossyRewrite,
+    _static,
+    backward_readers,
+    call,
+    fake_mode_of,
+    finish,
+    inline_aten,
+    redirect_readers,
+)
 
 # NOTE on compile caches: a graph this rewrite produced calls memcompile::quantize_int8 / dequantize.
 # When Inductor's caches serve such a graph to a new process, no planning (and no rewrite)
@@ -114,81 +124,6 @@ def alias_closure(node: fx.Node) -> list[fx.Node]:
         if n.op == "call_function" and n not in closure and alias_source(n) in closure:
             closure.add(n)
     return [n for n in node.graph.nodes if n in closure]
-
-
-def _static(val: torch.Tensor) -> bool:
-    return not any(isinstance(d, torch.SymInt) for d in (*val.shape, *val.stride()))
-
-
-_TRACES: dict[tuple, fx.GraphModule] = {}
-"""make_fx traces of ``inline_aten``'s functions by function, input layouts and constants: a plan's
-storages mostly share a few shapes, and tracing was most of the lossy rewrite's time (gpt-small, all
-four modes at 0.0: 268 traces, 3.3 of the rewrite's 7.5 s over one planning)."""
-_TRACES_MAX = 512
-
-
-def _trace_aten(fake_mode, fn, args, at: list[int]) -> fx.GraphModule:
-    """The ATen graph of ``fn`` on ``args`` (tensors at positions ``at``), traced once per key: only
-    its structure is used (``inline_aten`` recomputes every value under the graph's own fake mode)."""
-    from torch._inductor.decomposition import select_decomp_table
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    vals = [args[i].meta["val"] for i in at]
-    key = None
-    if all(_static(v) for v in vals):
-        consts = tuple((i, a) for i, a in enumerate(args) if i not in at)
-        key = (fn, tuple((tuple(v.shape), tuple(v.stride()), v.dtype, v.device.type) for v in vals), consts)
-        try:
-            hit = _TRACES.get(key)
-        except TypeError:  # an unhashable constant: trace every time
-            key, hit = None, None
-        if hit is not None:
-            return hit
-
-    def traced_fn(*tensors):
-        full = list(args)
-        for i, t in zip(at, tensors):
-            full[i] = t
-        return fn(*full)
-
-    with fake_mode:
-        traced = make_fx(traced_fn, decomposition_table=select_decomp_table())(*vals)
-    if key is not None:
-        for node in traced.graph.nodes:
-            node.meta.clear()  # the fake values would keep this compile's fake mode alive
-        if len(_TRACES) >= _TRACES_MAX:
-            _TRACES.clear()
-        _TRACES[key] = traced
-    return traced
-
-
-def inline_aten(graph: fx.Graph, fake_mode, fn, *args) -> tuple[fx.Node, ...]:
-    """Insert the ATen ops ``fn`` runs on ``args`` (nodes and constants) at the insert point, each
-    with meta["val"]; returns the nodes of its outputs. ``fn`` is traced with make_fx on the nodes'
-    fake values.
-
-    NOTE on decompositions: AOT autograd has already applied Inductor's decompositions to the
-    joint graph, and Inductor lowers only what is left after them; an op it would have
-    decomposed (``aten.clamp``) fails at lowering ("both a fallback and a decomp"). So we trace
-    with Inductor's table too: the ops are then valid for Inductor and for eager alike.
-    """
-    at = [i for i, a in enumerate(args) if isinstance(a, fx.Node)]
-    traced = _trace_aten(fake_mode, fn, args, at)
-    env: dict[fx.Node, fx.Node] = {}
-    inputs = iter(args[i] for i in at)
-    for node in traced.graph.nodes:
-        if node.op == "placeholder":
-            env[node] = next(inputs)
-        elif node.op == "call_function":
-            a, k = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
-            env[node] = call(graph, fake_mode, node.target, *a, **k)
-        elif node.op == "output":
-            out = fx.node.map_arg(node.args[0], env.__getitem__)
-            return tuple(out) if isinstance(out, (tuple, list)) else (out,)
-        else:
-            raise RuntimeError(f"inline_aten: {fn.__name__} traced to a {node.op} node ({node.target}); "
-                               "only call_function nodes can be inlined")
-    raise RuntimeError(f"inline_aten: {fn.__name__} traced to a graph without an output")
 
 
 def quantize_storages(

@@ -1,10 +1,11 @@
-"""inline_aten (the quantize rewrite's ATen form): one make_fx trace per function and input layout."""
+"""inline_aten (the quantize rewrite's ATen form, the leftover-derivative decomposition): one make_fx
+trace per function and input layout."""
 
 import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import memcompile.passes.rewrite.quantize as qr
+import memcompile.passes.rewrite._lossy as qr
 from memcompile.kernels import quantize_decomposed as decomposed
 
 
