@@ -243,6 +243,7 @@ class MemPartitioner(CustomPartitionerFn):
             modes=cfg.modes, offload_device_check=not cfg._force_offload_on_cpu,
         )
         problem = build_problem(cset)
+        lossy_options = any(opt.mode != INPLACE for opt in problem.options)  # see solve()
         stages.stop()
         notes: list[str] = _offload_notes(cset)
 
@@ -277,8 +278,7 @@ class MemPartitioner(CustomPartitionerFn):
             # included) are left as they were measured (docs/BENCHMARKS.md); CBC's 1% gap bounds
             # either result the same way.
             start = start if start is not None else lazy.get("sol")
-            lossy = any(opt.mode != INPLACE for opt in problem.options)
-            initial = start if lossy and objective == TIME else None
+            initial = start if lossy_options and objective == TIME else None
             with stages("solve"):
                 sol = solve_ilp(problem, budget_bytes=budget, objective=objective, time_limit_seconds=cfg.solver_time_limit,
                                 initial=initial, unkept_storages=unkept)

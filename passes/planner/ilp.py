@@ -212,7 +212,7 @@ def solve_ilp(
     start_point = None
     if (initial is not None and initial.feasible
             and (budget_bytes is None or initial.predicted_peak_bytes <= budget_bytes)
-            and not any(problem.storage_of[problem.names.index(name)] in unkept for name in initial.keep)):
+            and not (unkept and any(problem.storage_of[problem.names.index(name)] in unkept for name in initial.keep))):
         start_point = initial
         _set_initial(problem, start_point, keep, rec, kept, option)
     elif warm_start:
