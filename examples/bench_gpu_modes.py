@@ -32,11 +32,11 @@ from collections import Counter
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import memcompile
+from memcompile.models import ModelArgs
 
-import memcompile  # noqa: E402
-from examples.bench_offload import copy_overlap_summary, run_variant  # noqa: E402
-from examples.toy_transformer import ModelArgs  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its sibling script, when imported by tests
+from bench_offload import copy_overlap_summary, run_variant  # noqa: E402
 
 VARIANTS = ("inductor", "memcompile", "quantize", "offload", "all")
 

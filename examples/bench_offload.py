@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
 import time
@@ -36,9 +35,8 @@ import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from examples.toy_transformer import ModelArgs, Transformer  # noqa: E402
+from memcompile.models import ModelArgs, Transformer
+from memcompile.passes.rewrite.recompute import storages_the_backward_reads
 
 MB = 1e6
 
@@ -80,20 +78,6 @@ def measure_host_link_bandwidth(nbytes: int = 256 * 2**20, reps: int = 5) -> tup
 
 
 # ---------------------------------------------------------------- the partitioner hook
-
-
-def storages_the_backward_reads(joint, backward) -> list[str]:
-    """Forward-owned storages the backward reads when nothing is recomputed."""
-    from memcompile.passes.lifetimes import alias_source
-    from memcompile.passes.rewrite.recompute import saved_for
-
-    roots = []
-    for node in saved_for(joint, backward, frozenset()):
-        while alias_source(node) is not None:
-            node = alias_source(node)
-        if node.op == "call_function" and node.name not in roots:
-            roots.append(node.name)
-    return roots
 
 
 def pick_fitting(schedule, steps, seconds, budget_seconds) -> list[str]:

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
-import sys
 import time
 import warnings
 
 import torch
 import torch.fx as fx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from examples.toy_transformer import PRESETS, make  # noqa: E402
-from memcompile.config import MemConfig  # noqa: E402
-from memcompile.partitioner import MemPartitioner, _copy_graph  # noqa: E402
+from memcompile.models import PRESETS, make
+from memcompile.config import MemConfig
+from memcompile.partitioner import MemPartitioner, _copy_graph
 
 
 def capture_joint(name: str):

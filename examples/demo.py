@@ -6,19 +6,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from examples.toy_transformer import PRESETS, make  # noqa: E402
-from memcompile.backend import clear_plans, last_plans  # noqa: E402
-from memcompile.measure import live_bytes_of, measure_peak  # noqa: E402
+from memcompile.models import PRESETS, make
+from memcompile.backend import clear_plans, last_plans
+from memcompile.measure import live_bytes_of, measure_peak
 
 
 def train(model, step_fn, inputs, steps: int, *, device: str = "cpu") -> tuple[float, int, float]:

@@ -123,7 +123,7 @@ def test_bad_command_lines_exit_2_with_a_message(args, message, capsys):
 
 
 def test_blocks_are_found_by_name_then_by_size():
-    from examples.toy_transformer import make
+    from memcompile.models import make
 
     model, _ = make("gpt-tiny")
     name, blocks = bench.find_blocks(model)
@@ -141,7 +141,7 @@ def test_blocks_are_found_by_name_then_by_size():
 
 
 def test_checkpointed_blocks_give_eager_gradients():
-    from examples.toy_transformer import make
+    from memcompile.models import make
 
     model, inputs = make("gpt-tiny")
     model(*inputs).backward()

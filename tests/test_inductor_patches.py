@@ -39,7 +39,7 @@ def test_quantize_takes_the_preferred_form(monkeypatch, inner, form):
     from torch._functorch import partitioners as tp
 
     import memcompile.partitioner as partitioner_mod
-    from examples.toy_transformer import make
+    from memcompile.models import make
     from memcompile.config import MemConfig
 
     captured = {}
@@ -92,7 +92,7 @@ def test_fewbit_replaces_gelu_derivatives_through_inductor(no_compile_cache):
     """gpt-tiny through Inductor, keep + fewbit at budget 0.0: every GELU input is stored as a few-bit
     code, and the gradients stay within the few-bit bounds of tests/e2e/test_lossy.py."""
     ref, got, plan = _gpt_tiny_grads({"memory_budget": 0.0, "modes": ("keep", "fewbit")})
-    from examples.toy_transformer import ModelArgs
+    from memcompile.models import ModelArgs
 
     assert len(plan.solution.fewbit) == ModelArgs.from_name("gpt-tiny").n_layers
     flat = torch.cat([(got[n] - ref[n]).flatten() for n in ref]).norm() / torch.cat([r.flatten() for r in ref.values()]).norm()
@@ -138,7 +138,7 @@ def test_a_derivative_fewbit_does_not_replace_compiles_where_ci_forbids_aten_fal
 
 def _gpt_tiny_grads(options):
     """(eager gradients, gradients through memcompile with ``options``, the one plan) of gpt-tiny."""
-    from examples.toy_transformer import make
+    from memcompile.models import make
 
     model, inputs = make("gpt-tiny")
     model(*inputs).backward()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import memcompile
-from examples.toy_transformer import make
+from memcompile.models import make
 from memcompile import MemcompileError, MemoryBudgetError, Report
 from memcompile.backend import last_plans
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch.fx as fx
 from torch._functorch import partitioners as tp
 
-from ..lifetimes import is_tangent
+from ..lifetimes import alias_source, is_tangent
 
 
 def saved_for(joint: fx.GraphModule, backward_nodes: set[str], recompute: frozenset[str]) -> list[fx.Node]:
@@ -33,6 +33,17 @@ def saved_for(joint: fx.GraphModule, backward_nodes: set[str], recompute: frozen
     order = {n: i for i, n in enumerate(joint.graph.nodes)}
     return sorted(saved.values(), key=order.__getitem__)
 
+
+
+def storages_the_backward_reads(joint: fx.GraphModule, backward_nodes: set[str]) -> list[str]:
+    """Forward-owned storages the backward reads when nothing is recomputed (alias roots, in graph order)."""
+    roots: list[str] = []
+    for node in saved_for(joint, backward_nodes, frozenset()):
+        while alias_source(node) is not None:
+            node = alias_source(node)
+        if node.op == "call_function" and node.name not in roots:
+            roots.append(node.name)
+    return roots
 
 class Extractor:
     """Forward and backward modules for a saved set: torch's extraction tail, callable many times."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import memcompile
-from examples.toy_transformer import make
+from memcompile.models import make
 from memcompile import MemoryBudgetError
 from memcompile.backend import last_plans
 from memcompile.config import MemConfig

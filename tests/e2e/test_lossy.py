@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import memcompile.partitioner as partitioner_mod
-from examples.toy_transformer import PRESETS, Transformer, make
+from memcompile.models import PRESETS, Transformer, make
 from memcompile.backend import clear_plans, last_plans
 from memcompile.config import MemConfig
 from memcompile.kernels.sizes import fewbit_nbytes, quantized_nbytes

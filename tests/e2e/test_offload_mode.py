@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import memcompile.backend as backend_mod
 import memcompile.partitioner as partitioner_mod
-from examples.toy_transformer import make
+from memcompile.models import make
 from memcompile.backend import clear_plans, last_plans
 from memcompile.kernels import offload as offload_ops
 from memcompile.passes.rewrite.offload import INDUCTOR_CONFIG, OFFLOAD_META, has_offload

@@ -11,7 +11,7 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._functorch import config as functorch_config
 from torch._functorch.partitioners import min_cut_rematerialization_partition
 
-from examples.toy_transformer import make
+from memcompile.models import make
 from memcompile.measure import live_bytes_of, measure_peak
 
 FRACTIONS = [1.0, 0.8, 0.5, 0.3, 0.1, 0.0]

@@ -82,7 +82,7 @@ def run(rank: int, world_size: int, init_file: str, out_dir: str, root: str) -> 
     warnings.simplefilter("ignore")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=120))
-    from examples.toy_transformer import make
+    from memcompile.models import make
 
     model, example = make("gpt-tiny")  # the same weights on every rank (seeded)
     inputs = _batch(rank, example)

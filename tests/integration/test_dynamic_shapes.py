@@ -14,7 +14,7 @@ import torch
 
 import memcompile
 from _helpers import EAGER, assert_same_grads, train_step
-from examples.toy_transformer import ModelArgs, Transformer
+from memcompile.models import ModelArgs, Transformer
 
 LENGTHS = (16, 24, 40)
 BUDGET = 0.3

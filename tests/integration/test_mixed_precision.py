@@ -8,7 +8,7 @@ import torch
 
 import memcompile
 from _helpers import assert_same_grads, compiled_copy, train_step
-from examples.toy_transformer import make
+from memcompile.models import make
 
 
 def test_bfloat16_autocast_plans_with_real_dtype_sizes(no_compile_cache):

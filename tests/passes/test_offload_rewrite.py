@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch._functorch import partitioners as tp
 from torch._functorch.aot_autograd import aot_function
 
-from examples.bench_offload import storages_the_backward_reads
+from memcompile.passes.rewrite.recompute import storages_the_backward_reads
 from memcompile.kernels import offload as off
 from memcompile.partitioner import _prepare_joint
 from memcompile.passes import offload_cost as oc
@@ -477,7 +477,7 @@ def _aot_backend(pick_roots, record, **rewrite_kwargs):
 
 
 def test_alias_groups_are_quantize_alias_closures():
-    from examples.toy_transformer import make
+    from memcompile.models import make
     from memcompile.passes.rewrite.offload import alias_groups
     from memcompile.passes.rewrite.quantize import alias_closure
 
@@ -498,7 +498,7 @@ def test_alias_groups_are_quantize_alias_closures():
 def test_toy_transformer_gradients_equal_eager_with_every_storage_offloaded(name):
     """Attention (fused QKV split into three views, SDPA), norms (multi-output ops), embeddings:
     every saved storage goes to host memory and back, and the gradients are eager's, bit for bit."""
-    from examples.toy_transformer import make
+    from memcompile.models import make
 
     model, inputs = make(name)
     ref_loss = model(*inputs)

@@ -11,7 +11,7 @@ import torch
 
 from _planner_helpers import assert_ilp_matches_brute_force, decision
 import memcompile.partitioner as partitioner_mod
-from examples.toy_transformer import make
+from memcompile.models import make
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.costs import DeviceProfile
 from memcompile.passes.planner.greedy import solve_greedy
