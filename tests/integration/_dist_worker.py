@@ -75,10 +75,7 @@ def _fsdp2(model, inputs, world_size):
     return out
 
 
-def run(rank: int, world_size: int, init_file: str, out_dir: str, root: str) -> None:
-    import sys
-
-    sys.path.insert(0, root)  # for examples/
+def run(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     warnings.simplefilter("ignore")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=120))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ import torch.multiprocessing as mp
 from _helpers import assert_same_grads
 
 WORLD_SIZE = 2
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 
@@ -23,7 +21,7 @@ def ranks(tmp_path_factory):
     import _dist_worker
 
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_dist_worker.run, args=(WORLD_SIZE, str(out / "init"), str(out), ROOT), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_dist_worker.run, args=(WORLD_SIZE, str(out / "init"), str(out)), nprocs=WORLD_SIZE, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
 
 
