@@ -438,8 +438,10 @@ class MemPartitioner(CustomPartitionerFn):
                     f"memory budget {_fmt(target)} cannot be met on graph {graph_index}: the smallest peak "
                     f"memcompile reaches is {_fmt(chosen[2].peak_bytes)} (Inductor's default partition peaks at "
                     f"{_fmt(baseline.peak_bytes)}, of which {_fmt(baseline.held_bytes)} are the graph's inputs). "
-                    "Raise the budget to at least that, use a smaller batch, or pass "
-                    "on_infeasible='best_effort' to run with the smallest-peak plan."
+                    + ("Raise the budget to at least that, use a smaller batch, or pass "
+                       "on_infeasible='best_effort' to run with the smallest-peak plan." if cfg.on_infeasible == "raise"
+                       else "Running with the smallest-peak plan (on_infeasible='best_effort'); to meet the budget, "
+                       "raise it to at least that or use a smaller batch.")
                 )
                 if cfg.on_infeasible == "raise":
                     raise MemoryBudgetError(message, budget_bytes=target, min_peak_bytes=chosen[2].peak_bytes)
