@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.util
 import json
 import math
 import os
@@ -60,9 +59,6 @@ DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")
 BLOCK_LIST_NAMES = ("blocks", "layers", "h", "layer", "decoder_layers")
 """Attribute names of a transformer's block list, preferred in this order."""
-
-_TOY_TRANSFORMER = Path(__file__).resolve().parent.parent / "examples" / "toy_transformer.py"
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunSpec:
@@ -119,44 +115,24 @@ class RunResult:
 # ----------------------------------------------------------------------------- child
 
 
-def _load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses in the file look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_model(model: str, *, device: str, dtype: str):
-    """``(model, inputs)`` from a preset name of examples/toy_transformer.py or ``FILE.py:FACTORY``."""
+    """``(model, inputs)`` from a preset name or ``FILE.py:FACTORY`` (``memcompile._factory``), on
+    ``device``, floating parameters and inputs cast to ``dtype``."""
     import torch
 
+    from ._factory import build
+
     torch_dtype = getattr(torch, dtype)
-    path, sep, factory_name = model.rpartition(":")
-    if sep and path.endswith(".py"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--model: no such file {path!r} (expected FILE.py:FACTORY)")
-        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-        factory = getattr(_load_module(Path(path), "_memcompile_bench_user_module"), factory_name, None)
-        if not callable(factory):
-            raise ValueError(f"--model: {path} has no callable {factory_name!r}")
-        torch.manual_seed(0)
-        module, inputs = factory()
-        module = module.to(device=device, dtype=torch_dtype)  # casts floating parameters only
-        inputs = tuple(
-            (t.to(device=device, dtype=torch_dtype) if t.is_floating_point() else t.to(device))
-            if isinstance(t, torch.Tensor)
-            else t
-            for t in inputs
-        )
-        return module, inputs
-    if not _TOY_TRANSFORMER.is_file():
-        raise FileNotFoundError(
-            f"--model {model!r}: presets live in examples/toy_transformer.py of the memcompile source tree, "
-            f"not found at {_TOY_TRANSFORMER}; pass FILE.py:FACTORY instead"
-        )
-    toy = _load_module(_TOY_TRANSFORMER, "_memcompile_bench_toy_transformer")
-    return toy.make(model, device=device, dtype=torch_dtype)
+    torch.manual_seed(0)
+    module, inputs = build(model)
+    module = module.to(device=device, dtype=torch_dtype)  # casts floating parameters only
+    inputs = tuple(
+        (t.to(device=device, dtype=torch_dtype) if t.is_floating_point() else t.to(device))
+        if isinstance(t, torch.Tensor)
+        else t
+        for t in inputs
+    )
+    return module, inputs
 
 
 def find_blocks(model) -> tuple[str, Any]:
@@ -558,9 +534,12 @@ def make_parser() -> argparse.ArgumentParser:
         description="Measure peak memory and step time of memcompile beside eager, Inductor, torch's "
         "activation_memory_budget, per-block checkpointing and save_on_cpu, one process per run.",
     )
-    parser.add_argument("--model", default="gpt-small",
-                        help="preset of examples/toy_transformer.py (gpt-tiny, gpt-small, llama-small, ...) or "
-                        "FILE.py:FACTORY where FACTORY() returns (model, example_inputs) and model(*inputs) is a scalar loss")
+    parser.add_argument("spec", nargs="?", metavar="FILE.py:FACTORY",
+                        help="the model to measure: FACTORY() returns (model, example_inputs) and model(*example_inputs) "
+                        "is the loss, as for memcompile inspect; or a preset name (see --model)")
+    parser.add_argument("--model", default=None,
+                        help="a preset of memcompile.models (gpt-tiny, gpt-small, llama-small, ...) or FILE.py:FACTORY "
+                        "(default gpt-small)")
     parser.add_argument("--budgets", type=_parse_budgets, default=(1.0, 0.5, 0.0),
                         help="comma-separated fractions in [0, 1] for torch-budget and memcompile (default 1.0,0.5,0.0)")
     parser.add_argument("--methods", type=_parse_methods, default=DEFAULT_METHODS,
@@ -582,11 +561,16 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_of(args: argparse.Namespace) -> str:
+    """The model the command line names: the positional FILE.py:FACTORY, else --model, else gpt-small."""
+    return args.spec or args.model or "gpt-small"
+
+
 def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
     methods = list(args.methods)
     if args.lossy and "memcompile-lossy" not in methods:
         methods.append("memcompile-lossy")
-    model = args.model
+    model = model_of(args)
     path, sep, factory = model.rpartition(":")
     if sep and path.endswith(".py"):
         model = f"{os.path.abspath(path)}:{factory}"  # the child may run elsewhere
@@ -622,15 +606,14 @@ def _refused_modes(spec: RunSpec) -> str | None:
 
 
 def _check_model(model: str) -> str | None:
-    """A one-line usage error for a missing file or an unknown preset, else None."""
-    path, sep, _ = model.rpartition(":")
-    if sep and path.endswith(".py"):
-        return None if os.path.isfile(path) else f"--model: no such file: {path}"
-    if not _TOY_TRANSFORMER.is_file():
-        return f"--model {model!r}: presets need examples/toy_transformer.py (not found); pass FILE.py:FACTORY instead"
-    presets = _load_module(_TOY_TRANSFORMER, "_memcompile_bench_toy_transformer").PRESETS
-    if model not in presets:
-        return f"--model: unknown preset {model!r}; presets: {', '.join(sorted(presets))}, or FILE.py:FACTORY"
+    """A one-line usage error when the model cannot be built (no such file or preset, a factory that
+    breaks the contract), else None: said once, before any child process starts."""
+    from ._factory import FactoryError, build
+
+    try:
+        build(model)
+    except FactoryError as exc:
+        return str(exc)
     return None
 
 
@@ -657,7 +640,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> BenchReport:
         "memcompile": __version__,
         "source": _source_revision(),
         "python": platform.python_version(),
-        "model": args.model,
+        "model": model_of(args),
         "dtype": args.dtype,
         "budgets": list(args.budgets),
         "steps": args.steps,
@@ -716,6 +699,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     if args.child is not None:
         return _child_main(args.child)
+    if args.spec is not None and args.model is not None and args.spec != args.model:
+        print(f"memcompile bench: two models given ({args.spec!r} and --model {args.model!r}); pass one", file=sys.stderr)
+        return 2
+    args.model = model_of(args)
     problem = _check_model(args.model)
     if problem is not None:
         print(f"memcompile bench: {problem}", file=sys.stderr)

@@ -91,14 +91,76 @@ def test_budgeted_methods_run_once_per_budget():
     ]
 
 
-def test_a_failing_factory_gives_an_error_row_not_a_crash(tmp_path):
+def test_a_model_failing_in_its_step_gives_an_error_row_not_a_crash(tmp_path):
     model_file = tmp_path / "broken.py"
-    model_file.write_text("def factory():\n    raise RuntimeError('no weights here')\n")
+    model_file.write_text(
+        "import torch\n"
+        "class Broken(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        raise RuntimeError('no weights here')\n"
+        "def factory():\n    return Broken(), (torch.ones(2),)\n"
+    )
     data = run_main(tmp_path, "--model", f"{model_file}:factory", "--methods", "eager", "--steps", "1")
     (row,) = data["rows"]
     assert row["status"] == "error"
     assert row["error"] == "RuntimeError: no weights here"
     assert row["peak_bytes"] is None
+
+
+USER_MODEL = """
+import torch
+import torch.nn as nn
+
+
+class TwoLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 64), nn.Linear(64, 4)
+
+    def forward(self, x, y):
+        return nn.functional.cross_entropy(self.b(torch.tanh(self.a(x))), y)
+
+
+def factory():
+    return TwoLayer(), (torch.randn(8, 16), torch.randint(0, 4, (8,)))
+"""
+
+
+def test_a_users_file_is_taken_positionally_as_inspect_takes_it(tmp_path, capsys):
+    model_file = tmp_path / "user_model.py"
+    model_file.write_text(USER_MODEL)
+    spec = f"{model_file}:factory"
+    data = run_main(tmp_path, spec, "--methods", "eager", "--steps", "1", "--warmup", "0")
+    (row,) = data["rows"]
+    assert_sane(row)
+    assert data["meta"]["model"] == spec
+    assert f"model {spec} (float32)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("def factory():\n    raise RuntimeError('no weights here')\n", "raised RuntimeError: no weights here"),
+        ("def factory():\n    return 3\n", "must return (model, example_inputs)"),
+        ("import torch\ndef factory():\n    return torch.nn.Linear(2, 2), torch.ones(2)\n",
+         "example_inputs a tuple or list"),
+        ("x = 1\n", "has no callable 'factory'"),
+    ],
+)
+def test_a_factory_breaking_the_contract_exits_2_before_any_run(tmp_path, capsys, body, message):
+    model_file = tmp_path / "bad_model.py"
+    model_file.write_text(body)
+    assert bench.main([f"{model_file}:factory", "--methods", "eager"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "[1/" not in err, "no child process is started for a model that cannot be built"
+
+
+def test_two_different_models_on_one_command_line_exit_2(tmp_path, capsys):
+    model_file = tmp_path / "user_model.py"
+    model_file.write_text(USER_MODEL)
+    assert bench.main([f"{model_file}:factory", "--model", "gpt-tiny"]) == 2
+    assert "two models given" in capsys.readouterr().err
 
 
 def test_a_child_past_its_timeout_gives_a_timeout_row(tmp_path):
@@ -113,7 +175,7 @@ def test_a_child_past_its_timeout_gives_a_timeout_row(tmp_path):
     [
         (["--methods", "eager,fast"], "--methods: unknown"),
         (["--budgets", "0.5,1.5"], "outside [0, 1]"),
-        (["--model", "gpt-huge"], "unknown preset 'gpt-huge'"),
+        (["--model", "gpt-huge"], "unknown model preset 'gpt-huge'"),
         (["--model", "missing.py:factory"], "no such file"),
     ],
 )
