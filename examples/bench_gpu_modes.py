@@ -6,11 +6,11 @@
 Variants (each compiled through Inductor, one after another, ``torch._dynamo.reset()`` between):
 - ``inductor``: ``torch.compile(model)``, no budget: the lossless step every ratio is taken against;
 - ``memcompile``: budget ``--budget`` (default 0.0), the default modes (keep, recompute, inplace);
-- ``quantize``: modes keep + quantize at the same budget: the quantized-activation step (issue 5:
+- ``quantize``: modes keep + quantize at the same budget: the quantized-activation step (target:
   at most 1.05x the lossless step);
 - ``offload``: modes keep + offload at ``--offload-budget`` (default 0.5; with keep and offload only,
-  every byte under the budget must go to host memory): issue 6 asks at most 1.10x the no-budget
-  step, with the copies overlapped: a ``torch.profiler`` summary of the copies follows the table;
+  every byte under the budget must go to host memory; target: at most 1.10x the no-budget step,
+  copies overlapped): a ``torch.profiler`` summary of the copies follows the table;
 - ``all``: every mode at the budget.
 ``NAME@B`` runs a variant at budget B instead (``quantize@0.5``).
 

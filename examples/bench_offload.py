@@ -8,8 +8,9 @@ Needs a CUDA device: on a CPU there is nothing to offload to (the tensors alread
 memory), and the script exits with status 1 saying so. ``--cpu-dry-run`` runs the plumbing on a
 tiny model on the CPU instead (no figures; for checking the script itself).
 
-The planner does not choose offload yet, so this script decides itself, inside a partitioner
-hook that mirrors memcompile's (Inductor's joint graph, torch's extraction):
+The script chooses the storages itself (not the planner, which prices offload with
+``modes=(..., "offload")``), so the cost of a copy that overlaps compute is measured on its own,
+inside a partitioner hook that mirrors memcompile's (Inductor's joint graph, torch's extraction):
 - every storage the backward reads is saved (no recomputation), so the variants differ only in
   where the saved bytes live;
 - ``offload_schedule`` places and prices each storage with the measured host-link bandwidth
@@ -195,7 +196,7 @@ def run_variant(label, args, model_args, device, dtype, compile_fn):
 
     loss = step()
     # On the host: copies kept on the device would count in every later peak (this variant's and the
-    # next ones'); seen on an H200, 2026-11-26, where they added 272 MB per copy to the figures.
+    # next ones'; docs/BENCHMARKS.md "GPU").
     first_grads = [p.grad.detach().float().cpu() for p in model.parameters()]
     for _ in range(args.warmup):
         step()

@@ -251,7 +251,7 @@ def _keep_freed_memory_mapped() -> None:
     """NOTE on CPU timings: glibc returns a freed block of many MiB to the OS (munmap, or a
     trim of the heap top), so the next step's output buffer is faulted in page by page again:
     4096 faults for 16 MiB, several ms, more than the kernels themselves, and whether it
-    happens varies from call to call (we saw 0.8 and 8.9 ms for the same GELU). A training
+    happens varies from call to call (docs/BENCHMARKS.md, "Kernels"). A training
     step's caching is not what is measured here, so we ask glibc to keep freed memory
     (mallopt M_MMAP_THRESHOLD and M_TRIM_THRESHOLD to 1 GiB). Process-wide; this script only."""
     import ctypes

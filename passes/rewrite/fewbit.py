@@ -10,7 +10,7 @@ The forward's own GELU/SiLU node is left as it is (its output may be saved or re
 plan under its own name); the kernel's copy of f(x) is discarded, which the planner prices.
 
 GELU with ``approximate="tanh"`` uses the exact-GELU table: the two derivatives differ by
-less than 0.02 everywhere, far below the table's own error (rel. L2 13% at 2 bits, README).
+less than 0.02 everywhere, far below the table's own error (rel. L2 13% at 2 bits, docs/modes.md).
 """
 
 from __future__ import annotations

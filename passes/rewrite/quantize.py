@@ -61,17 +61,9 @@ FORMS = ("kernel", "aten")
 def preferred_form(device_type: str, inner: str) -> str:
     """The faster form where it was measured, else "kernel".
 
-    CPU, Inductor C++ (``python -m memcompile.kernels.bench_kernels --fusion``, 16 MiB fp32,
-    2 shared cores, 2026-11-25; README "Lossy modes"): quantizing after a GELU or a residual
-    add adds 0.6 ms in the "aten" form (fused into the producer's kernel) against 24 ms for the
-    custom op, which on CPU is reference.py's chunked eager loop, not a tuned kernel; after an
-    addmm (an extern call) and for a dequantize read by gelu_backward "aten" is also faster.
-    CUDA, Inductor Triton (same command, NVIDIA H200, 16 MiB bf16, torch 2.11, 2026-11-26,
-    docs/BENCHMARKS.md "GPU"): "aten" adds 0.016-0.027 ms where the Triton kernel adds 0.078-0.105
-    ms, in all four programs, and a dequantize read by gelu_backward adds nothing in the "aten"
-    form. The aten form is not bit-identical to the kernel on CUDA (module docstring of
-    quantize_decomposed.py); both stay within the int8 bounds the tests assert. Inner "eager":
-    always "kernel" (see the module docstring).
+    Through Inductor, on CPU and CUDA, the "aten" form fuses into its producer and readers and was
+    faster in every program of ``bench_kernels --fusion`` (figures: docs/BENCHMARKS.md, "Kernels" and
+    "GPU"). Inner "eager": always "kernel" (the aten form would materialise fp32 temporaries).
     """
     if inner == "inductor" and device_type in ("cpu", "cuda"):
         return "aten"
