@@ -2,17 +2,22 @@
 # The device checks of docs/BENCHMARKS.md ("GPU"), in one run on a CUDA machine, most wanted first;
 # each step has its own time limit and log, so one failing or slow step does not hide the others.
 #   OUT=folder bash examples/gpu_checks.sh        (logs in $OUT, default ./gpu_out)
-# Needs memcompile importable: `pip install -e .`, or, offline, MEMCOMPILE_SHIM=1 links passes/ and
-# kernels/ into memcompile/ and puts the checkout on PYTHONPATH (pulp must be importable).
+# Needs memcompile importable: `pip install -e .`, or, offline, MEMCOMPILE_SHIM=1 assembles the
+# package in a temporary folder (memcompile/ with passes/ and kernels/ linked in, as the install maps
+# them) and puts that folder on PYTHONPATH; never the checkout itself, whose kernels/ would shadow
+# PyPI's `kernels` (pulp must be importable).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ "${MEMCOMPILE_SHIM:-0}" = 1 ]; then
-    [ -e memcompile/passes ] || ln -s ../passes memcompile/passes
-    [ -e memcompile/kernels ] || ln -s ../kernels memcompile/kernels
-    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+    SHIM_DIR=$(mktemp -d)
+    mkdir "$SHIM_DIR/memcompile"
+    for entry in memcompile/*; do ln -s "$PWD/$entry" "$SHIM_DIR/memcompile/"; done
+    ln -s "$PWD/passes" "$SHIM_DIR/memcompile/passes"
+    ln -s "$PWD/kernels" "$SHIM_DIR/memcompile/kernels"
+    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$SHIM_DIR"
 fi
 {
     date -u
