@@ -8,6 +8,9 @@ summed byte deltas, then add the bytes already live before the step.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,8 +64,14 @@ def measure_peak(step: Callable[[], object], *, live_before_bytes: int, device: 
         return PeakMeasurement(peak_bytes=int(peak), live_before_bytes=int(base), device=str(device))
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False)
+    with _quiet_stderr():
+        prof.__enter__()
+    try:
         step()
+    finally:
+        with _quiet_stderr():
+            prof.__exit__(None, None, None)
     deltas = _cpu_memory_deltas(prof)
     running = 0
     peak_delta = 0
@@ -72,6 +81,26 @@ def measure_peak(step: Callable[[], object], *, live_before_bytes: int, device: 
     return PeakMeasurement(
         peak_bytes=int(live_before_bytes + peak_delta), live_before_bytes=int(live_before_bytes), device="cpu"
     )
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto prints a "profiler_start" / "profiler_stop" line to file descriptor 2 on every start and
+    stop, and no setting of this torch build turns it off: silence fd 2 around those two calls only,
+    never around the user's step."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2 (an embedded interpreter): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _cpu_memory_deltas(prof) -> list[tuple[int, int]]:
