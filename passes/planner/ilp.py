@@ -35,6 +35,7 @@ least as good as greedy's.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Collection
 
 import pulp
@@ -73,22 +74,23 @@ def solve_ilp(
     start = time.perf_counter()
     n = problem.n_candidates
     model = pulp.LpProblem("memcompile", pulp.LpMinimize)
+    new_var = _variable_factory(model)
     keep = {
-        i: pulp.LpVariable(f"k{i}", cat="Binary")
+        i: new_var(f"k{i}", cat="Binary")
         for i in range(n)
         if problem.can_save[i] and not problem.free_alias(i)
     }
-    rec = {i: pulp.LpVariable(f"r{i}", cat="Binary") for i in range(n) if problem.can_recompute[i]}
+    rec = {i: new_var(f"r{i}", cat="Binary") for i in range(n) if problem.can_recompute[i]}
     unkept = frozenset(unkept_storages)
     for i, var in keep.items():
         if problem.storage_of[i] in unkept:
             var.upBound = 0
-    option = {o: pulp.LpVariable(f"o{o}", cat="Binary") for o in range(len(problem.options))}
+    option = {o: new_var(f"o{o}", cat="Binary") for o in range(len(problem.options))}
     serving: dict[int, list[int]] = {}
     for o, opt in enumerate(problem.options):
         for i in opt.serves:
             serving.setdefault(i, []).append(o)
-    peak = pulp.LpVariable("peak_mib", lowBound=0)
+    peak = new_var("peak_mib", lowBound=0)
 
     def available(j: int) -> list[tuple[pulp.LpVariable, float]]:
         terms = []
@@ -110,7 +112,7 @@ def solve_ilp(
         if len(members) == 1:
             kept[s] = keep[members[0]]
             continue
-        kept[s] = pulp.LpVariable(f"s{s}", cat="Binary")
+        kept[s] = new_var(f"s{s}", cat="Binary")
         for i in members:
             model += kept[s] - keep[i] >= 0, f"alias{i}"
             n_rows += 1
@@ -180,7 +182,7 @@ def solve_ilp(
         keys = [*current, *(key for key in previous if key not in current)]
         deltas = {key: current.get(key, 0.0) - previous.get(key, 0.0) for key in keys}
         changes = [(var(key), w) for key, w in deltas.items() if w != 0.0]
-        total = pulp.LpVariable(f"e{k}", lowBound=0)
+        total = new_var(f"e{k}", lowBound=0)
         if running is None or len(changes) >= len(current):
             terms = [(var(key), w) for key, w in current.items()]
         else:
@@ -227,10 +229,14 @@ def solve_ilp(
     # of repeated layers CBC finds a near-optimal plan in a fraction of a second, then spends
     # minutes proving the last few percent.
     gap_abs = _GAP_FRACTION_OF_FORWARD * sum(problem.recompute_seconds) * _MS if objective == TIME else 0.0
-    solver = pulp.PULP_CBC_CMD(
-        msg=False, timeLimit=max(1, int(round(time_limit_seconds))), threads=1, gapRel=_GAP_REL,
-        gapAbs=gap_abs or None, warmStart=start_point is not None,
-    )
+    with warnings.catch_warnings():
+        # PuLP 3.x marks its bundled-CBC command deprecated (removed in 4.0, which pyproject excludes);
+        # it is the solver every PuLP install ships, so it stays until the pin moves.
+        warnings.filterwarnings("ignore", message="PULP_CBC_CMD is deprecated", category=DeprecationWarning)
+        solver = pulp.PULP_CBC_CMD(
+            msg=False, timeLimit=max(1, int(round(time_limit_seconds))), threads=1, gapRel=_GAP_REL,
+            gapAbs=gap_abs or None, warmStart=start_point is not None,
+        )
     model.solve(solver)
     elapsed = time.perf_counter() - start
     status = pulp.LpStatus[model.status]
@@ -293,3 +299,11 @@ def _infeasible(problem: PlanProblem, start: float, why: str) -> PlanSolution:
         predicted_peak_bytes=0, added_seconds=0.0, solve_seconds=time.perf_counter() - start,
         n_vars=0, n_constraints=0,
     )
+
+
+def _variable_factory(model: pulp.LpProblem):
+    """``model.add_variable`` where PuLP has it (3.3+: constructing ``LpVariable`` directly is deprecated
+    there, one warning per variable), else the ``LpVariable`` constructor of older releases."""
+    if hasattr(model, "add_variable"):
+        return model.add_variable
+    return lambda name, lowBound=None, upBound=None, cat="Continuous": pulp.LpVariable(name, lowBound, upBound, cat)
