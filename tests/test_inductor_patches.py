@@ -2,9 +2,15 @@
 
 import pytest
 import torch
+from torch._functorch.aot_autograd import make_boxed_func
 
 import memcompile
 from memcompile.backend import memcompile_backend
+
+
+def _run_boxed(gm, _example_inputs):
+    """Run the graph eagerly with AOT autograd's boxed calling convention (an unboxed one warns)."""
+    return make_boxed_func(gm.forward)
 
 
 def compile_fx_kwargs(monkeypatch, options) -> dict:
@@ -50,7 +56,7 @@ def test_quantize_takes_the_preferred_form(monkeypatch, inner, form):
 
     model, inputs = make("gpt-tiny")
     torch._dynamo.reset()
-    backend = aot_autograd(fw_compiler=lambda g, _: g, bw_compiler=lambda g, _: g, partition_fn=capture)
+    backend = aot_autograd(fw_compiler=_run_boxed, bw_compiler=_run_boxed, partition_fn=capture)
     torch.compile(model, backend=backend)(*inputs)
 
     seen = []
