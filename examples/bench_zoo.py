@@ -113,9 +113,9 @@ class ModelChecks:
         for c in self.fractions:
             for what, ok in (("prediction", c.prediction_ok), ("monotone", c.monotone_ok), ("<= torch", c.below_torch_ok)):
                 if ok is False:
-                    out.append(f"fraction {c.fraction:g}: {what}")
+                    out.append(f"fraction {c.fraction:.1f}: {what}")
             if c.error:
-                out.append(f"fraction {c.fraction:g}: run failed: {c.error[:200]}")
+                out.append(f"fraction {c.fraction:.1f}: run failed: {c.error[:200]}")
         for b in self.bytes:
             for what, ok in (("prediction", b.prediction_ok), ("budget", b.budget_ok)):
                 if ok is False:
@@ -237,17 +237,19 @@ def format_model(name: str, rows: Sequence[RunResult], checks: ModelChecks) -> s
         row = by_label[("memcompile", c.fraction)]
         measured = _mb(c.measured_bytes) if not c.error else f"**{c.error[:80]}**".replace("|", "\\|")
         plan = "—" if row.plan_seconds is None else f"{row.plan_seconds:.2f}"
-        lines.append(f"| {c.fraction:g} | {measured} | {_mb(c.predicted_bytes)} | {_pct(c.measured_bytes, c.predicted_bytes)} | "
+        lines.append(f"| {c.fraction:.1f} | {measured} | {_mb(c.predicted_bytes)} | {_pct(c.measured_bytes, c.predicted_bytes)} | "
                      f"{_verdict(c.prediction_ok)} | {_verdict(c.monotone_ok)} | {_mb(c.torch_bytes)} | "
                      f"{_verdict(c.below_torch_ok)} | {plan} |")
+    if checks.bytes:
+        lines += ["", "| byte budget | memcompile MB | predicted MB | pred − meas | predicted ±3% | ≤ B+1% or true MemoryBudgetError |",
+                  "|---|---|---|---|---|---|"]
     for b in checks.bytes:
         if b.raised_min_peak_bytes is not None:
-            measured = f"MemoryBudgetError, min {_mb(b.raised_min_peak_bytes)}"
+            measured = f"MemoryBudgetError, smallest peak {_mb(b.raised_min_peak_bytes)}"
         else:
             measured = _mb(b.measured_bytes) if not b.error else f"**{b.error[:80]}**".replace("|", "\\|")
         lines.append(f"| {b.budget_bytes / 1e6:.2f} MB | {measured} | {_mb(b.predicted_bytes)} | "
-                     f"{_pct(b.measured_bytes, b.predicted_bytes)} | {_verdict(b.prediction_ok)} | "
-                     f"≤ B+1%: {_verdict(b.budget_ok)} | — | — | — |")
+                     f"{_pct(b.measured_bytes, b.predicted_bytes)} | {_verdict(b.prediction_ok)} | {_verdict(b.budget_ok)} |")
     lines += ["", f"Floor (0.0) {_mb(checks.floor_bytes)} MB: ≤ torch's lowest {_verdict(checks.floor_vs_torch_ok)}, "
                   f"≤ checkpointing {_verdict(checks.floor_vs_checkpoint_ok)}."]
     return "\n".join(lines)
@@ -300,13 +302,42 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--byte-budgets", type=_parse_byte_budgets, default=None,
                         help="'auto' (default: three budgets from memcompile's own peaks at 1.0 and 0.0) or "
                         "a comma-separated list such as 30MB,25MB,20MB")
+    parser.add_argument("--torch-fractions", type=_parse_fractions, default=None,
+                        help="fractions for torch's budget (default: --fractions); fewer saves a compile each")
     parser.add_argument("--no-torch", action="store_true", help="skip torch's budget, checkpointing and Inductor")
+    parser.add_argument("--no-inductor", action="store_true", help="skip Inductor's default partition (context only)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads per child (1 on a shared CPU)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per child process (default 600)")
     parser.add_argument("--json", metavar="PATH", help="write rows, checks and meta as JSON (rewritten after every run)")
+    parser.add_argument("--from-json", metavar="PATH", nargs="+",
+                        help="run nothing: print the tables of earlier --json files (a model in several: rows joined)")
     return parser
+
+
+def rows_from_json(paths: Sequence[str]) -> tuple[dict[str, list[RunResult]], list[dict]]:
+    """Rows per model from ``--json`` files (partial ones too), and each file's meta."""
+    known = set(RunResult.__dataclass_fields__)
+    rows: dict[str, list[RunResult]] = {}
+    metas = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        metas.append(data["meta"])
+        for name, model in data["models"].items():
+            rows.setdefault(name, []).extend(RunResult(**{k: v for k, v in r.items() if k in known}) for r in model["rows"])
+    return rows, metas
+
+
+def print_report(rows: dict[str, list[RunResult]], metas: Sequence[dict]) -> None:
+    checks = {name: check_rows(model_rows) for name, model_rows in rows.items()}
+    for name, model_rows in rows.items():
+        print(format_model(name, model_rows, checks[name]) + "\n")
+    for meta in metas:
+        print(f"{meta['device']}, torch {meta['torch']}, memcompile {meta['source']}, {meta['date']}; "
+              f"command: {meta['command']}")
+    print()
+    print(format_summary(checks), flush=True)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -324,6 +355,9 @@ def _names(text: str) -> tuple[str, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
+    if args.from_json:
+        print_report(*rows_from_json(args.from_json))
+        return 0
     names = _names(args.models)
     import torch
 
@@ -368,16 +402,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for budget in budgets:
             run("memcompile", int(budget))
         if not args.no_torch:
-            for fraction in args.fractions:
+            for fraction in args.torch_fractions or args.fractions:
                 run("torch-budget", float(fraction))
             run("checkpoint-compiled", None)
-            run("inductor", None)
+            if not args.no_inductor:
+                run("inductor", None)
         all_checks[name] = check_rows(rows)
         dump()
-        print(format_model(name, rows, all_checks[name]) + "\n", flush=True)
-    print(f"zoo, {meta['device']}, torch {meta['torch']}, memcompile {meta['source']}, {meta['date']}\n"
-          f"command: {meta['command']}\n")
-    print(format_summary(all_checks), flush=True)
+    print_report(all_rows, [meta])
     return 0
 
 

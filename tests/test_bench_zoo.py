@@ -51,7 +51,7 @@ def test_a_peak_that_rises_as_the_budget_falls_fails_monotone():
     assert verdicts[1.0].monotone_ok is None  # nothing above it to compare with
     assert verdicts[0.5].monotone_ok is True
     assert verdicts[0.0].monotone_ok is False
-    assert "fraction 0: monotone" in checks.failures()
+    assert "fraction 0.0: monotone" in checks.failures()
 
 
 def test_a_rise_over_a_lower_peak_two_budgets_up_fails_too():
