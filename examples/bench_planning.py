@@ -1,6 +1,7 @@
 """Planning time: memcompile's partitioner against torch's own budgeted min-cut + knapsack, same graph, one run.
 
     python examples/bench_planning.py --model gpt-24 --budgets 0.5,0.1 --repeat 3
+    python examples/bench_planning.py --depths 6,12,24,48,96 --budgets 0.5   # growth with depth
 
 The joint graph is traced once (AOT autograd); each partitioner then runs on a fresh copy of
 it, under the lazy GraphModule mode Inductor itself uses, alternating between the two so
@@ -11,7 +12,9 @@ comes first (imports, first-call caches). Times are medians over ``--repeat`` ro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import math
 import statistics
 import time
 import warnings
@@ -19,15 +22,29 @@ import warnings
 import torch
 import torch.fx as fx
 
-from memcompile.models import PRESETS, make
+from memcompile.models import PRESETS, ModelArgs, Transformer, make
 from memcompile.config import MemConfig
 from memcompile.partitioner import MemPartitioner, _copy_graph
 
 
-def capture_joint(name: str):
-    """(joint graph module, its inputs, the partition kwargs AOT autograd passed)."""
+DEPTH_ARGS = ModelArgs(arch="llama", vocab_size=512, dim=128, n_heads=4, batch_size=2, seq_len=64, max_seq_len=64)
+"""The Llama-like model of the depth sweep (d=128, batch 2x64); only ``n_layers`` changes."""
+
+
+def make_deep(n_layers: int):
+    args = dataclasses.replace(DEPTH_ARGS, n_layers=n_layers)
+    torch.manual_seed(0)
+    model = Transformer(args)
+    idx = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len))
+    return model, (idx, torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len)))
+
+
+def capture_joint(name: str | int):
+    """(joint graph module, its inputs, the partition kwargs AOT autograd passed) of a preset, or of the
+    depth sweep's model with ``name`` layers."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch import partitioners as tp
+    from torch._functorch.aot_autograd import make_boxed_func
 
     captured = {}
 
@@ -35,9 +52,10 @@ def capture_joint(name: str):
         captured.update(joint=fx.GraphModule(joint, _copy_graph(joint.graph)), inputs=inputs, kw=kw)
         return tp.default_partition(joint, inputs, **kw)
 
-    model, inputs = make(name)
+    model, inputs = make_deep(name) if isinstance(name, int) else make(name)
     torch._dynamo.reset()
-    backend = aot_autograd(fw_compiler=lambda g, _: g, bw_compiler=lambda g, _: g, partition_fn=partition)
+    run = lambda g, _: make_boxed_func(g.forward)  # noqa: E731 - the graphs only need to run eagerly
+    backend = aot_autograd(fw_compiler=run, bw_compiler=run, partition_fn=partition)
     torch.compile(model, backend=backend)(*inputs)
     kw = dict(captured["kw"])
     kw.pop("compiler", None)
@@ -70,14 +88,62 @@ def time_memcompile(joint, inputs, kw, budget: float):
     return time.perf_counter() - t0, plans[-1]
 
 
+def growth_exponent(sizes, seconds) -> float:
+    """Least-squares slope of log(seconds) against log(size): 1 is linear, 2 quadratic."""
+    xs, ys = [math.log(x) for x in sizes], [math.log(y) for y in seconds]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def depth_sweep(depths: list[int], budget: float, repeat: int) -> int:
+    """Both partitioners on the depth sweep's model at each depth; prints seconds and growth exponents."""
+    from torch.fx._lazy_graph_module import _use_lazy_graph_module
+
+    rows = []
+    with _use_lazy_graph_module(True):
+        small = capture_joint("gpt-tiny")
+        time_torch(*small, budget)
+        time_memcompile(*small, budget)
+        for depth in depths:
+            joint, inputs, kw = capture_joint(depth)
+            torch_s, ours_s, solve_s = [], [], []
+            for _ in range(repeat):
+                torch_s.append(time_torch(joint, inputs, kw, budget))
+                seconds, plan = time_memcompile(joint, inputs, kw, budget)
+                ours_s.append(seconds)
+                solve_s.append(plan.extra.get("stage_seconds", {}).get("solve", 0.0))
+            rows.append((depth, len(joint.graph.nodes), statistics.median(torch_s), statistics.median(ours_s),
+                         statistics.median(solve_s)))
+            print(f"  {depth} layers done", flush=True)
+    print(f"depth sweep: Llama-like d={DEPTH_ARGS.dim}, batch {DEPTH_ARGS.batch_size}x{DEPTH_ARGS.seq_len}, budget "
+          f"{budget}; torch {torch.__version__}; median of {repeat}; CPU threads {torch.get_num_threads()}")
+    print()
+    print("| layers | joint nodes | torch partition (s) | memcompile planning (s) | of which solve (s) | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for depth, nodes, torch_t, ours_t, solve_t in rows:
+        print(f"| {depth} | {nodes:,} | {torch_t:.2f} | {ours_t:.2f} | {solve_t:.2f} | {ours_t / torch_t:.2f} |")
+    if len(rows) >= 2:
+        nodes = [r[1] for r in rows]
+        print()
+        print(f"growth exponent in joint nodes (seconds ~ nodes^k): torch k={growth_exponent(nodes, [r[2] for r in rows]):.2f}, "
+              f"memcompile k={growth_exponent(nodes, [r[3] for r in rows]):.2f}, "
+              f"its solve k={growth_exponent(nodes, [max(r[4], 1e-3) for r in rows]):.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt-24", choices=sorted(PRESETS))
     parser.add_argument("--budgets", default="0.5,0.1")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--depths", default=None,
+                        help="comma-separated layer counts: time both partitioners on a Llama-like model of each "
+                        "depth (first budget only) and print the growth exponents, instead of --model")
     args = parser.parse_args(argv)
     budgets = [float(b) for b in args.budgets.split(",")]
     warnings.filterwarnings("ignore")
+    if args.depths:
+        return depth_sweep([int(d) for d in args.depths.split(",")], budgets[0], args.repeat)
     from torch.fx._lazy_graph_module import _use_lazy_graph_module
 
     with _use_lazy_graph_module(True):
