@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.fx as fx
+from torch import fx
 from torch._functorch import partitioners as tp
 from torch._inductor.custom_graph_pass import get_hash_for_files
 
@@ -34,7 +34,6 @@ except ImportError:  # pragma: no cover - older torch
 from memcompile.passes import candidates as cand_mod
 from memcompile.passes.costs import DeviceProfile, estimate_costs
 from memcompile.passes.lifetimes import analyse, partition_saved
-from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
 from memcompile.passes.planner.problem import (
     INPLACE,
@@ -43,16 +42,16 @@ from memcompile.passes.planner.problem import (
     evaluate,
     option_indices,
     queued_offload_seconds,
-    without_modes,
 )
-from memcompile.passes.planner.solution import PEAK, TIME, PlanSolution
+from memcompile.passes.planner.search import SearchInputs, Verified, search
+from memcompile.passes.planner.solution import PlanSolution
 from memcompile.passes.rewrite._lossy import LOSSY_META
 from memcompile.passes.rewrite.fewbit import fewbit_values
 from memcompile.passes.rewrite.inplace import output_form_values
 from memcompile.passes.rewrite.offload import offload_values
 from memcompile.passes.rewrite.quantize import preferred_form, quantize_storages
 from memcompile.passes.rewrite.recompute import Extractor, saved_for
-from memcompile.passes.simulate import Timeline, simulate_step
+from memcompile.passes.simulate import simulate_step
 
 from . import __version__
 from ._errors import MemoryBudgetError
@@ -60,22 +59,6 @@ from .config import MemConfig
 from .plan import Plan, TensorDecision
 
 log = logging.getLogger(__name__)
-
-_REPAIR_ROUNDS = 6
-# A fraction budget accepts a plan whose simulated peak is this share of the default's peak above its target.
-_FRACTION_SLACK = 0.02
-_LOWER_PEAK_TIME = 0.08
-"""Added time, as a fraction of the forward's compute, that a budgeted plan may spend beyond the
-fastest plan meeting the budget to lower its peak further (about 3% of a training step). A fraction
-asks for memory at a small cost in time, as torch's does; a byte budget asks for the fastest plan
-under a cap, so it only gets back what the solver's 1% gap may have left (``_SOLVER_GAP_TIME``).
-Measured through Inductor on llama-small at 0.8 (torch's budget: 188.52 MB): 5% gives 189.57 MB,
-7% 185.38, 8% 181.15, 10% 179.09. At 10% a middle fraction of HF BERT found a plan below the
-floor plan (1.48 MB at 0.5, 1.61 MB at 0.0): the floor is planned in a model that under-counts
-recompute chains, so among the many plans with the floor's model peak the one taken is not
-always the lowest simulated; 8% keeps every HF model of tests/integration monotone."""
-_SOLVER_GAP_TIME = 0.01
-
 
 class _StageTimer:
     """Seconds spent per planning stage, for the report and the planning-time benchmark."""
@@ -111,6 +94,8 @@ def _source_files() -> tuple[str, ...]:
     import memcompile.passes.planner.greedy as g
     import memcompile.passes.planner.ilp as il
     import memcompile.passes.planner.problem as pr
+    import memcompile.passes.planner.search as se
+    import memcompile.passes.planner.tuning as tu
     import memcompile.passes.rewrite._lossy as lo
     import memcompile.passes.rewrite.fewbit as fb
     import memcompile.passes.rewrite.inplace as ip
@@ -119,7 +104,7 @@ def _source_files() -> tuple[str, ...]:
     import memcompile.passes.rewrite.recompute as rc
     import memcompile.passes.simulate as si
 
-    return tuple(m.__file__ for m in (c, co, li, oc, g, il, pr, si, lo, fb, ip, of, qu, rc)) + (__file__,)
+    return tuple(m.__file__ for m in (c, co, li, oc, g, il, pr, se, tu, si, lo, fb, ip, of, qu, rc)) + (__file__,)
 
 
 class MemPartitioner(CustomPartitionerFn):
@@ -158,7 +143,7 @@ class MemPartitioner(CustomPartitionerFn):
             return self._partition(gm, joint_inputs, graph_index=graph_index, **kwargs)
         except MemoryBudgetError:
             raise
-        except Exception as exc:  # noqa: BLE001 - never hand Inductor a graph we are unsure of
+        except Exception as exc:
             message = (
                 f"memcompile: planning graph {graph_index} failed ({type(exc).__name__}: {exc}); "
                 "falling back to Inductor's default partition for this graph. "
@@ -176,7 +161,7 @@ class MemPartitioner(CustomPartitionerFn):
             try:  # the report shows the graph too, with why it was not planned
                 self._record(self.config, graph_index, fw, bw, fw, bw, kwargs["num_fwd_outputs"], None, None, None,
                              call_start, "fallback", (message,))
-            except Exception:  # noqa: BLE001 - a report must never break the compile
+            except Exception:
                 log.exception("memcompile could not record the fallback plan")
             return fw, bw
         finally:
@@ -243,11 +228,10 @@ class MemPartitioner(CustomPartitionerFn):
             modes=cfg.modes, offload_device_check=not cfg._force_offload_on_cpu,
         )
         problem = build_problem(cset)
-        lossy_options = any(opt.mode != INPLACE for opt in problem.options)  # see solve()
         stages.stop()
         notes: list[str] = _offload_notes(cset)
 
-        def realize(sol: PlanSolution) -> tuple[fx.GraphModule, fx.GraphModule, Timeline]:
+        def realize(sol: PlanSolution) -> Verified:
             graph, inside = joint, backward_nodes
             if sol.quantize or sol.fewbit or sol.inplace or sol.offload:
                 with stages("rewrite"):
@@ -266,202 +250,54 @@ class MemPartitioner(CustomPartitionerFn):
                 fw, bw = extract(saved, joint=graph)
             with stages("simulate"):
                 tl = simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
-            if "built" not in lazy or tl.peak_bytes < lazy["built"][2].peak_bytes:
-                lazy["built"] = (fw, bw, tl, sol, sol.solver)
-            return fw, bw, tl
+            return Verified(solution=sol, timeline=tl, source=sol.solver, artifact=(fw, bw))
 
-        def solve(budget: int | None, objective: str, unkept: frozenset[int] = frozenset(),
-                  start: PlanSolution | None = None) -> PlanSolution:
-            # With lossy or offload options CBC can take seconds to find a first plan at a budget near
-            # the floor (gpt-small, keep + recompute + quantize + fewbit at 0.0: 4.6 s for the time solve
-            # at the floor, 0.08 s started from the floor plan, the same plan). Lossless solves (inplace
-            # included) are left as they were measured (docs/BENCHMARKS.md); CBC's 1% gap bounds
-            # either result the same way.
-            start = start if start is not None else lazy.get("sol")
-            initial = start if lossy_options and objective == TIME else None
+        def timed_solve(*args, **kwargs) -> PlanSolution:
             with stages("solve"):
-                sol = solve_ilp(problem, budget_bytes=budget, objective=objective, time_limit_seconds=cfg.solver_time_limit,
-                                initial=initial, unkept_storages=unkept)
-            if sol.feasible:
-                if sol.time_limit_hit:
-                    warnings.warn(
-                        f"memcompile: the ILP hit solver_time_limit={cfg.solver_time_limit}s on graph {graph_index}; "
-                        "using the best plan found so far (raise solver_time_limit for a better one)",
-                        RuntimeWarning, stacklevel=3,
-                    )
-                return sol
-            if sol.status.startswith("Infeasible"):
-                return sol
-            warnings.warn(
-                f"memcompile: CBC found no plan within solver_time_limit={cfg.solver_time_limit}s on graph "
-                f"{graph_index} (status {sol.status}); using the greedy planner instead",
-                RuntimeWarning, stacklevel=3,
+                return solve_ilp(*args, **kwargs)
+
+        with stages("analyse"):
+            default_model_bytes = (min(_model_peak_of(problem, default_saved, bw_def), baseline.peak_bytes)
+                                   if cfg.budget_fraction is not None else baseline.peak_bytes)
+            inputs = SearchInputs(
+                problem=problem,
+                default=Verified(solution=None, timeline=baseline, source="default", artifact=(fw_def, bw_def)),
+                default_model_peak_bytes=default_model_bytes,
+                default_saved_bytes=_saved_activation_bytes(table, default_saved),
+                budget_fraction=cfg.budget_fraction,
+                budget_bytes=None if cfg.budget_fraction is not None else int(cfg.budget_bytes),
+                time_limit_seconds=cfg.solver_time_limit,
+                # see SearchInputs: lossless problems (inplace included) start cold, as measured
+                warm_start_time_solves=any(opt.mode != INPLACE for opt in problem.options),
+                label=f"graph {graph_index}",
             )
-            return solve_greedy(problem, budget_bytes=budget, objective=objective)
-
-        def lower_peak_at_same_time(sol: PlanSolution, budget: int, unkept: frozenset[int] = frozenset()) -> PlanSolution:
-            """The lowest peak among plans that add at most ``_LOWER_PEAK_TIME`` (fractions) or
-            ``_SOLVER_GAP_TIME`` (byte budgets) of the forward's compute time to ``sol``'s.
-
-            The time solve stops at the budget (and at a 1% gap), so its plan leaves undone cheap
-            recomputation that lowers the peak further: mostly pointwise values Inductor computes
-            inside the backward kernels that read them. A second, peak solve capped at that time
-            takes the memory they free; torch's own budget does the same (any budget below 1 first
-            recomputes every fusible op).
-            """
-            share = _LOWER_PEAK_TIME if cfg.budget_fraction is not None else _SOLVER_GAP_TIME
-            cap = sol.added_seconds + share * sum(problem.recompute_seconds)
-            with stages("solve"):
-                lower = solve_ilp(problem, budget_bytes=budget, objective=PEAK,
-                                  time_limit_seconds=cfg.solver_time_limit, max_added_seconds=cap, unkept_storages=unkept)
-            if lower.feasible and lower.predicted_peak_bytes < sol.predicted_peak_bytes:
-                return lower
-            return sol
-
-        # The smallest-peak plan is the floor of every budget. It is solved for only when a
-        # fraction needs it or a byte budget fails, and extracted only when it is used:
-        # extraction is the most expensive step of planning.
-        lazy: dict[str, Any] = {}
-
-        def min_solution() -> PlanSolution:
-            if "sol" not in lazy:
-                lazy["sol"] = solve(None, PEAK)
-            return lazy["sol"]
-
-        def floor_bytes() -> int:
-            sol = min_solution()
-            return min(sol.predicted_peak_bytes, baseline.peak_bytes) if sol.feasible else baseline.peak_bytes
-
-        def minimum() -> tuple:
-            if "plan" not in lazy:
-                sol = min_solution()
-                fw, bw, tl = realize(sol) if sol.feasible else (fw_def, bw_def, baseline)
-                if sol.feasible and sol.inplace and tl.peak_bytes > sol.predicted_peak_bytes:
-                    # inplace costs nothing, so it must not leave a higher floor than the plan without it:
-                    # the model under-counts some recompute chains that keeping an activation's output
-                    # (for its output-form derivative) can lead to; realize() keeps the lower of the two
-                    with stages("solve"):
-                        plain = solve_ilp(without_modes(problem, (INPLACE,)), budget_bytes=None, objective=PEAK,
-                                          time_limit_seconds=cfg.solver_time_limit)
-                    if plain.feasible:
-                        realize(plain)
-                lazy.setdefault("built", (fw, bw, tl, sol, sol.solver))
-                if lazy["built"][2].peak_bytes < tl.peak_bytes:  # never worse than a plan already built
-                    fw, bw, tl, sol, _ = lazy["built"]
-                if tl.peak_bytes >= baseline.peak_bytes:
-                    notes.append("no plan lowers the peak below Inductor's default partition")
-                    lazy["plan"] = (fw_def, bw_def, baseline, None, "default")
-                else:
-                    lazy["plan"] = (fw, bw, tl, sol, sol.solver)
-            return lazy["plan"]
-
-        chosen = None
-        first_solution: PlanSolution | None = None
-        if cfg.budget_fraction is not None:
-            # torch's meaning: keep a fraction f of the activation bytes the default partition
-            # saves. Dropping (1 - f) of them lowers the peak by at most that much, so the
-            # target is the default's peak less (1 - f) of its saved bytes, never below the
-            # smallest reachable peak. It is resolved in the planner's model (monotone in f).
-            # The model tracks the simulator closely on most graphs (one solve, one
-            # extraction); where it does not, the repair loop below corrects it.
-            default_model_bytes = min(_model_peak_of(problem, default_saved, bw_def), baseline.peak_bytes)
-            saved_bytes = _saved_activation_bytes(table, default_saved)
-            wanted = int(default_model_bytes - (1.0 - cfg.budget_fraction) * saved_bytes)
-            slack = int(_FRACTION_SLACK * baseline.peak_bytes)
-            target = baseline.peak_bytes
-            if cfg.budget_fraction >= 1.0 or wanted >= default_model_bytes:
-                chosen = (fw_def, bw_def, baseline, None, "default")
-            else:
-                # Solve for the wanted peak first; the floor (a second CBC run) tells whether
-                # the wanted peak is within the slack of the smallest reachable one.
-                probe = None
-                if wanted > 0:
-                    with stages("solve"):  # no greedy fallback here: an unproven probe just means "solve the floor"
-                        probe = solve_ilp(problem, budget_bytes=wanted, objective=TIME,
-                                          time_limit_seconds=cfg.solver_time_limit)
-                if probe is not None and probe.feasible:
-                    if min_solution().feasible and wanted - floor_bytes() <= slack:
-                        # Within the accepted slack of the smallest reachable peak: plan for that
-                        # peak, as every lower fraction does, so they all get the same plan (and
-                        # measured peak), not near-equal plans Inductor may run in either order.
-                        target = floor_bytes()
-                    else:
-                        target, first_solution = wanted, probe
-                elif default_model_bytes <= floor_bytes():
-                    chosen = (fw_def, bw_def, baseline, None, "default")
-                else:
-                    target = int(max(floor_bytes(), wanted))
-        else:
-            target = int(cfg.budget_bytes)
-            slack = 0
-            if baseline.peak_bytes <= target:
-                chosen = (fw_def, bw_def, baseline, None, "default")
-        model_budget = target
-        unkept: frozenset[int] = frozenset()
-        for _ in range(_REPAIR_ROUNDS if chosen is None else 0):
-            if unkept:
-                # the smallest peak without those storages first: when it meets the budget, the time
-                # solve starts from it (lossy problems), else it is the plan
-                low = solve(None, PEAK, unkept)
-                fits = low.feasible and low.predicted_peak_bytes <= model_budget
-                sol = solve(model_budget, TIME, unkept, start=low) if fits else low
-            else:
-                sol = first_solution if first_solution is not None else solve(model_budget, TIME)
-            first_solution = None
-            if not sol.feasible:
-                break
-            sol = lower_peak_at_same_time(sol, max(model_budget, sol.predicted_peak_bytes), unkept)
-            fw, bw, tl = realize(sol)
-            if tl.peak_bytes <= target + slack:
-                chosen = (fw, bw, tl, sol, sol.solver)
-                break
-            # The model under-estimated this plan's peak: assume it errs as much again, and
-            # never loosen, so each round asks for strictly less than the last.
-            error = tl.peak_bytes - sol.predicted_peak_bytes
-            next_budget = min(model_budget - (tl.peak_bytes - target - slack), target - error)
-            notes.append(f"model peak {_fmt(sol.predicted_peak_bytes)} simulated {_fmt(tl.peak_bytes)}; re-solved")
-            if unkept or next_budget < floor_bytes():
-                more = _kept_at_peak(problem, sol, tl, tl.peak_bytes - target - slack) - unkept
-                if not more:
-                    break
-                unkept |= more
-                notes.append("kept at the simulated peak, now not kept: " + ", ".join(
-                    problem.names[problem.storage_owner[s]] for s in sorted(more)))
-            else:
-                model_budget = next_budget
-        if chosen is None:
-            # The smallest simulated peak among the plans built (realize() keeps it): the
-            # model's smallest-peak plan is usually it, but a plan tried on the way can be lower.
-            chosen = minimum()
-            if chosen[2].peak_bytes > target and cfg.budget_bytes is not None:
-                message = (
-                    f"memory budget {_fmt(target)} cannot be met on graph {graph_index}: the smallest peak "
-                    f"memcompile reaches is {_fmt(chosen[2].peak_bytes)} (Inductor's default partition peaks at "
-                    f"{_fmt(baseline.peak_bytes)}, of which {_fmt(baseline.held_bytes)} are the graph's inputs). "
-                    + ("Raise the budget to at least that, use a smaller batch, or pass "
-                       "on_infeasible='best_effort' to run with the smallest-peak plan." if cfg.on_infeasible == "raise"
-                       else "Running with the smallest-peak plan (on_infeasible='best_effort'); to meet the budget, "
-                       "raise it to at least that or use a smaller batch.")
-                )
-                if cfg.on_infeasible == "raise":
-                    raise MemoryBudgetError(message, budget_bytes=target, min_peak_bytes=chosen[2].peak_bytes)
-                warnings.warn("memcompile: " + message, RuntimeWarning, stacklevel=2)
-                notes.append(f"budget {_fmt(target)} not met; smallest-peak plan used")
-        if "sol" in lazy:
-            extra_min = {"status": lazy["sol"].status, "seconds": lazy["sol"].solve_seconds,
-                         "predicted_peak_bytes": lazy["sol"].predicted_peak_bytes}
-        else:
-            extra_min = None
-        if "plan" in lazy:
-            min_peak = lazy["plan"][2].peak_bytes
-        else:
-            min_peak = floor_bytes() if "sol" in lazy else None
-        fw, bw, tl, sol, source = chosen
+        result = search(inputs, verify=realize, solve=timed_solve)
+        notes.extend(result.notes)
+        chosen, target = result.chosen, result.target_bytes
+        if not result.budget_met and cfg.budget_bytes is not None:
+            message = (
+                f"memory budget {_fmt(target)} cannot be met on graph {graph_index}: the smallest peak "
+                f"memcompile reaches is {_fmt(chosen.peak_bytes)} (Inductor's default partition peaks at "
+                f"{_fmt(baseline.peak_bytes)}, of which {_fmt(baseline.held_bytes)} are the graph's inputs). "
+                + ("Raise the budget to at least that, use a smaller batch, or pass "
+                   "on_infeasible='best_effort' to run with the smallest-peak plan." if cfg.on_infeasible == "raise"
+                   else "Running with the smallest-peak plan (on_infeasible='best_effort'); to meet the budget, "
+                   "raise it to at least that or use a smaller batch.")
+            )
+            if cfg.on_infeasible == "raise":
+                raise MemoryBudgetError(message, budget_bytes=target, min_peak_bytes=chosen.peak_bytes)
+            warnings.warn("memcompile: " + message, RuntimeWarning, stacklevel=2)
+            notes.append(f"budget {_fmt(target)} not met; smallest-peak plan used")
+        floor = result.floor_solution
+        extra_min = (None if floor is None else
+                     {"status": floor.status, "seconds": floor.solve_seconds, "predicted_peak_bytes": floor.predicted_peak_bytes})
+        fw, bw = chosen.artifact
+        sol = chosen.solution
         if sol is not None and sol.offload:
             notes.append(_link_note(problem, sol))
         self._record(cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target,
-                     min_peak, start, source, tuple(notes), costs=costs, baseline=baseline, planned=tl,
-                     stages=stages, min_solution=extra_min)
+                     result.min_peak_bytes, start, chosen.source, tuple(notes), costs=costs, baseline=baseline,
+                     planned=chosen.timeline, stages=stages, min_solution=extra_min)
         return fw, bw
 
     def _record(self, cfg, graph_index, fw, bw, fw_def, bw_def, num_fwd_outputs, sol, target, min_peak, start,
@@ -491,33 +327,6 @@ class MemPartitioner(CustomPartitionerFn):
             },
         )
         self.on_plan(plan)
-
-
-def _kept_at_peak(problem, sol: PlanSolution, tl: Timeline, excess: int) -> frozenset[int]:
-    """Storages ``sol`` keeps that are live at ``tl``'s peak and whose owner may be recomputed, largest
-    first (ties by name), until their bytes reach ``excess`` (at least one when there is any).
-
-    NOTE on why: the planner's model under-counts some steps (recompute chains, README "Planner");
-    at its floor it cannot ask for less, and among plans it rates equal it takes the fastest, which
-    may keep a storage across the step the simulator finds highest. gpt-small at 0.0 through
-    Inductor kept every layer's 8 MiB first-MLP output: simulated 81.08 MB, measured 80.04; with
-    the largest of them (addmm_10) not kept, 73.68 simulated and 74.75 measured."""
-    index = {name: i for i, name in enumerate(problem.names)}
-    picked: list[int] = []
-    total = 0
-    at = tl.peak_index
-    for interval in tl.live_at(at):  # largest first
-        i = index.get(interval.root)
-        if i is None or interval.root not in sol.keep:
-            continue
-        s = problem.storage_of[i]
-        if s < 0 or s in picked or not problem.can_recompute[problem.storage_owner[s]]:
-            continue
-        picked.append(s)
-        total += problem.storage_bytes[s]
-        if total >= excess:
-            break
-    return frozenset(picked)
 
 
 # ---------------------------------------------------------------------- torch mirror
@@ -693,7 +502,7 @@ def _decision(info, mode: str, seconds: float) -> TensorDecision:
     )
 
 
-def _fmt(nbytes: int | float) -> str:
+def _fmt(nbytes: float) -> str:
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(nbytes) >= size:
             return f"{nbytes / size:.1f} {unit}"

@@ -97,33 +97,6 @@ def test_a_start_plan_keeping_an_unkept_storage_is_ignored():
     assert sol.feasible and "a1" not in sol.keep
 
 
-def test_kept_at_peak_takes_the_largest_kept_storages_live_there():
-    from memcompile.partitioner import _kept_at_peak
-    from memcompile.passes.planner.solution import PlanSolution
-    from memcompile.passes.simulate import StorageInterval, Timeline
-
-    problem = build_problem(_repair_chain())
-    sol = PlanSolution(status="Optimal", solver="ilp", objective=0.0, keep=frozenset({"a0", "a1", "a2"}),
-                       recompute=frozenset(), predicted_peak_bytes=0, added_seconds=0.0, solve_seconds=0.0,
-                       n_vars=0, n_constraints=0)
-    mb = 2**20
-    intervals = (StorageInterval(root="a0", nbytes=2 * mb, alloc_step=0, free_step=5),
-                 StorageInterval(root="a1", nbytes=8 * mb, alloc_step=1, free_step=4),
-                 StorageInterval(root="a2", nbytes=4 * mb, alloc_step=2, free_step=3),
-                 StorageInterval(root="grad", nbytes=16 * mb, alloc_step=3, free_step=3))  # not a candidate
-    tl = Timeline(steps=tuple(f"n{i}" for i in range(6)), sides=("forward",) * 3 + ("backward",) * 3,
-                  live_bytes=(2 * mb, 10 * mb, 14 * mb, 26 * mb, 10 * mb, 2 * mb), held_bytes=0, backward_start=3,
-                  intervals=intervals)
-    index = {n: problem.storage_of[problem.names.index(n)] for n in ("a1", "a2")}
-    assert _kept_at_peak(problem, sol, tl, excess=1) == {index["a1"]}  # the largest first
-    assert _kept_at_peak(problem, sol, tl, excess=9 * mb) == {index["a1"], index["a2"]}
-    # a0 cannot be recomputed and "grad" is no candidate: never picked, however large the excess
-    assert _kept_at_peak(problem, sol, tl, excess=100 * mb) == {index["a1"], index["a2"]}
-    later = Timeline(steps=tl.steps, sides=tl.sides, live_bytes=(2 * mb, 10 * mb, 14 * mb, 2 * mb, 26 * mb, 2 * mb),
-                     held_bytes=0, backward_start=3, intervals=intervals)
-    assert _kept_at_peak(problem, sol, later, excess=100 * mb) == {index["a1"]}  # a2 is dead at step 4
-
-
 def _repair_chain():
     """a0 -> a1 -> a2, each recomputable from the last, read in reverse by the backward."""
     from memcompile.passes.candidates import Candidate, CandidateSet

@@ -1,0 +1,325 @@
+"""The budget search: resolve the target (fraction or bytes), solve, verify against the simulator, re-solve.
+
+Pure over plain data: the solver and the verifier are callables, so tests drive the search with
+synthetic problems and a fake verifier. The verifier realizes a plan (rewrites, extraction) and
+returns the simulator's Timeline for it; the search never sees an FX graph. docs/planner.md
+describes the stages and the memory model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..simulate import Timeline
+from . import tuning
+from .greedy import solve_greedy
+from .ilp import solve_ilp
+from .problem import INPLACE, PlanProblem, without_modes
+from .solution import PEAK, TIME, PlanSolution
+
+Solve = Callable[..., PlanSolution]
+"""``solve_ilp``'s signature: (problem, *, budget_bytes, objective, time_limit_seconds, ...)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verified:
+    """A plan realized and simulated (``solution`` None: the default partition)."""
+
+    solution: PlanSolution | None
+    timeline: Timeline
+    source: str
+    """"default", or the solver that made the plan ("ilp", "greedy")."""
+    artifact: Any = None
+    """What the verifier built (the adapter's forward and backward graphs); opaque here."""
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.timeline.peak_bytes
+
+
+Verify = Callable[[PlanSolution], Verified]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchInputs:
+    problem: PlanProblem
+    default: Verified
+    """Inductor's default partition, simulated (what a budget of 1.0 runs)."""
+    default_model_peak_bytes: int
+    """The planner model's peak of the default partition."""
+    default_saved_bytes: int
+    """Activation bytes the default partition saves, counted as torch's budget counts them."""
+    budget_fraction: float | None = None
+    budget_bytes: int | None = None
+    time_limit_seconds: float = 20.0
+    warm_start_time_solves: bool = False
+    """Start time solves from the floor plan (problems with lossy or offload options: CBC can take
+    seconds to find a first plan near the floor; lossless ones find it at once)."""
+    label: str = "the graph"
+    """Names the graph in warnings."""
+
+    def __post_init__(self) -> None:
+        if (self.budget_fraction is None) == (self.budget_bytes is None):
+            raise ValueError("SearchInputs: give exactly one of budget_fraction and budget_bytes")
+
+
+@dataclass(kw_only=True)
+class SearchState:
+    """Everything the search learns on its way; one per search."""
+
+    target_bytes: int = 0
+    """The simulated peak the plan must meet."""
+    slack_bytes: int = 0
+    model_budget_bytes: int = 0
+    """The budget handed to the solver: the target, lowered by each round the model under-estimated."""
+    unkept: frozenset[int] = frozenset()
+    """Storages the solver may not keep (kept at a simulated peak the model could not see)."""
+    pending: PlanSolution | None = None
+    """A solution already solved for the first round's budget (the fraction's probe)."""
+    floor_solution: PlanSolution | None = None
+    """The model's smallest-peak plan, once solved."""
+    floor_plan: Verified | None = None
+    """The lowest simulated peak reachable (the floor, or a lower plan built on the way), once built."""
+    lowest_built: Verified | None = None
+    chosen: Verified | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchResult:
+    chosen: Verified
+    target_bytes: int
+    budget_met: bool
+    floor_solution: PlanSolution | None
+    min_peak_bytes: int | None
+    """The smallest peak reachable, simulated where the floor was built, else the model's."""
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    inputs: SearchInputs
+    solve: Solve
+    verify: Verify
+    fallback: Solve
+    state: SearchState
+
+
+def search(inputs: SearchInputs, *, verify: Verify, solve: Solve = solve_ilp, fallback: Solve = solve_greedy) -> SearchResult:
+    """The plan for ``inputs``' budget: the fastest the solver finds whose simulated peak meets the
+    target, else the lowest simulated peak built (``budget_met`` False)."""
+    run = _Run(inputs, solve, verify, fallback, SearchState())
+    state = run.state
+    if inputs.budget_fraction is not None:
+        _resolve_fraction(run)
+    else:
+        state.target_bytes = int(inputs.budget_bytes)
+        if inputs.default.peak_bytes <= state.target_bytes:
+            state.chosen = inputs.default
+    state.model_budget_bytes = state.target_bytes
+    if state.chosen is None:
+        _repair(run)
+    if state.chosen is None:
+        state.chosen = _floor_plan(run)
+    if state.floor_plan is not None:
+        min_peak = state.floor_plan.peak_bytes
+    else:
+        min_peak = _floor_bytes(run) if state.floor_solution is not None else None
+    return SearchResult(
+        chosen=state.chosen, target_bytes=state.target_bytes,
+        budget_met=state.chosen.peak_bytes <= state.target_bytes + state.slack_bytes,
+        floor_solution=state.floor_solution, min_peak_bytes=min_peak, notes=tuple(state.notes),
+    )
+
+
+# ------------------------------------------------------------------ target resolution
+def _resolve_fraction(run: _Run) -> None:
+    """torch's meaning: keep a fraction f of the activation bytes the default partition saves.
+
+    Dropping (1 - f) of them lowers the peak by at most that much, so the target is the default's
+    peak less (1 - f) of its saved bytes, never below the smallest reachable peak; it is resolved
+    in the planner's model (monotone in f), and the repair loop corrects the model where the
+    simulator disagrees."""
+    inputs, state = run.inputs, run.state
+    fraction = inputs.budget_fraction
+    default_model = inputs.default_model_peak_bytes
+    wanted = int(default_model - (1.0 - fraction) * inputs.default_saved_bytes)
+    state.slack_bytes = int(tuning.FRACTION_SLACK * inputs.default.peak_bytes)
+    state.target_bytes = inputs.default.peak_bytes
+    if fraction >= 1.0 or wanted >= default_model:
+        state.chosen = inputs.default
+        return
+    probe = None
+    if wanted > 0:  # no greedy fallback: an unproven probe just means "solve the floor"
+        probe = run.solve(inputs.problem, budget_bytes=wanted, objective=TIME,
+                          time_limit_seconds=inputs.time_limit_seconds)
+    if probe is not None and probe.feasible:
+        if _floor_solution(run).feasible and wanted - _floor_bytes(run) <= state.slack_bytes:
+            # within the slack of the smallest reachable peak: plan for that peak, as every lower
+            # fraction does, so they all get the same plan
+            state.target_bytes = _floor_bytes(run)
+        else:
+            state.target_bytes, state.pending = wanted, probe
+    elif default_model <= _floor_bytes(run):
+        state.chosen = inputs.default
+    else:
+        state.target_bytes = int(max(_floor_bytes(run), wanted))
+
+
+# ------------------------------------------------------------------ solve
+def _solve(run: _Run, budget: int | None, objective: str, unkept: frozenset[int] = frozenset(),
+           start: PlanSolution | None = None) -> PlanSolution:
+    """A solve with the greedy planner as the fallback when CBC proves nothing within the time limit."""
+    inputs = run.inputs
+    start = start if start is not None else run.state.floor_solution
+    initial = start if inputs.warm_start_time_solves and objective == TIME else None
+    sol = run.solve(inputs.problem, budget_bytes=budget, objective=objective,
+                    time_limit_seconds=inputs.time_limit_seconds, initial=initial, unkept_storages=unkept)
+    if sol.feasible:
+        if sol.time_limit_hit:
+            warnings.warn(
+                f"memcompile: the ILP hit solver_time_limit={inputs.time_limit_seconds}s on {inputs.label}; "
+                "using the best plan found so far (raise solver_time_limit for a better one)",
+                RuntimeWarning, stacklevel=4,
+            )
+        return sol
+    if sol.status.startswith("Infeasible"):
+        return sol
+    warnings.warn(
+        f"memcompile: CBC found no plan within solver_time_limit={inputs.time_limit_seconds}s on "
+        f"{inputs.label} (status {sol.status}); using the greedy planner instead",
+        RuntimeWarning, stacklevel=4,
+    )
+    return run.fallback(inputs.problem, budget_bytes=budget, objective=objective)
+
+
+def _lower_peak_at_same_time(run: _Run, sol: PlanSolution, budget: int, unkept: frozenset[int]) -> PlanSolution:
+    """The lowest peak among plans that add at most a small share of the recompute time to ``sol``'s.
+
+    The time solve stops at the budget (and at a 1% gap), so its plan may leave undone cheap
+    recomputation that lowers the peak further; a peak solve capped at that time takes it."""
+    inputs = run.inputs
+    share = tuning.LOWER_PEAK_TIME if inputs.budget_fraction is not None else tuning.SOLVER_GAP_TIME
+    cap = sol.added_seconds + share * sum(inputs.problem.recompute_seconds)
+    lower = run.solve(inputs.problem, budget_bytes=budget, objective=PEAK, time_limit_seconds=inputs.time_limit_seconds,
+                      max_added_seconds=cap, unkept_storages=unkept)
+    if lower.feasible and lower.predicted_peak_bytes < sol.predicted_peak_bytes:
+        return lower
+    return sol
+
+
+def _floor_solution(run: _Run) -> PlanSolution:
+    """The model's smallest-peak plan, solved once, and only when a budget needs it."""
+    if run.state.floor_solution is None:
+        run.state.floor_solution = _solve(run, None, PEAK)
+    return run.state.floor_solution
+
+
+def _floor_bytes(run: _Run) -> int:
+    sol = _floor_solution(run)
+    default_peak = run.inputs.default.peak_bytes
+    return min(sol.predicted_peak_bytes, default_peak) if sol.feasible else default_peak
+
+
+# ------------------------------------------------------------------ verify
+def _verify(run: _Run, sol: PlanSolution) -> Verified:
+    built = run.verify(sol)
+    state = run.state
+    if state.lowest_built is None or built.peak_bytes < state.lowest_built.peak_bytes:
+        state.lowest_built = built
+    return built
+
+
+def _floor_plan(run: _Run) -> Verified:
+    """The lowest simulated peak reachable: the floor plan, or a lower plan built on the way, or the
+    default partition when nothing lowers the peak. Built once (extraction is the costly step)."""
+    state, inputs = run.state, run.inputs
+    if state.floor_plan is not None:
+        return state.floor_plan
+    sol = _floor_solution(run)
+    built = _verify(run, sol) if sol.feasible else inputs.default
+    if sol.feasible and sol.inplace and built.peak_bytes > sol.predicted_peak_bytes:
+        # inplace costs nothing, so it must not leave a higher floor than the plan without it
+        plain = run.solve(without_modes(inputs.problem, (INPLACE,)), budget_bytes=None, objective=PEAK,
+                          time_limit_seconds=inputs.time_limit_seconds)
+        if plain.feasible:
+            _verify(run, plain)
+    lowest = state.lowest_built if state.lowest_built is not None else built
+    if lowest.peak_bytes < built.peak_bytes:
+        built = lowest
+    if built.peak_bytes >= inputs.default.peak_bytes:
+        state.notes.append("no plan lowers the peak below Inductor's default partition")
+        built = inputs.default
+    state.floor_plan = built
+    return built
+
+
+def _repair(run: _Run) -> None:
+    """Solve at the model budget, verify, and re-solve for less while the simulated peak is over the target."""
+    state, problem = run.state, run.inputs.problem
+    for _ in range(tuning.REPAIR_ROUNDS):
+        unkept = state.unkept
+        if unkept:
+            # the smallest peak without those storages first: when it meets the budget, the time
+            # solve starts from it (lossy problems), else it is the plan
+            low = _solve(run, None, PEAK, unkept)
+            fits = low.feasible and low.predicted_peak_bytes <= state.model_budget_bytes
+            sol = _solve(run, state.model_budget_bytes, TIME, unkept, start=low) if fits else low
+        else:
+            sol = state.pending if state.pending is not None else _solve(run, state.model_budget_bytes, TIME)
+        state.pending = None
+        if not sol.feasible:
+            return
+        sol = _lower_peak_at_same_time(run, sol, max(state.model_budget_bytes, sol.predicted_peak_bytes), unkept)
+        built = _verify(run, sol)
+        over = built.peak_bytes - state.target_bytes - state.slack_bytes
+        if over <= 0:
+            state.chosen = built
+            return
+        # The model under-estimated this plan's peak: assume it errs as much again, and never
+        # loosen, so each round asks for strictly less than the last.
+        error = built.peak_bytes - sol.predicted_peak_bytes
+        next_budget = min(state.model_budget_bytes - over, state.target_bytes - error)
+        state.notes.append(f"model peak {_fmt(sol.predicted_peak_bytes)} simulated {_fmt(built.peak_bytes)}; re-solved")
+        if unkept or next_budget < _floor_bytes(run):
+            more = kept_at_peak(problem, sol, built.timeline, over) - unkept
+            if not more:
+                return
+            state.unkept = unkept | more
+            state.notes.append("kept at the simulated peak, now not kept: " + ", ".join(
+                problem.names[problem.storage_owner[s]] for s in sorted(more)))
+        else:
+            state.model_budget_bytes = next_budget
+
+
+def kept_at_peak(problem: PlanProblem, sol: PlanSolution, timeline: Timeline, excess: int) -> frozenset[int]:
+    """Storages ``sol`` keeps that are live at ``timeline``'s peak and whose owner may be recomputed,
+    largest first (ties by name), until their bytes reach ``excess`` (at least one when there is any).
+
+    At its floor the model cannot ask for less, and among plans it rates equal the solver takes the
+    fastest, which may keep a storage across the step the simulator finds highest."""
+    index = {name: i for i, name in enumerate(problem.names)}
+    picked: list[int] = []
+    total = 0
+    for interval in timeline.live_at(timeline.peak_index):  # largest first
+        i = index.get(interval.root)
+        if i is None or interval.root not in sol.keep:
+            continue
+        s = problem.storage_of[i]
+        if s < 0 or s in picked or not problem.can_recompute[problem.storage_owner[s]]:
+            continue
+        picked.append(s)
+        total += problem.storage_bytes[s]
+        if total >= excess:
+            break
+    return frozenset(picked)
+
+
+def _fmt(nbytes: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(nbytes) >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{int(nbytes)} B"

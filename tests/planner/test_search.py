@@ -1,0 +1,123 @@
+"""The budget search on synthetic problems with a fake verifier (no torch.compile, no FX)."""
+
+import pytest
+
+from memcompile.passes.candidates import Candidate, CandidateSet
+from memcompile.passes.planner.ilp import solve_ilp
+from memcompile.passes.planner.problem import build_problem, evaluate
+from memcompile.passes.planner.search import SearchInputs, Verified, kept_at_peak, search
+from memcompile.passes.planner.solution import PEAK, PlanSolution
+from memcompile.passes.simulate import StorageInterval, Timeline
+
+MB = 2**20
+
+
+def _chain(n=6, nbytes=8 * MB):
+    """a0 -> a1 -> ... read in reverse by the backward; recomputing a_i costs (i + 1) ms."""
+    cands = tuple(
+        Candidate(name=f"a{i}", root=f"a{i}", nbytes=nbytes, recompute_seconds=1e-3 * (i + 1), can_save=True,
+                  can_recompute=i > 0, recompute_ban=None if i else "input", needed=True,
+                  inputs=(f"a{i-1}",) if i else (), fw_step=i, fw_keep_from=i + 1, bw_first=n - 1 - i, bw_last=n - 1 - i)
+        for i in range(n)
+    )
+    return build_problem(CandidateSet(
+        candidates=cands, fw_steps=tuple(c.name for c in cands), bw_steps=tuple(f"g{i}" for i in range(n)),
+        fw_base_bytes=(nbytes,) * n, bw_base_bytes=(nbytes,) * n,
+    ))
+
+
+def _timeline(peak, kept=()):
+    """One step at ``peak`` bytes with the kept storages live there (what kept_at_peak reads)."""
+    intervals = tuple(StorageInterval(root=name, nbytes=MB, alloc_step=0, free_step=0) for name in sorted(kept))
+    return Timeline(steps=("s",), sides=("forward",), live_bytes=(peak,), held_bytes=0, backward_start=1,
+                    intervals=intervals)
+
+
+class FakeVerifier:
+    """Simulates a plan as its model peak plus ``error_bytes`` per kept storage named in ``under``
+    (a model that under-counts those storages), and counts the calls."""
+
+    def __init__(self, under=(), error_bytes=0):
+        self.under, self.error_bytes, self.calls = set(under), error_bytes, 0
+
+    def __call__(self, sol: PlanSolution) -> Verified:
+        self.calls += 1
+        peak = sol.predicted_peak_bytes + self.error_bytes * len(self.under & sol.keep)
+        return Verified(solution=sol, timeline=_timeline(peak, sol.keep), source=sol.solver)
+
+
+def _inputs(problem, **budget):
+    default_peak = evaluate(problem, set(range(problem.n_candidates)), set())[0]
+    default = Verified(solution=None, timeline=_timeline(default_peak), source="default")
+    return SearchInputs(problem=problem, default=default, default_model_peak_bytes=default_peak,
+                        default_saved_bytes=problem.n_candidates * 8 * MB, time_limit_seconds=10, **budget)
+
+
+def test_a_budget_the_default_meets_keeps_the_default_without_solving():
+    verify = FakeVerifier()
+    result = search(_inputs(_chain(), budget_bytes=10**12), verify=verify)
+    assert result.chosen.source == "default" and result.budget_met and verify.calls == 0
+
+
+def test_an_exact_model_gets_the_fastest_plan_under_a_byte_budget_in_one_verification():
+    problem = _chain()
+    verify = FakeVerifier()
+    result = search(_inputs(problem, budget_bytes=40 * MB), verify=verify)
+    assert result.budget_met and result.chosen.peak_bytes <= 40 * MB
+    assert verify.calls == 1
+    fastest = solve_ilp(problem, budget_bytes=40 * MB, objective="time", time_limit_seconds=10)
+    assert result.chosen.solution.added_seconds == pytest.approx(fastest.added_seconds, rel=0.011)
+
+
+def test_a_model_that_under_counts_is_repaired_until_the_simulated_peak_meets_the_budget():
+    problem = _chain()
+    verify = FakeVerifier(under={"a2", "a3", "a4"}, error_bytes=4 * MB)
+    result = search(_inputs(problem, budget_bytes=48 * MB), verify=verify)
+    assert result.budget_met and result.chosen.peak_bytes <= 48 * MB
+    assert verify.calls >= 2 and any("re-solved" in n for n in result.notes)
+
+
+def test_an_impossible_byte_budget_returns_the_lowest_simulated_peak_and_says_so():
+    problem = _chain()
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    result = search(_inputs(problem, budget_bytes=floor.predicted_peak_bytes - MB), verify=FakeVerifier())
+    assert not result.budget_met
+    assert result.chosen.peak_bytes == result.min_peak_bytes == floor.predicted_peak_bytes
+
+
+def test_search_inputs_take_exactly_one_budget():
+    problem = _chain()
+    with pytest.raises(ValueError, match="exactly one"):
+        _inputs(problem)
+    with pytest.raises(ValueError, match="exactly one"):
+        _inputs(problem, budget_bytes=1, budget_fraction=0.5)
+
+
+@pytest.mark.parametrize("under", [(), ("a1", "a2", "a3", "a4", "a5")])
+def test_the_simulated_peak_never_rises_as_the_fraction_falls(under):
+    problem = _chain()
+    peaks = [search(_inputs(problem, budget_fraction=f), verify=FakeVerifier(under, 2 * MB)).chosen.peak_bytes
+             for f in (1.0, 0.8, 0.5, 0.3, 0.1, 0.0)]
+    assert peaks == sorted(peaks, reverse=True) and peaks[-1] < peaks[0]
+
+
+def test_kept_at_peak_takes_the_largest_kept_storages_live_there():
+    problem = _chain(3)
+    sol = PlanSolution(status="Optimal", solver="ilp", objective=0.0, keep=frozenset({"a0", "a1", "a2"}),
+                       recompute=frozenset(), predicted_peak_bytes=0, added_seconds=0.0, solve_seconds=0.0,
+                       n_vars=0, n_constraints=0)
+    intervals = (StorageInterval(root="a0", nbytes=2 * MB, alloc_step=0, free_step=5),
+                 StorageInterval(root="a1", nbytes=8 * MB, alloc_step=1, free_step=4),
+                 StorageInterval(root="a2", nbytes=4 * MB, alloc_step=2, free_step=3),
+                 StorageInterval(root="grad", nbytes=16 * MB, alloc_step=3, free_step=3))  # not a candidate
+    tl = Timeline(steps=tuple(f"n{i}" for i in range(6)), sides=("forward",) * 3 + ("backward",) * 3,
+                  live_bytes=(2 * MB, 10 * MB, 14 * MB, 26 * MB, 10 * MB, 2 * MB), held_bytes=0, backward_start=3,
+                  intervals=intervals)
+    index = {n: problem.storage_of[problem.names.index(n)] for n in ("a1", "a2")}
+    assert kept_at_peak(problem, sol, tl, excess=1) == {index["a1"]}  # the largest first
+    assert kept_at_peak(problem, sol, tl, excess=9 * MB) == {index["a1"], index["a2"]}
+    # a0 cannot be recomputed and "grad" is no candidate: never picked, however large the excess
+    assert kept_at_peak(problem, sol, tl, excess=100 * MB) == {index["a1"], index["a2"]}
+    later = Timeline(steps=tl.steps, sides=tl.sides, live_bytes=(2 * MB, 10 * MB, 14 * MB, 2 * MB, 26 * MB, 2 * MB),
+                     held_bytes=0, backward_start=3, intervals=intervals)
+    assert kept_at_peak(problem, sol, later, excess=100 * MB) == {index["a1"]}  # a2 is dead at step 4
