@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 
 from .costs import CostTable
-from .lifetimes import LifetimeTable, size_hint
+from .lifetimes import LifetimeTable, size_hint, writes_in_place
 from .simulate import Timeline
 
 
@@ -114,7 +114,9 @@ def recompute_ban(node: fx.Node) -> str | None:
     """Why ``node`` must not be recomputed, or None.
 
     A random op recomputed in the backward would draw a new mask (pytorch issue 190758),
-    so random ops are always saved; so are ops with side effects and tagged must-save values.
+    so random ops are always saved; so are ops with side effects, ops that write into an
+    argument (state updates such as ``copy_`` or BatchNorm's non-functional form: running them
+    twice updates twice) and tagged must-save values.
     """
     target = node.target
     tags = getattr(target, "tags", ())
@@ -125,6 +127,31 @@ def recompute_ban(node: fx.Node) -> str | None:
     recompute_tag = node.meta.get("recompute")
     if recompute_tag is not None and "MUST_SAVE" in str(recompute_tag):
         return "tagged must-save"
+    if writes_in_place(node):
+        return "writes into its arguments in place"
+    return None
+
+
+def overwritten_input_ban(node: fx.Node, table: LifetimeTable) -> str | None:
+    """Why ``node`` must not be rebuilt in the backward because it reads state the forward overwrites.
+
+    A graph input whose storage the forward mutates (``x.mul_(2)``, an EMA or counter buffer,
+    BatchNorm's running statistics, an in-place op on a view of any of these) holds the new value
+    by the time the backward runs: a value rebuilt from it there would differ from the forward's
+    (wrong gradients, or autograd's "modified by an inplace operation" error). Such a value is kept,
+    or rebuilt from kept values computed before the mutation. When the graph does not say which
+    inputs are mutated (``LifetimeTable.mutated_inputs`` is None), any input may be: nothing that
+    reads one is rebuilt. docs/correctness.md states the rule.
+    """
+    for arg in node.all_input_nodes:
+        info = table.tensors.get(arg.name)
+        root = table.tensors.get(info.alias_root) if info is not None else None
+        if root is None or root.producer != "placeholder" or root.is_tangent:
+            continue
+        if table.mutated_inputs is None:
+            return f"reads graph input {root.name}, and the graph does not say which inputs the forward mutates"
+        if root.name in table.mutated_inputs:
+            return f"reads {root.name}, which the forward mutates in place (the backward would see the new value)"
     return None
 
 
@@ -192,7 +219,7 @@ def build_candidates(
             pos = min(pos, max((computed_at[a.name] for a in node.all_input_nodes if a.name in computed_at), default=pos))
         computed_at[name] = pos
         bw_users = [bw_pos[u] for u in info.users if u in bw_pos]
-        ban = recompute_ban(node)
+        ban = recompute_ban(node) or overwritten_input_ban(node, table)
         root = root_of(name)
         owns = root == name and info.kind == "tensor"
         if ban is None and any(a.op == "placeholder" and "tangents" in str(a.target) for a in node.all_input_nodes):

@@ -62,6 +62,9 @@ class LifetimeTable:
     tensors: Mapping[str, TensorInfo]
     outputs: tuple[str | None, ...]
     """Names returned by the graph, in order (None for a None output)."""
+    mutated_inputs: frozenset[str] | None = frozenset()
+    """Graph inputs whose storage a run of the graph overwrites in place (``mutated_inputs()``);
+    None when the graph does not say (no AOT-autograd descriptors): then any input may be."""
 
     def storage_bytes(self, name: str) -> int:
         """Hinted bytes of the storage behind ``name`` (its alias root)."""
@@ -304,7 +307,64 @@ def analyse(gm: fx.GraphModule | fx.Graph) -> LifetimeTable:
             is_tangent=is_tangent(node),
             fusible=_fusible(node),
         )
-    return LifetimeTable(order=tuple(n.name for n in nodes), tensors=tensors, outputs=outputs)
+    return LifetimeTable(order=tuple(n.name for n in nodes), tensors=tensors, outputs=outputs,
+                         mutated_inputs=mutated_inputs(graph, roots))
+
+
+def mutated_inputs(graph: fx.Graph, roots: Mapping[fx.Node, fx.Node] | None = None) -> frozenset[str] | None:
+    """Names of the graph inputs whose storage is overwritten while the graph runs or right after it.
+
+    Two ways, both in AOT autograd's joint graph: a mutation AOT autograd applies after the forward
+    (``x.mul_(2)``, a buffer's ``add_``, a view's ``add_`` on its base, BatchNorm's running statistics:
+    an output described as ``InputMutationAOTOutput``), and an op inside the graph that writes into an
+    input or a view of one (``copy_``, kept in the graph for inputs that need no gradient). None when
+    the output carries no descriptors (a graph not traced by AOT autograd, or a torch without them),
+    or a described mutation names no input of this graph: the caller cannot tell and must assume any.
+    """
+    placeholders = list(graph.find_nodes(op="placeholder"))
+    output = next(iter(graph.find_nodes(op="output")), None)
+    descs = output.meta.get("desc") if output is not None else None
+    if not isinstance(descs, (list, tuple)):
+        return None
+    mutated: set[str] = set()
+    for desc in descs:
+        if type(desc).__name__ == "InputMutationAOTOutput":
+            source = getattr(desc, "mutated_input", None)
+            names = [n.name for n in placeholders if source is not None and n.meta.get("desc") == source]
+            if len(names) != 1:
+                return None
+            mutated.add(names[0])
+    if roots is None:
+        roots = {}
+        for node in graph.nodes:
+            src = alias_source(node)
+            roots[node] = roots.get(src, src) if src is not None else node
+    for node in graph.nodes:
+        for arg in _written_args(node):
+            root = roots.get(arg, arg)
+            if root.op == "placeholder":
+                mutated.add(root.name)
+    return frozenset(mutated)
+
+
+def _written_args(node: fx.Node) -> list[fx.Node]:
+    """The arguments ``node`` writes into (``Tensor(a!)`` in its schema): ``copy_``'s destination,
+    BatchNorm's running statistics in its non-functional form, any in-place or out= op."""
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    if schema is None or not schema.is_mutable:
+        return []
+    out = []
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            values = value if isinstance(value, (list, tuple)) else (value,)
+            out.extend(v for v in values if isinstance(v, fx.Node))
+    return out
+
+
+def writes_in_place(node: fx.Node) -> bool:
+    """``node`` writes into one of its arguments (its schema marks one ``Tensor(a!)``)."""
+    return bool(_written_args(node))
 
 
 def _flatten(x) -> Iterable:
