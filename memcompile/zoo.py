@@ -66,13 +66,14 @@ class HFLoss(nn.Module):
 
 
 # Every HF config: dropout off (plans are compared with eager gradients), an explicit attention
-# implementation, special token ids inside the small vocabularies.
+# implementation, special token ids inside the small vocabularies, and no KV cache (a training step
+# needs none, and a block re-run by checkpointing would append to it again).
 _NO_SPECIAL_TOKENS = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
 
 def _hf_causal(config_name: str, model_name: str, *, batch: int, seq: int, seed: int, **config_kw):
     tf = _require_transformers()
-    config = getattr(tf, config_name)(**_NO_SPECIAL_TOKENS, **config_kw)
+    config = getattr(tf, config_name)(**_NO_SPECIAL_TOKENS, use_cache=False, **config_kw)
     torch.manual_seed(seed)
     model = getattr(tf, model_name)(config)
     # GPT2LMHeadModel's name maps to no loss type, and the warning it logs is a graph break
@@ -128,7 +129,7 @@ def _t5(*, dim: int, layers: int, heads: int, seq: int, batch: int, seed: int):
     tf = _require_transformers()
     config = tf.T5Config(
         vocab_size=512, d_model=dim, d_kv=dim // heads, d_ff=4 * dim, num_layers=layers,
-        num_decoder_layers=layers, num_heads=heads, dropout_rate=0.0, decoder_start_token_id=0,
+        num_decoder_layers=layers, num_heads=heads, dropout_rate=0.0, decoder_start_token_id=0, use_cache=False,
         **_NO_SPECIAL_TOKENS,
     )
     torch.manual_seed(seed)
