@@ -82,24 +82,18 @@ def _build(spec: str):
     return model, tuple(example_inputs)
 
 
-def _budget(text: str | None) -> float | int | str | None:
-    """'0.5' -> 0.5 (fraction), '1e9' / '800000000' -> bytes, '6GiB' -> '6GiB' (MemConfig parses it)."""
+def _budget(text: str | None) -> float | int | None:
+    """'0.5' -> 0.5 (fraction), '1e9' / '800000000' / '6GiB' -> bytes: config.parse_budget, the
+    parser memory_budget uses too, so a budget means the same on the command line and in the API."""
+    from .config import parse_budget
+
     if text is None:
         return None
     try:
-        value = float(text)
-    except ValueError:
-        return text
-    if not math.isfinite(value) or value < 0:
-        raise _UsageError(f"--budget: expected a fraction in [0, 1] or a byte count such as 6GiB, got {text!r}")
-    if value <= 1.0:
-        return value
-    if value != int(value):
-        raise _UsageError(
-            f"--budget: {text!r} is neither a fraction in [0, 1] nor a whole number of bytes; "
-            "write bytes with a unit, such as 2.5GB"
-        )
-    return int(value)
+        fraction, nbytes = parse_budget(text, option="--budget")
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(_one_line(exc)) from None
+    return fraction if fraction is not None else nbytes
 
 
 def _modes(values: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -190,7 +184,7 @@ def check_command(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)  # the same random draws (dropout masks) in both runs
     try:
-        ref_loss = _loss(reference(*example_inputs), args.target)
+        ref_loss = _loss(reference(*_fresh(example_inputs)), args.target)
         ref_loss.backward()
     except _UsageError:
         raise
@@ -201,7 +195,7 @@ def check_command(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     with _collect_plans() as plans, plans_not_cached(config):
         try:
-            loss = _loss(compiled(*example_inputs), args.target)
+            loss = _loss(compiled(*_fresh(example_inputs)), args.target)
             loss.backward()
         except _UsageError:
             raise
@@ -221,6 +215,17 @@ def check_command(args: argparse.Namespace) -> int:
         allowed = args.tol * (1 + ref.grad.double().abs())
         worst_rel = float((diff / (1 + ref.grad.double().abs())).max()) if diff.numel() else 0.0
         rows.append((name, float(diff.max()) if diff.numel() else 0.0, worst_rel, bool((diff <= allowed).all())))
+    # state the forward updates in place (BatchNorm's running statistics, counters, averages)
+    ref_buffers = dict(reference.named_buffers())
+    for name, buffer in model.named_buffers():
+        ref = ref_buffers.get(name)
+        if ref is None or ref.shape != buffer.shape:
+            continue
+        diff = (buffer.double() - ref.double()).abs()
+        allowed = args.tol * (1 + ref.double().abs()) if ref.is_floating_point() else 0.0
+        worst_rel = float((diff / (1 + ref.double().abs())).max()) if diff.numel() else 0.0
+        rows.append((f"{name} (buffer)", float(diff.max()) if diff.numel() else 0.0, worst_rel,
+                     bool((diff <= allowed).all())))
     loss_diff = abs(float(loss.detach()) - float(ref_loss.detach()))
     loss_ok = loss_diff <= args.tol * (1 + abs(float(ref_loss.detach())))
 
@@ -235,8 +240,9 @@ def check_command(args: argparse.Namespace) -> int:
     for p in model.parameters():
         p.grad = None
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    measured_inputs = _fresh(example_inputs)
     measured = measure_peak(
-        lambda: _loss(compiled(*example_inputs), args.target).backward(),
+        lambda: _loss(compiled(*measured_inputs), args.target).backward(),
         live_before_bytes=live_bytes_of(model, example_inputs),
         device=device,
     )
@@ -257,8 +263,24 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"FAIL: {len(failed)} of {len(rows) + 1} differ beyond tol={args.tol:g}: {', '.join(failed[:5])}"
               + (" ..." if len(failed) > 5 else ""))
         return 1
-    print(f"OK: {len(rows)} gradients and the loss match eager within tol={args.tol:g}")
+    n_buffers = sum(r[0].endswith(" (buffer)") for r in rows)
+    buffers = f", {n_buffers} buffers" if n_buffers else ""
+    print(f"OK: {len(rows) - n_buffers} gradients{buffers} and the loss match eager within tol={args.tol:g}")
     return 0
+
+
+def _fresh(example_inputs: tuple) -> tuple:
+    """A copy of the example inputs for one run: a model that mutates its inputs in place must not
+    change what the next run reads (the eager reference would otherwise feed the compiled run)."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    def copy(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        return value.detach().clone().requires_grad_(value.requires_grad)
+
+    return tuple(tree_map(copy, value) for value in example_inputs)
 
 
 def _loss(output: Any, spec: str):

@@ -57,9 +57,51 @@ def parse_bytes(text: str) -> int:
             "for example '6GiB', '800MB' or '1.5e9'"
         )
     value = float(match.group(1)) * _UNITS[unit]
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"memory_budget: {text!r} must be a positive byte count")
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"memory_budget: {text!r} must be a byte count of at least 1 byte")
     return int(value)
+
+
+def parse_budget(budget: Any, *, option: str = "memory_budget") -> tuple[float | None, int | None]:
+    """``(fraction, bytes)`` of a budget, one of them None (both for no budget); the one parser of the
+    ``memory_budget`` option and of the CLI's ``--budget`` (``option`` names it in errors).
+
+    A float in [0, 1] is a fraction; an int is bytes; a string with a unit ("6GiB", "800MB", "512B")
+    is bytes. A string that is a bare number reads as the CLI reads it: in [0, 1] a fraction ("0.5"),
+    above 1 a whole number of bytes ("1e9", "800000000"); anything else raises ValueError.
+    """
+    if budget is None:
+        return None, None
+    if isinstance(budget, str):
+        return _parse_budget_text(budget, option)
+    try:
+        return _parse_budget(budget)
+    except (TypeError, ValueError) as exc:
+        if option == "memory_budget":
+            raise
+        raise type(exc)(str(exc).replace("memory_budget:", f"{option}:", 1)) from None
+
+
+def _parse_budget_text(text: str, option: str) -> tuple[float | None, int | None]:
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            return None, parse_bytes(text)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("memory_budget:", f"{option}:", 1)) from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{option}: expected a fraction in [0, 1], a whole number of bytes or a size such as '6GiB', got {text!r}"
+        )
+    if value <= 1.0:
+        return value, None
+    if value != int(value):
+        raise ValueError(
+            f"{option}: {text!r} is neither a fraction in [0, 1] nor a whole number of bytes; "
+            "write bytes with a unit, such as '2.5GB'"
+        )
+    return None, int(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,7 +111,9 @@ class MemConfig:
     memory_budget: float | int | str | None = None
     """None: default partition, analysis only. A float in [0, 1]: fraction between the smallest reachable
     peak (0.0) and the default partition's peak (1.0), the same scale as torch's activation_memory_budget.
-    An int or a string such as "6GiB": cap on the predicted peak bytes of the step, inputs included."""
+    An int or a string such as "6GiB": cap on the predicted peak bytes of the step, inputs included.
+    A bare number in a string means what the CLI's --budget means (``parse_budget``): "0.5" is the
+    fraction 0.5, "800000000" is bytes."""
     modes: tuple[str, ...] = LOSSLESS_MODES
     """Modes the planner may choose from; "keep" is always allowed. By default the lossless ones: "recompute"
     and "inplace" (an activation's derivative reads its output, so its input is not saved). The lossy ones
@@ -83,7 +127,8 @@ class MemConfig:
     on_infeasible: str = "raise"
     """What a byte budget no plan meets does: "raise" MemoryBudgetError, or "best_effort" (warn, smallest peak)."""
     report_dir: str | None = None
-    """If set, a JSON report (and a PNG when matplotlib is installed) is written per compiled graph."""
+    """If set (a non-empty path), a JSON report (and a PNG when matplotlib is installed) is written per
+    compiled graph; the directory is created when missing."""
     _force_offload_on_cpu: bool = False
     """TEST HOOK, not a user option (left out of the README and of the accepted-keys message): offer
     offload for CPU tensors too, as if host memory were separate from the device's. The copies are then
@@ -94,7 +139,7 @@ class MemConfig:
     budget_bytes: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        fraction, nbytes = _parse_budget(self.memory_budget)
+        fraction, nbytes = parse_budget(self.memory_budget)
         object.__setattr__(self, "budget_fraction", fraction)
         object.__setattr__(self, "budget_bytes", nbytes)
         modes = self.modes
@@ -116,8 +161,11 @@ class MemConfig:
             raise ValueError(f"inner: expected one of {INNER_COMPILERS}, got {self.inner!r}")
         if isinstance(self.solver_time_limit, bool) or not isinstance(self.solver_time_limit, (int, float)):
             raise TypeError(f"solver_time_limit: expected seconds as a number, got {self.solver_time_limit!r}")
-        if not self.solver_time_limit > 0:
-            raise ValueError(f"solver_time_limit: expected a positive number of seconds, got {self.solver_time_limit!r}")
+        if not (self.solver_time_limit > 0 and math.isfinite(self.solver_time_limit)):
+            raise ValueError(
+                f"solver_time_limit: expected a positive number of seconds, got {self.solver_time_limit!r}; "
+                "it must be finite: CBC needs a limit (the default is 20)"
+            )
         if not isinstance(self._force_offload_on_cpu, bool):
             raise TypeError(f"_force_offload_on_cpu: expected a bool, got {self._force_offload_on_cpu!r}")
         if self.on_infeasible not in ON_INFEASIBLE:
@@ -126,6 +174,11 @@ class MemConfig:
             if not isinstance(self.report_dir, (str, os.PathLike)):
                 raise TypeError(f"report_dir: expected a directory path (str or os.PathLike), got {self.report_dir!r}")
             object.__setattr__(self, "report_dir", os.fspath(self.report_dir))
+            if not self.report_dir.strip():
+                raise ValueError(
+                    "report_dir: got an empty path; pass the directory to write the reports to, "
+                    "or leave report_dir unset (None) for no reports"
+                )
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "MemConfig":
@@ -175,8 +228,6 @@ def _parse_budget(budget: Any) -> tuple[float | None, int | None]:
                 "for a byte budget pass an int or a string such as '800MB'"
             )
         return float(budget), None
-    if isinstance(budget, str):
-        return None, parse_bytes(budget)
     raise TypeError(
         f"memory_budget: expected a float in [0, 1], an int of bytes or a string like '6GiB', got {type(budget).__name__}"
     )

@@ -80,3 +80,37 @@ def test_offload_cpu_test_hook_is_private_and_validated():
     with pytest.raises(ValueError, match="accepted keys") as err:
         MemConfig.from_options({"offload_on_cpu": True})
     assert "_force_offload_on_cpu" not in str(err.value)
+
+
+# ---------------------------------------------------------------------- issue 16: options that mean one thing
+@pytest.mark.parametrize(("text", "fraction", "nbytes"), [
+    ("0.5", 0.5, None), ("0.3", 0.3, None), ("1.0", 1.0, None), ("0", 0.0, None),
+    ("1e9", None, 10**9), ("800000000", None, 800_000_000), ("512B", None, 512), ("0.5GiB", None, 2**29),
+])
+def test_a_budget_string_that_is_a_bare_number_reads_as_the_cli_reads_it(text, fraction, nbytes):
+    """'0.5' was a 0-byte cap (and '1.0' a 1-byte one) while the CLI read --budget 0.5 as a fraction."""
+    config = MemConfig(memory_budget=text)
+    assert (config.budget_fraction, config.budget_bytes) == (fraction, nbytes)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("0.4B", "at least 1 byte"), ("2.5", "neither a fraction in \\[0, 1\\] nor a whole number of bytes"),
+    ("-0.5", "expected a fraction"), ("inf", "expected a fraction"), ("nan", "expected a fraction"),
+])
+def test_a_budget_string_that_means_no_budget_is_refused(text, message):
+    with pytest.raises(ValueError, match=f"memory_budget: .*{message}"):
+        MemConfig(memory_budget=text)
+
+
+@pytest.mark.parametrize("limit", [float("inf"), float("nan"), -1.0])
+def test_solver_time_limit_must_be_finite_and_positive(limit):
+    """inf was accepted, then CBC's call overflowed and the plan fell back with 'please report'."""
+    with pytest.raises(ValueError, match="solver_time_limit: expected a positive number of seconds"):
+        MemConfig(memory_budget=0.5, solver_time_limit=limit)
+
+
+@pytest.mark.parametrize("path", ["", "   "])
+def test_an_empty_report_dir_is_refused(path):
+    """report_dir='' was accepted and wrote nothing."""
+    with pytest.raises(ValueError, match="report_dir: got an empty path"):
+        MemConfig(report_dir=path)

@@ -205,3 +205,48 @@ def test_check_through_inductor():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK:" in result.stdout and "inner=inductor" in result.stdout
     assert "no plan was recorded" not in result.stdout
+
+
+# ---------------------------------------------------------------------- issue 16: state the forward mutates
+MUTATING = os.path.join(ROOT, "tests", "fixtures", "mutating_models.py")
+
+
+@pytest.mark.parametrize("factory", ["bn_resnet", "input_mutating", "ema_buffer"])
+def test_check_passes_on_models_that_mutate_state_in_place(factory):
+    """BatchNorm (running statistics), an input doubled in place, an EMA buffer: the eager reference
+    and the compiled run each read their own copy of the example inputs, and the buffers agree too."""
+    result = run_cli("check", f"{MUTATING}:{factory}", "--budget", "0.3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK:" in result.stdout and "DIFFERS" not in result.stdout
+    if factory == "bn_resnet":
+        assert "running_mean (buffer)" in result.stdout and "buffers and the loss match eager" in result.stdout
+
+
+def test_each_check_run_gets_its_own_copy_of_the_example_inputs():
+    import torch
+
+    x, w = torch.ones(2, 4), torch.ones(3, requires_grad=True)
+    first, second = cli._fresh((x, [w, 5])), cli._fresh((x, [w, 5]))
+    first[0].mul_(2)
+    assert torch.equal(x, torch.ones(2, 4)) and torch.equal(second[0], torch.ones(2, 4))
+    assert second[1][0].requires_grad and second[1][0] is not w and second[1][1] == 5
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0.5", 0.5), ("1.0", 1.0), ("0", 0.0), ("1e9", 10**9),
+                                                ("800000000", 800_000_000), ("6GiB", 6 * 2**30)])
+def test_cli_and_api_read_a_budget_the_same_way(text, expected):
+    from memcompile.config import MemConfig
+
+    assert cli._budget(text) == expected
+    config = MemConfig(memory_budget=text)
+    assert (config.budget_fraction if isinstance(expected, float) else config.budget_bytes) == expected
+
+
+@pytest.mark.parametrize("text", ["0.4B", "2.5", "-0.5", "inf", "nan"])
+def test_cli_and_api_refuse_the_same_budgets(text):
+    from memcompile.config import MemConfig
+
+    with pytest.raises(cli._UsageError, match="--budget"):
+        cli._budget(text)
+    with pytest.raises(ValueError, match="memory_budget"):
+        MemConfig(memory_budget=text)
