@@ -106,6 +106,8 @@ class ModelChecks:
     checkpoint_bytes: int | None
     floor_vs_torch_ok: bool | None
     floor_vs_checkpoint_ok: bool | None
+    floor_vs_bytes_ok: bool | None = None
+    """The floor at or below every peak a byte budget reached (else 0.0 is not the smallest-peak plan)."""
 
     def failures(self) -> list[str]:
         """One line per FAIL (and per run that gave no figure where one was needed)."""
@@ -124,6 +126,8 @@ class ModelChecks:
             out.append("floor above torch's lowest")
         if self.floor_vs_checkpoint_ok is False:
             out.append("floor above compiled checkpointing")
+        if self.floor_vs_bytes_ok is False:
+            out.append("floor above a byte budget's peak")
         return out
 
 
@@ -197,6 +201,8 @@ def check_rows(rows: Sequence[RunResult]) -> ModelChecks:
         checkpoint_bytes=checkpoint,
         floor_vs_torch_ok=_at_most(floor, torch_lowest),
         floor_vs_checkpoint_ok=_at_most(floor, checkpoint),
+        floor_vs_bytes_ok=_at_most(floor, min((b.measured_bytes for b in byte_checks if b.measured_bytes is not None),
+                                              default=None)),
     )
 
 
@@ -227,10 +233,14 @@ def format_model(name: str, rows: Sequence[RunResult], checks: ModelChecks) -> s
     """A Markdown table per model: fractions, byte budgets, then the floor checks."""
     by_label = {(r.method, r.budget): r for r in rows}
     lines = [f"#### {name}", ""]
-    inductor = by_label.get(("inductor", None))
-    lines.append(f"Inductor default partition {_mb(inductor.peak_bytes if _ok(inductor) else None)} MB; "
-                 f"compiled per-block checkpointing {_mb(checks.checkpoint_bytes)} MB; "
-                 f"torch's lowest over fractions {_mb(checks.torch_lowest_bytes)} MB.")
+    def peak_or_error(row: RunResult | None) -> str:
+        if row is None or _ok(row):
+            return f"{_mb(row.peak_bytes if row is not None else None)} MB"
+        return f"**{row.status}** ({row.error[:120]})".replace("|", "\\|")
+
+    lines.append(f"Inductor default partition {peak_or_error(by_label.get(('inductor', None)))}; "
+                 f"compiled per-block checkpointing {peak_or_error(by_label.get(('checkpoint-compiled', None)))}; "
+                 f"torch's lowest over its fractions {_mb(checks.torch_lowest_bytes)} MB.")
     lines += ["", "| budget | memcompile MB | predicted MB | pred − meas | predicted ±3% | monotone ±1% | torch MB | ≤ torch | plan s |",
               "|---|---|---|---|---|---|---|---|---|"]
     for c in checks.fractions:
@@ -251,14 +261,16 @@ def format_model(name: str, rows: Sequence[RunResult], checks: ModelChecks) -> s
         lines.append(f"| {b.budget_bytes / 1e6:.2f} MB | {measured} | {_mb(b.predicted_bytes)} | "
                      f"{_pct(b.measured_bytes, b.predicted_bytes)} | {_verdict(b.prediction_ok)} | {_verdict(b.budget_ok)} |")
     lines += ["", f"Floor (0.0) {_mb(checks.floor_bytes)} MB: ≤ torch's lowest {_verdict(checks.floor_vs_torch_ok)}, "
-                  f"≤ checkpointing {_verdict(checks.floor_vs_checkpoint_ok)}."]
+                  f"≤ checkpointing {_verdict(checks.floor_vs_checkpoint_ok)}, "
+                  f"≤ every byte budget's peak {_verdict(checks.floor_vs_bytes_ok)}."]
     return "\n".join(lines)
 
 
 def format_summary(results: dict[str, ModelChecks]) -> str:
     """One line per model: how many checks passed, and which failed."""
-    lines = ["| model | predicted ±3% | monotone | ≤ torch | byte budgets | floor ≤ torch min | floor ≤ ckpt | failures |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | predicted ±3% | monotone | ≤ torch | byte budgets | floor ≤ torch min | floor ≤ ckpt | "
+             "floor ≤ byte-budget peaks | failures |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, c in results.items():
         def count(values):
             known = [v for v in values if v is not None]
@@ -268,7 +280,8 @@ def format_summary(results: dict[str, ModelChecks]) -> str:
         fails = "; ".join(c.failures()) or "none"
         lines.append(f"| {name} | {count(preds)} | {count(f.monotone_ok for f in c.fractions)} | "
                      f"{count(f.below_torch_ok for f in c.fractions)} | {count(b.budget_ok for b in c.bytes)} | "
-                     f"{_verdict(c.floor_vs_torch_ok)} | {_verdict(c.floor_vs_checkpoint_ok)} | {fails.replace('|', '/')} |")
+                     f"{_verdict(c.floor_vs_torch_ok)} | {_verdict(c.floor_vs_checkpoint_ok)} | "
+                     f"{_verdict(c.floor_vs_bytes_ok)} | {fails.replace('|', '/')} |")
     return "\n".join(lines)
 
 

@@ -123,3 +123,11 @@ def test_auto_byte_budgets_sit_between_the_floor_and_the_default_and_one_under_t
     assert 10 * MB < budgets[0] < 20 * MB and 10 * MB < budgets[1] < budgets[0]
     assert budgets[2] < 10 * MB
     assert bz.auto_byte_budgets([mem(0.5, 15.0)]) == ()
+
+
+def test_a_byte_budget_peak_under_the_floor_fails_the_floor():
+    """Fraction 0.0 must be the smallest-peak plan: a byte budget that measures lower shows it is not."""
+    checks = bz.check_rows([mem(1.0, 27.4), mem(0.0, 26.3), mem(25 * MB, 24.5)])
+    assert checks.floor_vs_bytes_ok is False
+    assert "floor above a byte budget's peak" in checks.failures()
+    assert bz.check_rows([mem(1.0, 27.4), mem(0.0, 24.4), mem(25 * MB, 24.5)]).floor_vs_bytes_ok is True
