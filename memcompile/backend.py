@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,13 +27,41 @@ from .plan import Plan
 _lock = threading.Lock()
 _plans: list[Plan] = []
 _graph_counter = itertools.count()
+_current_compile: object | None = None
+"""What identifies the torch.compile call whose plans ``_plans`` holds (``_compile_key``)."""
 
 
 def _next_graph_index() -> int:
-    """Graphs are numbered across backend calls (graph breaks) since the last clear_plans()."""
+    """Graphs are numbered across the backend calls of one compile (graph breaks, recompiles)."""
     with _lock:
         return next(_graph_counter)
+
+
 _collectors: list[list[Plan]] = []
+
+
+def _compile_key(options: object) -> object:
+    """The ``torch.compile(...)`` call this backend call serves: its wrapper, found on the stack
+    (torch hands every graph of one compiled model, graph breaks and recompiles included, to one
+    ``_TorchCompileWrapper``); the options object when the backend is called some other way."""
+    wrapper_type = getattr(torch, "_TorchCompileWrapper", None)
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self") if frame.f_code.co_name == "__call__" else None
+        if wrapper_type is not None and isinstance(candidate, wrapper_type):
+            return candidate
+        frame = frame.f_back
+    return options
+
+
+def _start_compile(key: object) -> None:
+    """A backend call for another compiled model than the last one: its plans replace the last one's."""
+    global _current_compile, _graph_counter
+    with _lock:
+        if key is not _current_compile:
+            _current_compile = key
+            _plans.clear()
+            _graph_counter = itertools.count()
 
 
 def _remember(plan: Plan) -> None:
@@ -68,16 +98,19 @@ def _collect_plans() -> Iterator[list[Plan]]:
 
 
 def last_plans() -> tuple[Plan, ...]:
-    """Plans recorded by the most recent compile (one per graph), oldest first."""
+    """Plans recorded by the most recent compile (one per graph), oldest first: the graphs of the
+    model most recently compiled with ``torch.compile(..., backend="memcompile")``, its graph breaks
+    and recompiles included; compiling another model starts a new list."""
     with _lock:
         return tuple(_plans)
 
 
 def clear_plans() -> None:
-    global _graph_counter
+    global _graph_counter, _current_compile
     with _lock:
         _plans.clear()
         _graph_counter = itertools.count()
+        _current_compile = None
 
 
 def last_report():
@@ -94,7 +127,8 @@ def memcompile_backend(
     if kwargs.get("mode") not in (None, "default"):
         raise ValueError(f"mode: memcompile takes no torch.compile mode, got {kwargs['mode']!r}; pass options instead")
     config = MemConfig.from_options(options)
-    if config.has_budget and not _has_backward(gm, example_inputs):
+    _start_compile(_compile_key(options))
+    if config.has_budget and not _has_backward(gm, example_inputs) and not _inside_autograd_function():
         warnings.warn(
             "memcompile: a graph with no backward (run under torch.no_grad() or torch.inference_mode(), or "
             "nothing in it requires grad) saves no activations, so memory_budget does not apply to it: it is "
@@ -167,6 +201,19 @@ def _has_backward(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
         return False
     inputs = itertools.chain(gm.parameters(), (t for t in example_inputs if isinstance(t, torch.Tensor)))
     return any(t.requires_grad for t in inputs)
+
+
+def _inside_autograd_function() -> bool:
+    """The graph being compiled is part of a custom ``torch.autograd.Function``'s forward or backward
+    that dynamo compiles on its own (a graph break inside it): autograd runs those with grad mode off,
+    so the graph has no backward of its own, and memory_budget applies to the graphs around it."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in ("apply", "_apply") and code.co_filename.endswith(os.path.join("autograd", "function.py")):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _eager(gm: fx.GraphModule, example_inputs: Sequence[Any], partitioner: MemPartitioner):
