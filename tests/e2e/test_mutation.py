@@ -188,3 +188,23 @@ def test_batch_norm_is_never_recomputed_from_overwritten_running_statistics(monk
              and "backward" not in str(n.target)]
     assert len(norms) == 5
     assert all(not by_name[n.name].can_recompute for n in norms)
+
+
+def test_when_the_graph_does_not_say_nothing_reading_an_input_is_recomputed():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(lambda x, w: (x @ w).sin())(torch.randn(3, 4), torch.randn(4, 5))
+    table = analyse(gm)
+    mm, sin = [n for n in gm.graph.nodes if n.op == "call_function"]
+    assert "does not say" in cand_mod.overwritten_input_ban(mm, table)
+    assert cand_mod.overwritten_input_ban(sin, table) is None  # reads no input
+
+
+def test_ops_writing_into_an_argument_are_never_recomputed():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(lambda x, y: x.copy_(y.cos()))(torch.randn(3), torch.randn(3))
+    copy, = [n for n in gm.graph.nodes if n.target is torch.ops.aten.copy_.default]
+    cos, = [n for n in gm.graph.nodes if n.target is torch.ops.aten.cos.default]
+    assert cand_mod.recompute_ban(copy) is not None
+    assert cand_mod.recompute_ban(cos) is None
