@@ -83,7 +83,8 @@ def build(spec: str) -> tuple[Any, tuple[Any, ...]]:
     """Call the factory named by ``spec`` (``FILE.py:FACTORY`` or a preset) and check what it returned."""
     import torch
 
-    factory = load_factory(spec) if is_file_spec(spec) or ":" in spec else _preset_factory(spec)
+    names_a_file = ":" in spec or spec.endswith(".py")
+    factory = load_factory(spec) if names_a_file else _preset_factory(spec)
     try:
         built = factory()
     except Exception as exc:  # noqa: BLE001 - the user's factory: one line, no traceback

@@ -37,49 +37,14 @@ class _Failure(Exception):
 
 
 # ---------------------------------------------------------------------- argument helpers
-def _load_factory(spec: str):
-    path, sep, name = spec.rpartition(":")
-    if not sep or not path or not name:
-        raise _UsageError(f"expected FILE.py:FACTORY, got {spec!r}")
-    if not os.path.isfile(path):
-        raise _UsageError(f"no such file: {path}")
-    for entry in (os.getcwd(), os.path.dirname(os.path.abspath(path))):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)  # the user's file may import its neighbours or its package
-    module_spec = importlib.util.spec_from_file_location("_memcompile_user_module", path)
-    if module_spec is None or module_spec.loader is None:
-        raise _UsageError(f"cannot import {path}: not a Python file")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = module  # dataclasses in the user's file look their module up
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - the user's file: one line, no traceback
-        raise _UsageError(f"importing {path} failed: {type(exc).__name__}: {_one_line(exc)}") from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise _UsageError(f"{path} has no callable {name!r}")
-    return factory
-
-
 def _build(spec: str):
-    """Call the factory; return (model, example_inputs) or raise _UsageError saying what was wrong."""
-    import torch
+    """(model, example_inputs) of ``FILE.py:FACTORY`` or a preset; a broken spec or factory is a usage error."""
+    from ._factory import FactoryError, build
 
-    factory = _load_factory(spec)
     try:
-        built = factory()
-    except Exception as exc:  # noqa: BLE001 - the user's factory: one line, no traceback
-        raise _UsageError(f"{spec} raised {type(exc).__name__}: {_one_line(exc)}") from None
-    if not (isinstance(built, (tuple, list)) and len(built) == 2):
-        raise _UsageError(f"{spec} must return (model, example_inputs); it returned {_describe(built)}")
-    model, example_inputs = built
-    if not isinstance(model, torch.nn.Module):
-        raise _UsageError(f"{spec} must return (model, example_inputs) with model a torch.nn.Module; got {_describe(model)}")
-    if not isinstance(example_inputs, (tuple, list)):
-        raise _UsageError(
-            f"{spec} must return (model, example_inputs) with example_inputs a tuple or list; got {_describe(example_inputs)}"
-        )
-    return model, tuple(example_inputs)
+        return build(spec)
+    except FactoryError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _budget(text: str | None) -> float | int | None:
@@ -395,14 +360,7 @@ def _require_matplotlib() -> None:
         raise _UsageError(str(exc)) from None
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:600] + " ..." if len(text) > 600 else text
+from ._factory import describe as _describe, one_line as _one_line  # noqa: E402 - shared with bench
 
 
 if __name__ == "__main__":

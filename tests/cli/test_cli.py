@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
+import tempfile
 import types
 
 import pytest
@@ -18,7 +18,10 @@ TENSOR_KEYS = {"name", "shape", "dtype", "bytes", "mode", "added_seconds"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_cli(*args, cwd=ROOT, timeout=240):
+def run_cli(*args, cwd=None, timeout=240):
+    # Never from the repository root: `python -m` puts the working directory on sys.path, where the
+    # root's kernels/ would shadow PyPI's `kernels`; a user runs the installed package from anywhere.
+    cwd = cwd or tempfile.gettempdir()
     return subprocess.run(
         [sys.executable, "-m", "memcompile.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
