@@ -14,7 +14,11 @@ SOLVER_GAP_TIME = 0.01
 peak: CBC stops at a 1% gap (ilp._GAP_REL), so this only takes back what the gap may have left."""
 
 LOWER_PEAK_TIME = 0.08
-"""The same allowance for a fraction budget (TO BE REPLACED: swept on llama-small)."""
+"""The same allowance for a fraction budget, wider because a fraction asks for memory at a small cost in
+time, as torch's budget does (about 3% of a step). NOT principled: the value was swept on llama-small;
+it stays until the simulator counts the buffers Inductor gives recompute chains (docs/planner.md)."""
 
 FRACTION_SLACK = 0.02
-"""Share of the default's simulated peak a fraction plan may exceed its target by (TO BE REPLACED)."""
+"""Share of the default's simulated peak by which a fraction plan may exceed its target, and within which
+of the floor a fraction plans the floor itself (so low fractions share one plan). NOT principled either:
+it absorbs the simulator's error on the toy models; same condition for its removal."""
