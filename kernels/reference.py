@@ -331,14 +331,6 @@ def _pack_chunk(xf: torch.Tensor, breakpoints: torch.Tensor, interval_codes: tor
     return packed
 
 
-def _unpack_chunk(packed: torch.Tensor, numel: int, bits: int) -> torch.Tensor:
-    """int32 codes of the first ``numel`` elements held by the bytes ``packed``."""
-    sbits = storage_bits(bits)
-    shifts = torch.arange(0, 8, sbits, dtype=torch.uint8, device=packed.device)
-    codes = (packed[:, None] >> shifts) & ((1 << sbits) - 1)
-    return codes.view(-1)[:numel].int()
-
-
 def fewbit_forward(x: torch.Tensor, bits: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """y = f(x) (computed in fp32, rounded to x.dtype) and the packed derivative codes."""
     breakpoints, interval_codes, _ = _fewbit_tensors(kind, bits, x.device)
@@ -362,20 +354,46 @@ def fewbit_backward(
     """grad_in = grad_out * levels[code] in fp32, rounded once to grad_out.dtype.
 
     grad_out is first copied into the (contiguous) output, which reads any strides,
-    expanded ones included, without a temporary; each chunk is then scaled in place. For
-    bf16/fp16 the copy is exact, so the product is still rounded once.
+    expanded ones included, without a temporary; it is then scaled in place, one code slot
+    of the packed bytes at a time, by a per-byte table: the temporaries are an int32 index
+    and an fp32 factor per packed byte (2 bytes per element at 2 bits), not int32 codes and
+    fp32 factors per element (9), so a tensor smaller than a chunk adds little to the peak.
+    For bf16/fp16 the copy is exact, so the product is still rounded once.
     """
-    _, _, levels = _fewbit_tensors(kind, bits, grad_out.device)
     per_byte = 8 // storage_bits(bits)
+    slot_levels = _fewbit_slot_levels(kind, bits, grad_out.device)
     grad_in = torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device)
     grad_in.copy_(grad_out)
     flat = grad_in.view(-1)
     for start, end in _chunks(flat.numel()):
-        b0 = start // per_byte
-        codes = _unpack_chunk(packed[b0 : b0 + -(-(end - start) // per_byte)], end - start, bits)
-        factor = levels.index_select(0, codes)
-        if flat.dtype == torch.float32:
-            flat[start:end].mul_(factor)
-        else:
-            flat[start:end] = factor.mul_(flat[start:end])  # fp32 product, one rounding
+        b0, whole = start // per_byte, (end - start) // per_byte
+        rows = flat[start : start + whole * per_byte].view(whole, per_byte)
+        index = packed[b0 : b0 + whole].int()
+        for k in range(per_byte):
+            _scale_(rows[:, k], slot_levels[k].index_select(0, index))
+        tail = end - start - whole * per_byte  # only the last chunk ends inside a byte
+        if tail:
+            index = packed[b0 + whole : b0 + whole + 1].int()
+            for k in range(tail):
+                _scale_(flat[end - tail + k : end - tail + k + 1], slot_levels[k].index_select(0, index))
     return grad_in
+
+
+@functools.lru_cache(maxsize=None)
+def _fewbit_slot_levels(kind: str, bits: int, device: torch.device) -> torch.Tensor:
+    """fp32 (codes per byte, 256): the level of slot k's code in each byte value."""
+    _, _, levels = _fewbit_tensors(kind, bits, device)
+    sbits = storage_bits(bits)
+    shifts = torch.arange(0, 8, sbits, device=device)
+    codes = (torch.arange(256, device=device)[None, :] >> shifts[:, None]) & ((1 << sbits) - 1)
+    # 3-bit codes sit in 4-bit nibbles: the 8 unused nibble values never occur; give them level 0
+    padded = torch.cat([levels, levels.new_zeros((1 << sbits) - levels.numel())])
+    return padded[codes]
+
+
+def _scale_(dst: torch.Tensor, factor: torch.Tensor) -> None:
+    """dst *= factor (fp32), rounded once to dst's dtype."""
+    if dst.dtype == torch.float32:
+        dst.mul_(factor)
+    else:
+        dst.copy_(factor.mul_(dst))

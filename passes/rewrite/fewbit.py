@@ -6,8 +6,12 @@ or ``silu_backward(grad, x)``):
 - forward, right after ``x``'s producer: ``codes = memcompile::fewbit_gelu(x, 2)[1]`` (or
   ``fewbit_silu``): the packed Lloyd-Max code of f'(x), 2 bits per element;
 - backward: ``gelu_backward(grad, x)`` becomes ``memcompile::fewbit_backward(grad, codes, 2, kind)``.
-The forward's own GELU/SiLU node is left as it is (its output may be saved or recomputed by the
-plan under its own name); the kernel's copy of f(x) is discarded, which the planner prices.
+The forward's own GELU/SiLU node ``f(x)`` becomes ``getitem(both, 0)``, the kernel's f(x), under its
+own name (the plan may save it under that name): run beside the op, it would be computed twice and
+the op's first output would be a full-size buffer no node reads, which the simulator cannot see.
+Left as it is where the two differ: GELU with ``approximate="tanh"`` (the kernel computes exact GELU)
+or any other signature or layout. Recomputing ``f(x)`` would read ``x``, which a few-bit plan
+neither keeps nor recomputes (planner/problem.py), so the plan never asks for it.
 
 GELU with ``approximate="tanh"`` uses the exact-GELU table: the two derivatives differ by
 less than 0.02 everywhere, far below the table's own error (rel. L2 13% at 2 bits, docs/modes.md).
@@ -79,6 +83,27 @@ def fewbit_kind(node: fx.Node, backward: Collection[str]) -> str | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
+_FORWARD_TARGETS = {"gelu": torch.ops.aten.gelu.default, "silu": torch.ops.aten.silu.default}
+
+
+def _computes_kernel_f(node: fx.Node, x: fx.Node, kind: str) -> bool:
+    """``node`` is ``f(x)`` exactly as the kernel computes it (exact-erf GELU, SiLU)."""
+    return (
+        node.op == "call_function"
+        and node.target is _FORWARD_TARGETS[kind]
+        and node.args == (x,)
+        and node.kwargs.get("approximate", "none") == "none"
+        and set(node.kwargs) <= {"approximate"}
+    )
+
+
+def _same_layout(a, b) -> bool:
+    return (
+        isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        and (a.shape, a.stride(), a.dtype, a.device) == (b.shape, b.stride(), b.dtype, b.device)
+    )
+
+
 def fewbit_values(
     gm: fx.GraphModule,
     names: Collection[str],
@@ -105,6 +130,11 @@ def fewbit_values(
             both = call(graph, mode, getattr(ops, rules[kind].forward_op).default, x, BITS)
             codes = call(graph, mode, operator.getitem, both, 1)
         codes.meta[LOSSY_META] = {"mode": "fewbit", "source": name, "seconds": (seconds or {}).get(name, 0.0)}
+        forward_f = next((u for u in x.users if u.name not in backward and _computes_kernel_f(u, x, kind)), None)
+        if forward_f is not None and _same_layout(forward_f.meta.get("val"), both.meta["val"][0]):
+            # in place, so the node keeps its name and its readers (the plan's decisions are by name)
+            forward_f.target, forward_f.args, forward_f.kwargs = operator.getitem, (both, 0), {}
+            forward_f.meta["val"] = both.meta["val"][0]
         for user in [u for u in x.users if u.name in backward]:
             rule = FEWBIT_RULES[user.target]
             with graph.inserting_before(user):
