@@ -85,6 +85,46 @@ def simulate_step(
     return simulate_tables(fw_table, bw_table, num_fwd_outputs=num_fwd_outputs, model=model, offload=offload)
 
 
+def _fused_away(table: LifetimeTable) -> frozenset[str]:
+    """Fusible values (``TensorInfo.fusible``) Inductor computes inside their readers' kernels.
+
+    A fusible value with a reader after a non-fusible step (a matmul, an extern kernel) that depends on it
+    cannot be computed inside both readers' kernels: the dependent step splits them, so Inductor gives it
+    a buffer. A recompute chain through the residual stream does this to every value it passes that a
+    later backward kernel reads again (docs/planner.md)."""
+    pos = {name: i for i, name in enumerate(table.order)}
+    tensors = table.tensors
+
+    def splits(name: str) -> bool:
+        info = tensors[name]
+        return not info.fusible and info.kind == "tensor" and info.producer != "placeholder" and info.nbytes_hint > 0
+
+    away = set()
+    for name, info in tensors.items():
+        if not info.fusible:
+            continue
+        readers = [pos[u] for u in info.users if u in pos]
+        if len(readers) < 2:
+            away.add(name)
+            continue
+        last = max(readers)
+        seen: set[str] = set()
+        stack = [name]
+        split = False
+        while stack and not split:  # the steps before the last reader that depend on the value
+            for user in tensors[stack.pop()].users:
+                if user in seen or user not in tensors or pos.get(user, last + 1) >= last:
+                    continue
+                seen.add(user)
+                if splits(user):
+                    split = True
+                    break
+                stack.append(user)
+        if not split:
+            away.add(name)
+    return frozenset(away)
+
+
 def offload_roles(gm: fx.GraphModule | fx.Graph) -> dict[str, tuple[str, str | None]]:
     """Per node the offload rewrite inserted: (role, the prefetch node of a ``prefetch_wait``, else None)."""
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
@@ -105,6 +145,7 @@ def simulate_tables(
     if model not in ("inductor", "eager"):
         raise ValueError(f"model: expected 'inductor' or 'eager', got {model!r}")
     fused = model == "inductor"
+    fused_away = (_fused_away(fw_table), _fused_away(bw_table) if bw_table is not None else frozenset()) if fused else (frozenset(), frozenset())
     steps: list[str] = []
     sides: list[str] = []
     step_of: dict[tuple[int, str], int] = {}
@@ -129,7 +170,7 @@ def simulate_tables(
         root[(0, name)] = info.alias_root
         if info.alias_root == name:
             host = fw_host.get(name, ("",))[0] in _HOST_ROLES
-            nbytes[name] = 0 if (fused and info.fusible) or host else info.nbytes_hint
+            nbytes[name] = 0 if name in fused_away[0] or host else info.nbytes_hint
             alloc[name] = step_of.get((0, name), -1)
 
     tables = [(0, fw_table)]
@@ -153,7 +194,7 @@ def simulate_tables(
                 root[(1, name)] = key
                 role, fetch = bw_roles.get(name, ("", None))
                 host = role in _HOST_ROLES
-                nbytes[key] = 0 if (fused and info.fusible) or host else info.nbytes_hint
+                nbytes[key] = 0 if name in fused_away[1] or host else info.nbytes_hint
                 # a prefetched copy exists from its prefetch on
                 alloc[key] = step_of.get((1, fetch), step_of[(1, name)]) if role == "prefetch_wait" else step_of[(1, name)]
         tables.append((1, bw_table))
