@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch.fx as fx
+from torch import fx
 
 from .lifetimes import BACKWARD, FORWARD, LifetimeTable, analyse
 

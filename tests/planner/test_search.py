@@ -1,11 +1,15 @@
 """The budget search on synthetic problems with a fake verifier (no torch.compile, no FX)."""
 
 import pytest
-
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.ilp import solve_ilp
 from memcompile.passes.planner.problem import build_problem, evaluate
-from memcompile.passes.planner.search import SearchInputs, Verified, kept_at_peak, search
+from memcompile.passes.planner.search import (
+    SearchInputs,
+    Verified,
+    kept_at_peak,
+    search,
+)
 from memcompile.passes.planner.solution import PEAK, PlanSolution
 from memcompile.passes.simulate import StorageInterval, Timeline
 
