@@ -29,6 +29,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -363,8 +364,11 @@ def spawn(spec: RunSpec, *, timeout_seconds: float) -> RunResult:
     env = dict(os.environ, TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
     cmd = [sys.executable, "-m", "memcompile.bench", "--child", json.dumps(asdict(spec))]
     start = time.perf_counter()
+    # The child starts in a neutral folder: `python -m` puts its working directory on sys.path, and
+    # a source checkout there shadows installed packages (its kernels/ hides PyPI's `kernels`).
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=os.name == "posix"
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=os.name == "posix",
+        cwd=tempfile.gettempdir(),
     )
     try:
         stdout, stderr = proc.communicate(timeout=timeout_seconds)
