@@ -281,16 +281,16 @@ def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept, optio
     rec_idx = {index[name] for name in sol.recompute}
     rec_idx |= {i for i in keep_idx if i not in keep and i in rec}
     for i, v in keep.items():
-        v.setInitialValue(1 if i in keep_idx else 0)
+        v.setInitialValue(1 if i in keep_idx else 0, check=False)  # CBC itself drops a start that breaks a bound
     for i, v in rec.items():
-        v.setInitialValue(1 if i in rec_idx and i not in keep_idx & set(keep) else 0)
+        v.setInitialValue(1 if i in rec_idx and i not in keep_idx & set(keep) else 0, check=False)  # CBC itself drops a start that breaks a bound
     kept_storage = {problem.storage_of[i] for i in keep_idx if problem.storage_of[i] >= 0}
     for s, v in kept.items():
         if v.name.startswith("s"):
-            v.setInitialValue(1 if s in kept_storage else 0)
+            v.setInitialValue(1 if s in kept_storage else 0, check=False)  # CBC itself drops a start that breaks a bound
     chosen = option_indices(problem, sol)
     for o, v in option.items():
-        v.setInitialValue(1 if o in chosen else 0)
+        v.setInitialValue(1 if o in chosen else 0, check=False)  # CBC itself drops a start that breaks a bound
 
 
 def _infeasible(problem: PlanProblem, start: float, why: str) -> PlanSolution:
