@@ -88,10 +88,11 @@ def simulate_step(
 def _fused_away(table: LifetimeTable) -> frozenset[str]:
     """Fusible values (``TensorInfo.fusible``) Inductor computes inside their readers' kernels.
 
-    A fusible value with a reader after a non-fusible step (a matmul, an extern kernel) that depends on it
-    cannot be computed inside both readers' kernels: the dependent step splits them, so Inductor gives it
-    a buffer. A recompute chain through the residual stream does this to every value it passes that a
-    later backward kernel reads again (docs/planner.md)."""
+    A fusible value is given a buffer when one of its readers must wait for a non-fusible step (a
+    matmul, an extern kernel) that itself depends on the value: no one kernel can hold that reader and
+    the value's first readers. A reader that does not wait for such a step fuses with the others,
+    wherever the graph's order puts it (Inductor fuses by dependence, not by position). A recompute
+    chain through the residual stream makes such values (docs/planner.md)."""
     pos = {name: i for i, name in enumerate(table.order)}
     tensors = table.tensors
 
@@ -103,24 +104,28 @@ def _fused_away(table: LifetimeTable) -> frozenset[str]:
     for name, info in tensors.items():
         if not info.fusible:
             continue
-        readers = [pos[u] for u in info.users if u in pos]
+        readers = {u for u in info.users if u in pos}
         if len(readers) < 2:
             away.add(name)
             continue
-        last = max(readers)
-        seen: set[str] = set()
-        stack = [name]
-        split = False
-        while stack and not split:  # the steps before the last reader that depend on the value
-            for user in tensors[stack.pop()].users:
-                if user in seen or user not in tensors or pos.get(user, last + 1) >= last:
+        last = max(pos[r] for r in readers)
+        # descendants up to the last reader, each with whether its path from the value passed a split
+        seen: set[tuple[str, bool]] = set()
+        stack = [(name, False)]
+        waits = False
+        while stack and not waits:
+            node, passed = stack.pop()
+            for user in tensors[node].users:
+                if user not in tensors or pos.get(user, last + 1) > last:
                     continue
-                seen.add(user)
-                if splits(user):
-                    split = True
+                if passed and user in readers:
+                    waits = True
                     break
-                stack.append(user)
-        if not split:
+                state = (user, passed or splits(user))
+                if state not in seen:
+                    seen.add(state)
+                    stack.append(state)
+        if not waits:
             away.add(name)
     return frozenset(away)
 

@@ -268,10 +268,6 @@ def test_quantize_halves_measured_activation_memory(no_compile_cache, one_thread
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "regression found at the end of the 2026-12-04 session, not yet diagnosed: through Inductor the "
-    "quantized plan's activations measure 146.8 MB against 2 x 79.0 MB required (the simulator's new "
-    "buffer rule for fusible values read after a matmul is the first suspect); issue 15"))
 def test_quantize_halves_measured_activation_memory_through_inductor(no_compile_cache, one_thread, monkeypatch):
     """gpt-small through Inductor (the default inner compiler; on CPU the quantize rewrite's ATen form):
     quantize alone at budget 0.0 at most halves keep-all's activation bytes, with gradients within

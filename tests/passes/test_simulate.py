@@ -45,6 +45,24 @@ def test_a_pointwise_value_whose_readers_share_a_kernel_gets_none():
     assert tanh not in _live_roots(gm)
 
 
+def test_a_pointwise_value_read_after_a_matmul_by_a_reader_that_does_not_wait_for_it_gets_none():
+    # the graph puts v's second reader after the mm, but that reader does not depend on the mm: Inductor
+    # fuses it with v's first reader (a quantized GELU derivative computed in the forward is such a reader)
+    def fn(a, w):
+        t = torch.tanh(a)
+        u = t * 2
+        m = torch.mm(u, w)
+        d = t * t
+        return m.sum() + d.sum()
+
+    gm = _graph(fn, (N, N), (N, N))
+    nodes = list(gm.graph.nodes)
+    tanh = next(n for n in nodes if n.target == torch.ops.aten.tanh.default)
+    mm = next(n for n in nodes if n.target == torch.ops.aten.mm.default)
+    assert max(nodes.index(u) for u in tanh.users) > nodes.index(mm)  # the graph's order puts a reader after the mm
+    assert tanh.name not in _live_roots(gm)
+
+
 @pytest.mark.slow
 def test_the_simulated_peak_of_a_recomputing_plan_is_measured_on_hf_gpt2(no_compile_cache):
     """A model the planner was never tuned on: at 0.0 the recompute chain through the residual stream gives
