@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import pulp
 
@@ -65,10 +65,13 @@ def solve_ilp(
     max_added_seconds: float | None = None,
     initial: PlanSolution | None = None,
     unkept_storages: Collection[int] = (),
+    tied: Mapping[int, int] | None = None,
 ) -> PlanSolution:
     """``max_added_seconds``: a cap on the predicted added time, for a peak solve that looks for
     the lowest peak among plans about as fast as a given one. ``initial``: a plan CBC starts from
-    (its first incumbent) when it meets the budget, instead of ``warm_start``'s greedy plan."""
+    (its first incumbent) when it meets the budget, instead of ``warm_start``'s greedy plan.
+    ``tied``: candidate -> representative candidate; each takes its representative's decision
+    (keep, recompute and the option of the same mode), planner/repeat.py."""
     if objective not in (TIME, PEAK):
         raise ValueError(f"objective: expected {TIME!r} or {PEAK!r}, got {objective!r}")
     start = time.perf_counter()
@@ -136,6 +139,18 @@ def solve_ilp(
             else:
                 option[o].upBound = 0
 
+    if tied:
+        option_of = {(opt.mode, opt.candidate): o for o, opt in enumerate(problem.options)}
+        for i, r in tied.items():
+            for a, b in ((keep.get(i), keep.get(r)), (rec.get(i), rec.get(r))):
+                if a is not None and b is not None:
+                    model += a - b == 0, f"tie_{a.name}"
+                    n_rows += 1
+        for (mode, i), o in option_of.items():
+            p = option_of.get((mode, tied.get(i, i)), -1)
+            if p >= 0 and p != o:
+                model += option[o] - option[p] == 0, f"tie_o{o}"
+                n_rows += 1
     quantized = problem.quantize_options()
     for i in range(n):
         if problem.needed[i]:
