@@ -43,13 +43,14 @@ from memcompile.passes.planner.problem import (
     option_indices,
     queued_offload_seconds,
 )
-from memcompile.passes.planner.search import SearchInputs, Verified, search
+from memcompile.passes.planner.search import SearchInputs, Verified, decomposes, search
 from memcompile.passes.planner.solution import PlanSolution
 from memcompile.passes.rewrite._lossy import LOSSY_META
 from memcompile.passes.rewrite.fewbit import fewbit_values
 from memcompile.passes.rewrite.inplace import output_form_values
 from memcompile.passes.rewrite.offload import offload_values
 from memcompile.passes.rewrite.quantize import preferred_form, quantize_storages
+from memcompile.passes.repeats import structural_colours
 from memcompile.passes.rewrite.recompute import Extractor, saved_for
 from memcompile.passes.simulate import simulate_step
 
@@ -94,8 +95,10 @@ def _source_files() -> tuple[str, ...]:
     import memcompile.passes.planner.greedy as g
     import memcompile.passes.planner.ilp as il
     import memcompile.passes.planner.problem as pr
+    import memcompile.passes.planner.repeat as rp
     import memcompile.passes.planner.search as se
     import memcompile.passes.planner.tuning as tu
+    import memcompile.passes.repeats as rs
     import memcompile.passes.rewrite._lossy as lo
     import memcompile.passes.rewrite.fewbit as fb
     import memcompile.passes.rewrite.inplace as ip
@@ -104,7 +107,7 @@ def _source_files() -> tuple[str, ...]:
     import memcompile.passes.rewrite.recompute as rc
     import memcompile.passes.simulate as si
 
-    return tuple(m.__file__ for m in (c, co, li, oc, g, il, pr, se, tu, si, lo, fb, ip, of, qu, rc)) + (__file__,)
+    return tuple(m.__file__ for m in (c, co, li, oc, g, il, pr, rp, se, tu, si, rs, lo, fb, ip, of, qu, rc)) + (__file__,)
 
 
 class MemPartitioner(CustomPartitionerFn):
@@ -229,6 +232,10 @@ class MemPartitioner(CustomPartitionerFn):
         )
         problem = build_problem(cset)
         stages.stop()
+        colours = None
+        if decomposes(problem):
+            with stages("repeats"):
+                colours = structural_colours(joint.graph)
         notes: list[str] = _offload_notes(cset)
 
         def realize(sol: PlanSolution) -> Verified:
@@ -270,6 +277,7 @@ class MemPartitioner(CustomPartitionerFn):
                 # see SearchInputs: lossless problems (inplace included) start cold, as measured
                 warm_start_time_solves=any(opt.mode != INPLACE for opt in problem.options),
                 label=f"graph {graph_index}",
+                colours=colours,
             )
         result = search(inputs, verify=realize, solve=timed_solve)
         notes.extend(result.notes)

@@ -8,8 +8,9 @@ describes the stages and the memory model.
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from . import tuning
 from .greedy import solve_greedy
 from .ilp import solve_ilp
 from .problem import INPLACE, PlanProblem, without_modes
+from .repeat import candidate_ties
 from .solution import PEAK, TIME, PlanSolution
 
 Solve = Callable[..., PlanSolution]
@@ -60,6 +62,9 @@ class SearchInputs:
     seconds to find a first plan near the floor; lossless ones find it at once)."""
     label: str = "the graph"
     """Names the graph in warnings."""
+    colours: Mapping[str, int] | None = None
+    """Per node name, its structural colour (passes/repeats.py), when ``decomposes(problem)``: candidates
+    of one colour are the same value in repeated layers and share a decision (planner/repeat.py)."""
 
     def __post_init__(self) -> None:
         if (self.budget_fraction is None) == (self.budget_bytes is None):
@@ -108,9 +113,20 @@ class _Run:
     state: SearchState
 
 
+def decomposes(problem: PlanProblem) -> bool:
+    """Whether the search ties repeated layers' candidates (``SearchInputs.colours``) instead of
+    solving every candidate on its own."""
+    threshold = tuning.REPEAT_MIN_CANDIDATES
+    return threshold is not None and problem.n_candidates >= threshold
+
+
 def search(inputs: SearchInputs, *, verify: Verify, solve: Solve = solve_ilp, fallback: Solve = solve_greedy) -> SearchResult:
     """The plan for ``inputs``' budget: the fastest the solver finds whose simulated peak meets the
     target, else the lowest simulated peak built (``budget_met`` False)."""
+    if inputs.colours is not None and decomposes(inputs.problem):
+        ties = candidate_ties(inputs.problem, inputs.colours, tuning.REPEAT_GROUPS)
+        if ties:
+            solve = functools.partial(solve, tied=ties)
     run = _Run(inputs, solve, verify, fallback, SearchState())
     state = run.state
     if inputs.budget_fraction is not None:

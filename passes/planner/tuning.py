@@ -22,3 +22,14 @@ FRACTION_SLACK = 0.02
 """Share of the default's simulated peak by which a fraction plan may exceed its target, and within which
 of the floor a fraction plans the floor itself (so low fractions share one plan). NOT principled either:
 it absorbs the simulator's error on the toy models; same condition for its removal."""
+
+REPEAT_MIN_CANDIDATES: int | None = None
+"""Candidates from which the search ties repeated layers (planner/repeat.py); None: never. Off because tying
+did not make CBC faster where it was measured (a 48-layer Llama-like graph: CBC's time goes to the LP
+relaxation, whose rows tying does not remove) while it cost added time (docs/BENCHMARKS.md, "Issue 19");
+it turns on once the tied problem is also smaller in rows, not only in binaries."""
+
+REPEAT_GROUPS = 4
+"""Runs of consecutive layers per class that keep their own decision: a budget between two uniform plans
+is then met by recomputing a value in a quarter, half or three quarters of the layers, so tying costs at
+most a quarter of one value's recompute time over the stack, and the binaries stay 4 per class."""
