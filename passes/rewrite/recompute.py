@@ -11,11 +11,15 @@ exactly as Inductor expects them.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch._functorch import partitioners as tp
+from torch.fx._lazy_graph_module import _make_graph_module
+from torch.utils._ordered_set import OrderedSet
 
 from ..lifetimes import alias_source, is_tangent
 
@@ -78,7 +82,7 @@ class Extractor:
         fw, bw = tp._extract_fwd_bwd_modules(joint, tensors, saved_sym_nodes=sym, **kwargs)
         if self.has_rng:
             fw, bw = tp.functionalize_rng_ops(joint, fw, bw, len(sym))
-        bw = tp.reordering_to_mimic_autograd_engine(bw)
+        bw = _reorder_like_autograd(bw)
         fw, bw = tp.raise_getitems(fw), tp.raise_getitems(bw)
         thread = getattr(tp, "thread_graphsafe_rng_from_hops", None)
         if thread is not None:
@@ -89,3 +93,45 @@ class Extractor:
 def _assert_only(node: fx.Node) -> bool:
     fn = getattr(tp, "_is_assert_only_symbool", None)
     return bool(fn and fn(node))
+
+
+def _reorder_like_autograd(gm: fx.GraphModule) -> fx.GraphModule:
+    """``tp.reordering_to_mimic_autograd_engine``, step for step, except that the module it returns is
+    made as ``_extract_fwd_bwd_modules`` makes its own (lazy under Inductor's lazy mode): torch's builds a
+    plain GraphModule, whose constructor generates the Python code of the whole backward at once, and
+    ``raise_getitems`` generates it again; a lazy module generates it only if it is ever run or printed.
+    """
+    new_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.find_nodes(op="placeholder"):
+        env[node] = new_graph.node_copy(node, lambda x: env[x])
+    order = {node: idx for idx, node in enumerate(gm.graph.nodes)}
+
+    def insert_node_in_graph(node: fx.Node) -> None:
+        cur_nodes = [node]
+        insertable_nodes: OrderedSet[fx.Node] = OrderedSet()
+        while len(cur_nodes) > 0:
+            node = cur_nodes.pop()
+            if node in insertable_nodes or node in env:
+                continue
+            insertable_nodes.add(node)
+            cur_nodes += node.all_input_nodes
+        for node in sorted(insertable_nodes, key=lambda n: order[n]):
+            env[node] = new_graph.node_copy(node, lambda x: env[x])
+
+    first_node_in_bwd = None
+    minimum_order = math.inf
+    for tangent in filter(tp._is_tangent, gm.graph.nodes):
+        for user in tangent.users:
+            if order[user] < minimum_order:
+                minimum_order = order[user]
+                first_node_in_bwd = user
+    if first_node_in_bwd is None:
+        return gm
+    nodes = list(gm.graph.nodes)
+    for node in nodes[: order[first_node_in_bwd]]:
+        if node.op == "call_function" and node.target is torch.ops.aten.copy_.default:
+            insert_node_in_graph(node)
+    for node in nodes[order[first_node_in_bwd]:]:
+        insert_node_in_graph(node)
+    return _make_graph_module(gm, new_graph)
