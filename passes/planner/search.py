@@ -168,6 +168,11 @@ def _resolve_fraction(run: _Run) -> None:
     if fraction >= 1.0 or wanted >= default_model:
         state.chosen = inputs.default
         return
+    # Every path below needs the floor; at or under it every probe outcome gives the floor as the
+    # target, so the probe is solved only above it.
+    if _floor_solution(run).feasible and wanted <= _floor_bytes(run) < default_model:
+        state.target_bytes = _floor_bytes(run)
+        return
     probe = None
     if wanted > 0:  # no greedy fallback: an unproven probe just means "solve the floor"
         probe = run.solve(inputs.problem, budget_bytes=wanted, objective=TIME,
