@@ -125,3 +125,22 @@ def test_kept_at_peak_takes_the_largest_kept_storages_live_there():
     later = Timeline(steps=tl.steps, sides=tl.sides, live_bytes=(2 * MB, 10 * MB, 14 * MB, 2 * MB, 26 * MB, 2 * MB),
                      held_bytes=0, backward_start=3, intervals=intervals)
     assert kept_at_peak(problem, sol, later, excess=100 * MB) == {index["a1"]}  # a2 is dead at step 4
+
+
+def test_a_fraction_below_the_floor_targets_the_floor_without_probing_its_own_budget():
+    """Every probe outcome under the floor leads to the floor as the target, so the search does not solve it."""
+    problem = _chain()
+    calls = []
+
+    def solve(problem, **kw):
+        calls.append((kw["objective"], kw["budget_bytes"]))
+        return solve_ilp(problem, **kw)
+
+    inputs = _inputs(problem, budget_fraction=0.0)
+    wanted = int(inputs.default_model_peak_bytes - inputs.default_saved_bytes)
+    assert wanted > 0  # the search would probe it, were it not under the floor
+    result = search(inputs, verify=FakeVerifier(), solve=solve)
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK)
+    assert result.target_bytes == floor.predicted_peak_bytes and result.budget_met
+    assert calls[0] == (PEAK, None)
+    assert all(budget != wanted for _, budget in calls)
