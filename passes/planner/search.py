@@ -292,6 +292,10 @@ def _repair(run: _Run) -> None:
         else:
             sol = state.pending if state.pending is not None else _solve(run, state.model_budget_bytes, TIME)
         state.pending = None
+        if not sol.feasible and not unkept:
+            # below the model's floor: the model is an estimate, so start from its floor plan and
+            # let the simulator's peaks steer the rounds, as a fraction's search does
+            sol = _floor_solution(run)
         if not sol.feasible:
             return
         sol = _lower_peak_at_same_time(run, sol, max(state.model_budget_bytes, sol.predicted_peak_bytes), unkept)

@@ -144,3 +144,23 @@ def test_a_fraction_below_the_floor_targets_the_floor_without_probing_its_own_bu
     assert result.target_bytes == floor.predicted_peak_bytes and result.budget_met
     assert calls[0] == (PEAK, None)
     assert all(budget != wanted for _, budget in calls)
+
+
+def test_a_byte_budget_below_the_model_floor_is_met_when_the_simulator_finds_a_lower_plan():
+    """The model's floor is an estimate: when a byte budget is below it, the search starts from the floor
+    plan and re-solves by the simulated peaks, as a fraction's search does, instead of giving up."""
+    problem = _chain()
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert "a4" in floor.keep
+
+    class OverCounting(FakeVerifier):  # the model over-counts every plan that recomputes a4
+        def __call__(self, sol):
+            built = super().__call__(sol)
+            if "a4" in sol.keep:
+                return built
+            return Verified(solution=sol, timeline=_timeline(sol.predicted_peak_bytes - 6 * MB, sol.keep),
+                            source=sol.solver)
+
+    budget = floor.predicted_peak_bytes - 2 * MB
+    result = search(_inputs(problem, budget_bytes=budget), verify=OverCounting())
+    assert result.budget_met and result.chosen.peak_bytes <= budget
