@@ -111,11 +111,17 @@ def why_not_quantizable(node: fx.Node) -> str | None:
 
 def alias_closure(node: fx.Node) -> list[fx.Node]:
     """``node`` and every node sharing its storage through alias ops, in graph order."""
+    # An alias reads its source (a getitem, the multi-output op that reads it): walk readers, not the
+    # whole graph, so a rewrite of many storages stays linear in the graph.
     closure = {node}
-    for n in node.graph.nodes:
-        if n.op == "call_function" and n not in closure and alias_source(n) in closure:
-            closure.add(n)
-    return [n for n in node.graph.nodes if n in closure]
+    stack = [node]
+    while stack:
+        for user in stack.pop().users:
+            for n in (user, *(u for u in user.users if u.target is operator.getitem)):
+                if n.op == "call_function" and n not in closure and alias_source(n) in closure:
+                    closure.add(n)
+                    stack.append(n)
+    return sorted(closure)  # fx orders nodes by their place in the graph
 
 
 def quantize_storages(
@@ -172,9 +178,12 @@ def quantize_storages(
         first = min((u for u, _ in readers), key=order.__getitem__)
         with graph.inserting_before(first):
             if aten:
-                before = set(graph.nodes)
+                anchor = first.prev
                 (dq,) = inline_aten(graph, mode, decomposed.dequantize, q, scales, tuple(x.meta["val"].shape), val.dtype)
-                added.update(n.name for n in graph.nodes if n not in before)
+                node = anchor.next  # what inline_aten inserted: the nodes between the anchor and ``first``
+                while node is not first:
+                    added.add(node.name)
+                    node = node.next
             else:
                 dq = call(graph, mode, ops.dequantize.default, q, scales, GROUP_SIZE, val.dtype)
                 added.add(dq.name)
