@@ -25,6 +25,7 @@ import torch
 from torch import fx
 from torch._functorch import partitioners as tp
 from torch._inductor.custom_graph_pass import get_hash_for_files
+from torch.fx._lazy_graph_module import _LazyGraphModule
 
 try:  # where the hook's base class lives moved between torch releases
     from torch._inductor.custom_graph_pass import CustomPartitionerFn
@@ -416,7 +417,8 @@ def _rewrite_lossy(
     rewritten (those values are then simply saved). The inplace rewrite goes first: it reads the
     derivatives as traced. Offload goes last, with the placement the planner priced
     (``offload_schedule``, by node name: the other rewrites touch other storages and remove no node)."""
-    graph = fx.GraphModule(joint, _copy_graph(joint.graph))
+    # lazy: the rewrites recompile it after each mode, and only its graph is ever read (extraction)
+    graph = _LazyGraphModule(joint, _copy_graph(joint.graph))
     seconds = {problem.names[opt.candidate]: opt.seconds for opt in problem.options}
     inside = set(backward_nodes)
     skipped: list[tuple[str, str]] = []
