@@ -2,6 +2,7 @@
 
     python examples/bench_planning.py --model gpt-24 --budgets 0.5,0.1 --repeat 3
     python examples/bench_planning.py --depths 6,12,24,48,96 --budgets 0.5   # growth with depth
+    python examples/bench_planning.py --model hf-gpt2-small --modes recompute,inplace,quantize,fewbit
 
 The joint graph is traced once (AOT autograd); each partitioner then runs on a fresh copy of
 it, under the lazy GraphModule mode Inductor itself uses, alternating between the two so
@@ -39,6 +40,25 @@ def make_deep(n_layers: int):
     return model, (idx, torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len)))
 
 
+GPT2_SMALL = "hf-gpt2-small"
+"""Hugging Face GPT-2 small (124M parameters: 12 layers, d=768, vocab 50257), batch 4x256, dropout off."""
+
+
+def make_gpt2_small():
+    import transformers
+
+    from memcompile.zoo import HFLoss
+
+    config = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
+                                     attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, config.vocab_size, (4, 256), generator=g)
+    return HFLoss(model, "input_ids"), (idx, idx.clone())
+
+
 def capture_joint(name: str | int):
     """(joint graph module, its inputs, the partition kwargs AOT autograd passed) of a preset, or of the
     depth sweep's model with ``name`` layers."""
@@ -52,7 +72,8 @@ def capture_joint(name: str | int):
         captured.update(joint=fx.GraphModule(joint, _copy_graph(joint.graph)), inputs=inputs, kw=kw)
         return tp.default_partition(joint, inputs, **kw)
 
-    model, inputs = make_deep(name) if isinstance(name, int) else make(name)
+    model, inputs = (make_deep(name) if isinstance(name, int) else make_gpt2_small() if name == GPT2_SMALL
+                     else make(name))
     torch._dynamo.reset()
     run = lambda g, _: make_boxed_func(g.forward)  # noqa: E731 - the graphs only need to run eagerly
     backend = aot_autograd(fw_compiler=run, bw_compiler=run, partition_fn=partition)
@@ -79,9 +100,10 @@ def time_torch(joint, inputs, kw, budget: float, *, gc_off: bool = False) -> flo
         gc.enable()
 
 
-def time_memcompile(joint, inputs, kw, budget: float):
+def time_memcompile(joint, inputs, kw, budget: float, modes: tuple[str, ...] | None = None):
     plans = []
-    partitioner = MemPartitioner(MemConfig.from_options({"memory_budget": budget}), on_plan=plans.append)
+    options = {"memory_budget": budget, **({"modes": modes} if modes else {})}
+    partitioner = MemPartitioner(MemConfig.from_options(options), on_plan=plans.append)
     gm = fx.GraphModule(joint, _copy_graph(joint.graph))
     t0 = time.perf_counter()
     partitioner(gm, inputs, compiler="inductor", **kw)
@@ -133,7 +155,10 @@ def depth_sweep(depths: list[int], budget: float, repeat: int) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="gpt-24", choices=sorted(PRESETS))
+    parser.add_argument("--model", default="gpt-24", choices=sorted(PRESETS) + [GPT2_SMALL])
+    parser.add_argument("--modes", default=None,
+                        help="comma-separated modes memcompile may use (default: the lossless ones), e.g. "
+                        "recompute,inplace,quantize,fewbit")
     parser.add_argument("--budgets", default="0.5,0.1")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--depths", default=None,
@@ -141,6 +166,7 @@ def main(argv=None) -> int:
                         "depth (first budget only) and print the growth exponents, instead of --model")
     args = parser.parse_args(argv)
     budgets = [float(b) for b in args.budgets.split(",")]
+    modes = tuple(args.modes.split(",")) if args.modes else None
     warnings.filterwarnings("ignore")
     if args.depths:
         return depth_sweep([int(d) for d in args.depths.split(",")], budgets[0], args.repeat)
@@ -158,12 +184,13 @@ def main(argv=None) -> int:
             for _ in range(args.repeat):
                 torch_s.append(time_torch(joint, inputs, kw, budget))
                 torch_nogc_s.append(time_torch(joint, inputs, kw, budget, gc_off=True))
-                seconds, plan = time_memcompile(joint, inputs, kw, budget)
+                seconds, plan = time_memcompile(joint, inputs, kw, budget, modes)
                 ours_s.append(seconds)
             rows.append((budget, statistics.median(torch_s), statistics.median(torch_nogc_s),
                          statistics.median(ours_s), plan))
 
-    print(f"model {args.model}: joint graph of {n_nodes} nodes; torch {torch.__version__}; "
+    print(f"model {args.model}: joint graph of {n_nodes} nodes; modes {', '.join(modes) if modes else 'lossless'}; "
+          f"torch {torch.__version__}; "
           f"median of {args.repeat} runs; CPU threads {torch.get_num_threads()}")
     print()
     print("| budget | torch min-cut + knapsack (s) | torch, cyclic GC off (s) | memcompile (s) | ratio | "
