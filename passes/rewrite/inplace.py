@@ -26,8 +26,14 @@ to 6 for x just below 3), hardswish, softplus, gelu, silu, mish (not invertible 
 clamp (``where(x >= lo, ...)`` cannot tell x == lo from x < lo from the clamped value).
 
 Under Inductor the joint graph is decomposed before memcompile sees it (``leaky_relu_backward``
-becomes ``where(gt(x, 0), g, g * s)``, hardtanh's becomes ``where(le(x, lo) | ge(x, hi), 0, g)``),
-so no rule matches there and the backward reads a 1-byte mask, not x.
+becomes ``where(gt(x, 0), g, g * s)``), so no rule would match there. With a budget and "inplace"
+the backend hands Inductor a decomposition table without the ops of ``KEPT_WHOLE`` (the rules'
+derivatives and forward ops), as the fewbit mode does for GELU/SiLU, and ``decompose_leftovers``
+decomposes them, rewritten or not, before Inductor lowers each extracted graph.
+
+The second family, memory-sharing norms (a LayerNorm's or RMSNorm's backward rebuilding x or x_hat
+from the norm's output), lives in norm_output.py; ``inplace_source`` and ``output_form_values`` try
+the activation rules first, then that one.
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ from dataclasses import dataclass
 from numbers import Real
 
 import torch
-import torch.fx as fx
+from torch import fx
 
-from ._lossy import LossyRewrite, call, fake_mode_of, finish
+from ._lossy import LossyRewrite, call, fake_mode_of, finish, inline_aten
+from .norm_output import norm_output_source, rebuild_from_output
 
 aten = torch.ops.aten
 
@@ -202,12 +209,22 @@ def output_form_source(x: fx.Node, backward: Collection[str]) -> tuple[fx.Node |
     return outputs.pop(), ""
 
 
+def inplace_source(x: fx.Node, backward: Collection[str]) -> tuple[fx.Node | None, str]:
+    """The forward value y every backward read of ``x`` may read instead: an activation's output
+    (``output_form_source``) or a norm's output (norm_output.py); (None, why not) else."""
+    y, why = output_form_source(x, backward)
+    if y is not None:
+        return y, ""
+    y, _, why_norm = norm_output_source(x, backward)
+    return (y, "") if y is not None else (None, f"{why}; {why_norm}")
+
+
 def output_form_values(
     gm: fx.GraphModule,
     names: Collection[str],
     *,
     backward: Collection[str],
-    seconds: Mapping[str, float] | None = None,  # noqa: ARG001 - the shared rewrite signature; the rewrite adds no time
+    seconds: Mapping[str, float] | None = None,
 ) -> LossyRewrite:
     """Rewrite ``gm`` (a joint graph, in place) so the derivatives reading ``names`` read their forward
     op's output instead. ``backward``: names of the joint graph's backward nodes."""
@@ -222,7 +239,12 @@ def output_form_values(
             continue
         y, why = output_form_source(x, backward)
         if y is None:
-            skipped.append((name, why))
+            # the nodes rebuilt for earlier names are backward nodes: no chain may run through them
+            why_norm = rebuild_from_output(graph, mode, x, set(backward) | added, added)
+            if why_norm:
+                skipped.append((name, f"{why}; {why_norm}"))
+            else:
+                applied.append(name)
             continue
         for user in [u for u in x.users if u.name in backward]:
             rule = INPLACE_RULES[user.target]
@@ -237,3 +259,39 @@ def output_form_values(
             graph.erase_node(user)
         applied.append(name)
     return finish(gm, applied, skipped, added)
+
+
+KEPT_WHOLE = frozenset({
+    *INPLACE_RULES,
+    *(op for rule in INPLACE_RULES.values() for op in rule.forward_ops),
+})
+"""Ops the backend keeps out of Inductor's decomposition table when the plan may use "inplace"."""
+
+
+def decompose_leftovers(gm: fx.GraphModule) -> int:
+    """Replace, in place, every op of ``KEPT_WHOLE`` left in ``gm`` (an extracted forward or backward
+    graph) by Inductor's decomposition of it; returns how many were replaced.
+
+    NOTE on why: Inductor has no lowering for these ops (it relies on their decompositions) and would
+    fall back to ATen's kernel, or raise where the environment variable CI is set; decomposed here,
+    they compile as they would have without the inplace mode."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    graph = gm.graph
+    leftovers = [n for n in graph.nodes if n.op == "call_function" and n.target in KEPT_WHOLE]
+    if not leftovers:
+        return 0
+    table = select_decomp_table()
+    mode = fake_mode_of(graph)
+    for node in leftovers:
+        following = [a.name for a in node.target._schema.arguments[len(node.args):len(node.args) + len(node.kwargs)]]
+        if set(following) != set(node.kwargs):
+            raise RuntimeError(f"memcompile: cannot pass the arguments of {node.format_node()} positionally")
+        args = [*node.args, *(node.kwargs[name] for name in following)]
+        with graph.inserting_before(node):
+            (result,) = inline_aten(graph, mode, table[node.target], *args)
+        node.replace_all_uses_with(result)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+    return len(leftovers)
