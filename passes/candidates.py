@@ -194,10 +194,26 @@ def build_candidates(
     for name in fw_steps:
         groups.setdefault(root_of(name), []).append(name)
 
+    runs_anyway = set(forward_only)
+
     def fw_last(root: str) -> int:
+        """Last forward step that reads the storage in every plan: a reader the forward's outputs do
+        not need (a part of a derivative the joint graph places after the whole forward) runs in the
+        forward only when the plan keeps it, and that extension is charged to its keep (below)."""
         members = groups.get(root, [root])
-        uses = [fw_pos[u] for m in members for u in table.tensors[m].users if u in fw_pos]
+        uses = [fw_pos[u] for m in members for u in table.tensors[m].users if u in fw_pos and u in runs_anyway]
         return max([fw_pos.get(root, 0), *uses])
+
+    # A kept value the forward's outputs do not need is computed at its place in the joint graph,
+    # after the whole forward: its inputs live until then. Its keep is charged from where they would
+    # otherwise die (its own bytes stand for theirs: the same for a pointwise op, the common case).
+    inputs_die: dict[str, int] = {}
+    for name in fw_steps:
+        if name in runs_anyway:
+            continue
+        ends = [fw_last(root_of(a.name)) + 1 if a.name in runs_anyway else inputs_die.get(a.name, fw_pos[a.name] + 1)
+                for a in nodes[name].all_input_nodes if a.name in fw_pos]
+        inputs_die[name] = min(ends, default=fw_pos[name] + 1)
 
     candidates = []
     # Through Inductor a pointwise value is computed in the kernel of its producers (vertical fusion),
@@ -226,6 +242,8 @@ def build_candidates(
             ban = "reads a tangent"
         nbytes = info.nbytes_hint if owns else 0
         keep_from = computed_at[name] if fused and info.fusible else fw_last(root) + 1
+        if name in inputs_die:
+            keep_from = min(keep_from, inputs_die[name])
         seconds = costs.recompute_seconds(name) if name in forward_only else 0.0
         if ban is None and seconds > 0.0 and "recompute" not in modes:
             ban = "recompute not enabled"
@@ -259,7 +277,7 @@ def build_candidates(
         (
             (fw_pos[r], fw_last(r), 0 if fused and table.tensors[r].fusible else table.tensors[r].nbytes_hint)
             for r in groups
-            if r in fw_pos and table.tensors[r].kind == "tensor"
+            if r in fw_pos and table.tensors[r].kind == "tensor" and r in runs_anyway
         ),
     )
     start = default_timeline.backward_start
@@ -381,11 +399,12 @@ def _lossy_prices(node: fx.Node, info, *, owns: bool, has_storage: bool, backwar
 
 
 def _inplace_output(node: fx.Node, backward: Collection[str], table: LifetimeTable, fw_pos) -> str | None:
-    """The forward output the backward may read instead of ``node`` (rewrite/inplace.py), when it is a
-    forward storage of its own that the planner can keep."""
-    from .rewrite.inplace import output_form_source
+    """The forward output the backward may read instead of ``node`` (rewrite/inplace.py: an activation's
+    output, or a norm's output rewrite/norm_output.py rebuilds ``node`` from), when it is a forward
+    storage of its own that the planner can keep."""
+    from .rewrite.inplace import inplace_source
 
-    y, _ = output_form_source(node, backward)
+    y, _ = inplace_source(node, backward)
     if y is None or y.name not in fw_pos:
         return None
     info = table.tensors[y.name]
