@@ -150,14 +150,20 @@ def _decompositions(config: MemConfig) -> dict | None:
     the plan may store few-bit codes: decomposed into pointwise ops before the partitioner sees the
     joint graph, they leave the few-bit rewrite nothing to replace (gpt-small, keep + fewbit through
     Inductor: 146.48 MB of activations, keep-all 146.76; kept whole: 116.40). A derivative the plan
-    does not replace is decomposed before Inductor lowers it (``_inner_compile``), as Inductor would have."""
-    if "fewbit" not in config.modes:
+    does not replace is decomposed before Inductor lowers it (``_inner_compile``), as Inductor would have.
+    Likewise less the activations and derivatives of the inplace rules (``inplace.KEPT_WHOLE``) when the
+    plan may use "inplace" and there is a budget (without one the partition is Inductor's own)."""
+    from memcompile.passes.rewrite.fewbit import FEWBIT_RULES
+    from memcompile.passes.rewrite.inplace import KEPT_WHOLE
+
+    removed = set(FEWBIT_RULES) if "fewbit" in config.modes else set()
+    if "inplace" in config.modes and config.has_budget:
+        removed |= KEPT_WHOLE
+    if not removed:
         return None
     from torch._inductor.decomposition import select_decomp_table
 
-    from memcompile.passes.rewrite.fewbit import FEWBIT_RULES
-
-    return {op: fn for op, fn in select_decomp_table().items() if op not in FEWBIT_RULES}
+    return {op: fn for op, fn in select_decomp_table().items() if op not in removed}
 
 
 def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any):
@@ -171,9 +177,11 @@ def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: 
     from torch._inductor.compile_fx import compile_fx_inner
 
     from memcompile.passes.rewrite.fewbit import decompose_leftover_derivatives
+    from memcompile.passes.rewrite.inplace import decompose_leftovers
     from memcompile.passes.rewrite.offload import INDUCTOR_CONFIG, has_offload
 
     decompose_leftover_derivatives(gm)  # only present when the fewbit mode kept them whole
+    decompose_leftovers(gm)  # only present when the inplace mode kept them whole
     if has_offload(gm):
         with inductor_config.patch(INDUCTOR_CONFIG):
             return compile_fx_inner(gm, example_inputs, **kwargs)
