@@ -103,12 +103,13 @@ def _source_files() -> tuple[str, ...]:
     import memcompile.passes.rewrite._lossy as lo
     import memcompile.passes.rewrite.fewbit as fb
     import memcompile.passes.rewrite.inplace as ip
+    import memcompile.passes.rewrite.norm_output as no
     import memcompile.passes.rewrite.offload as of
     import memcompile.passes.rewrite.quantize as qu
     import memcompile.passes.rewrite.recompute as rc
     import memcompile.passes.simulate as si
 
-    return tuple(m.__file__ for m in (c, co, li, oc, g, il, pr, rp, se, tu, si, rs, lo, fb, ip, of, qu, rc)) + (__file__,)
+    return tuple(m.__file__ for m in (c, co, li, oc, g, il, pr, rp, se, tu, si, rs, lo, fb, ip, no, of, qu, rc)) + (__file__,)
 
 
 class MemPartitioner(CustomPartitionerFn):
