@@ -37,6 +37,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 import pulp
 
@@ -66,12 +67,14 @@ def solve_ilp(
     initial: PlanSolution | None = None,
     unkept_storages: Collection[int] = (),
     tied: Mapping[int, int] | None = None,
+    memory_rows: tuple[MemoryRow, ...] | None = None,
 ) -> PlanSolution:
     """``max_added_seconds``: a cap on the predicted added time, for a peak solve that looks for
     the lowest peak among plans about as fast as a given one. ``initial``: a plan CBC starts from
     (its first incumbent) when it meets the budget, instead of ``warm_start``'s greedy plan.
     ``tied``: candidate -> representative candidate; each takes its representative's decision
-    (keep, recompute and the option of the same mode), planner/repeat.py."""
+    (keep, recompute and the option of the same mode), planner/repeat.py. ``memory_rows``:
+    ``build_memory_rows(problem)`` of this very problem, when several solves share it."""
     if objective not in (TIME, PEAK):
         raise ValueError(f"objective: expected {TIME!r} or {PEAK!r}, got {objective!r}")
     start = time.perf_counter()
@@ -171,41 +174,19 @@ def solve_ilp(
                 model += pulp.LpAffineExpression(terms) >= 0, f"in{i}_{j}"
                 n_rows += 1
 
-    def memory_terms(c) -> dict[tuple[str, int], float]:
-        terms = {("k", s): problem.storage_bytes[s] / _MIB for s in c.kept if s in kept}
-        for s in c.recomputed:
-            owner = problem.storage_owner[s]
-            if owner in rec:
-                terms[("r", owner)] = problem.storage_bytes[s] / _MIB
-        for o in c.option_stored:
-            terms[("o", o)] = problem.options[o].packed_bytes / _MIB
-        for o in c.option_expanded:
-            terms[("o", o)] = terms.get(("o", o), 0.0) + problem.options[o].expanded_bytes / _MIB
-        for o in c.option_held:
-            terms[("o", o)] = terms.get(("o", o), 0.0) + problem.options[o].held_bytes / _MIB
-        return terms
-
     def var(key: tuple[str, int]) -> pulp.LpVariable:
         return {"k": kept, "r": rec, "o": option}[key[0]][key[1]]
 
-    ordered = sorted(problem.constraints, key=lambda c: (c.side != FORWARD, c.step))
-    previous: dict[tuple[str, int], float] = {}
     running: pulp.LpVariable | None = None
-    for k, c in enumerate(ordered):
-        current = memory_terms(c)
-        # one term per variable: LpAffineExpression keeps the last coefficient of a repeated variable
-        keys = [*current, *(key for key in previous if key not in current)]
-        deltas = {key: current.get(key, 0.0) - previous.get(key, 0.0) for key in keys}
-        changes = [(var(key), w) for key, w in deltas.items() if w != 0.0]
+    for k, row in enumerate(memory_rows if memory_rows is not None else build_memory_rows(problem)):
         total = new_var(f"e{k}", lowBound=0)
-        if running is None or len(changes) >= len(current):
-            terms = [(var(key), w) for key, w in current.items()]
-        else:
-            terms = [(running, 1.0), *changes]
+        terms = [(var(key), w) for key, w in row.terms]
+        if row.incremental:
+            terms = [(running, 1.0), *terms]
         model += pulp.LpAffineExpression([(total, -1.0), *terms]) == 0, f"sum{k}"
-        model += total - peak <= -c.base_bytes / _MIB, f"mem{k}_{c.side[0]}{c.step}"
+        model += total - peak <= -row.base_mib, row.label
         n_rows += 2
-        running, previous = total, current
+        running = total
 
     link = [(option[o], opt.transfer_seconds * _MS) for o, opt in enumerate(problem.options) if opt.transfer_seconds]
     if link and sum(w for _, w in link) > problem.link_budget_seconds * _MS:
@@ -287,6 +268,54 @@ def solve_ilp(
         time_limit_hit=time_limit_hit,
         **option_names(problem, chosen_options),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRow:
+    """One memory constraint as the ILP writes it: a running-sum variable E_k equal to E_{k-1}
+    (``incremental``) or 0, plus ``terms`` ((kind, index) -> MiB; kinds "k" kept storage, "r"
+    recomputed owner, "o" option), and E_k <= P - ``base_mib``."""
+
+    label: str
+    base_mib: float
+    incremental: bool
+    terms: tuple[tuple[tuple[str, int], float], ...]
+
+
+def build_memory_rows(problem: PlanProblem) -> tuple[MemoryRow, ...]:
+    """The memory constraints of every solve of ``problem`` (they depend on the problem only): written
+    once per problem, since the terms of each constraint are as many as the storages live there."""
+    keepable = {problem.storage_of[i] for i in range(problem.n_candidates)
+                if problem.can_save[i] and not problem.free_alias(i) and problem.storage_of[i] >= 0}
+
+    def memory_terms(c) -> dict[tuple[str, int], float]:
+        terms = {("k", s): problem.storage_bytes[s] / _MIB for s in c.kept if s in keepable}
+        for s in c.recomputed:
+            owner = problem.storage_owner[s]
+            if problem.can_recompute[owner]:
+                terms[("r", owner)] = problem.storage_bytes[s] / _MIB
+        for o in c.option_stored:
+            terms[("o", o)] = problem.options[o].packed_bytes / _MIB
+        for o in c.option_expanded:
+            terms[("o", o)] = terms.get(("o", o), 0.0) + problem.options[o].expanded_bytes / _MIB
+        for o in c.option_held:
+            terms[("o", o)] = terms.get(("o", o), 0.0) + problem.options[o].held_bytes / _MIB
+        return terms
+
+    rows = []
+    ordered = sorted(problem.constraints, key=lambda c: (c.side != FORWARD, c.step))
+    previous: dict[tuple[str, int], float] = {}
+    for k, c in enumerate(ordered):
+        current = memory_terms(c)
+        # one term per variable: LpAffineExpression keeps the last coefficient of a repeated variable
+        keys = [*current, *(key for key in previous if key not in current)]
+        deltas = {key: current.get(key, 0.0) - previous.get(key, 0.0) for key in keys}
+        changes = tuple((key, w) for key, w in deltas.items() if w != 0.0)
+        incremental = k > 0 and len(changes) < len(current)
+        rows.append(MemoryRow(label=f"mem{k}_{c.side[0]}{c.step}", base_mib=c.base_bytes / _MIB, incremental=incremental,
+                              terms=changes if incremental else tuple(current.items())))
+        previous = current
+    return tuple(rows)
 
 
 def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept, option) -> None:
