@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - older torch
 from memcompile.passes import candidates as cand_mod
 from memcompile.passes.costs import DeviceProfile, estimate_costs
 from memcompile.passes.lifetimes import analyse, partition_saved
-from memcompile.passes.planner.ilp import solve_ilp
+from memcompile.passes.planner.ilp import build_memory_rows, solve_ilp
 from memcompile.passes.planner.problem import (
     INPLACE,
     OFFLOAD,
@@ -261,8 +261,14 @@ class MemPartitioner(CustomPartitionerFn):
                 tl = simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
             return Verified(solution=sol, timeline=tl, source=sol.solver, artifact=(fw, bw))
 
+        memory_rows = []  # the problem's memory constraints, written for its first solve and reused
+
         def timed_solve(*args, **kwargs) -> PlanSolution:
             with stages("solve"):
+                if args and args[0] is problem:
+                    if not memory_rows:
+                        memory_rows.append(build_memory_rows(problem))
+                    kwargs.setdefault("memory_rows", memory_rows[0])
                 return solve_ilp(*args, **kwargs)
 
         with stages("analyse"):
