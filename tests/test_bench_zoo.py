@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from _examples import load_example
 
 import memcompile
 from memcompile.bench import RunResult, _error_text
 from memcompile.models import make
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_script(path: Path):
-    """Import an example script by path: the repository root is never put on sys.path."""
-    spec = importlib.util.spec_from_file_location(f"_example_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bz = _load_script(ROOT / "examples" / "bench_zoo.py")
+bz = load_example("bench_zoo.py")
 
 MB = 1_000_000
 
