@@ -278,10 +278,11 @@ def decompose_leftovers(gm: fx.GraphModule) -> int:
     from torch._inductor.decomposition import select_decomp_table
 
     graph = gm.graph
-    leftovers = [n for n in graph.nodes if n.op == "call_function" and n.target in KEPT_WHOLE]
+    table = select_decomp_table()
+    # relu is lowered by Inductor itself (no decomposition): left as it is
+    leftovers = [n for n in graph.nodes if n.op == "call_function" and n.target in KEPT_WHOLE and n.target in table]
     if not leftovers:
         return 0
-    table = select_decomp_table()
     mode = fake_mode_of(graph)
     for node in leftovers:
         following = [a.name for a in node.target._schema.arguments[len(node.args):len(node.args) + len(node.kwargs)]]
