@@ -17,7 +17,7 @@ JSON layout (``Report.to_json()``), stable keys first:
   the forward saves ("keep"), the backward rebuilds ("recompute"), stores lossily ("quantize",
   "fewbit": ``bytes`` are the packed bytes), copies to host memory and prefetches ("offload":
   ``bytes`` are the host copy's) or does not need because its derivative reads the
-  activation's output ("inplace"); ``bytes`` is the storage the tensor owns (0 for a view of
+  activation's output or rebuilds it from a norm's output ("inplace"); ``bytes`` is the storage the tensor owns (0 for a view of
   another tensor);
 - ``binding_step``: where the predicted peak occurs: ``{"graph", "index", "node", "side",
   "live_bytes", "held_bytes", "live": [{"name", "bytes", "role"}]}``, live storages largest
@@ -58,7 +58,7 @@ _COLOURS = {"held": "#c7c7c7", _ROLE_KEEP: "#1f77b4", _ROLE_RECOMPUTE: "#ff7f0e"
             "quantize": "#2ca02c", "fewbit": "#9467bd", "inplace": "#8c564b",
             "offload": "#e377c2"}
 # What each mode's bytes are, for the summary's totals.
-_TOTAL_NOTES = {"quantize": "packed", "fewbit": "packed", "inplace": "not saved: the backward reads the activation's output",
+_TOTAL_NOTES = {"quantize": "packed", "fewbit": "packed", "inplace": "not saved: the backward reads the activation's or norm's output",
                 "offload": "in host memory between the forward and the backward"}
 _SUMMARY_LIVE_ROWS = 8
 
@@ -247,6 +247,9 @@ class Report:
                 + (f" (+{len(chosen) - owning} views)" if len(chosen) > owning else "")
                 + (f", +{added * 1e3:.4f} ms predicted" if mode not in (KEEP, "inplace") else "")
             )
+            if mode == "inplace":  # the tensors freed this way, by name (an activation's input, a norm's input or x_hat)
+                lines.append("  freed (rebuilt from an output the backward reads anyway): "
+                             + ", ".join(sorted(d.name for d in chosen)))
         budget = "none" if plan.budget_bytes is None else _fmt_bytes(plan.budget_bytes)
         if plan.budget_bytes is not None and plan.config.budget_fraction is not None:
             budget += f" (fraction {plan.config.budget_fraction:g})"
