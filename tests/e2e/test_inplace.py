@@ -2,8 +2,9 @@
 form's equality, plans that stop saving activation inputs at no added time, gradients equal eager
 (alone and with recompute), the report.
 
-Everything runs with inner="eager": Inductor decomposes the derivatives before memcompile sees the
-joint graph, so no rule applies there (one slow test checks the gradients anyway).
+Everything runs with inner="eager" but two slow tests: through Inductor the backend keeps these ops out
+of the decomposition table (inplace.KEPT_WHOLE) so the rules apply there too, and LayerNorm's decomposed
+backward reads x_hat, which the memory-sharing norm rule (rewrite/norm_output.py) rebuilds from the output.
 """
 
 import pytest
@@ -268,14 +269,52 @@ def test_report_shows_the_inplace_rows_and_totals():
 
 
 @pytest.mark.slow
-def test_inductor_gradients_with_inplace_enabled(no_compile_cache):
-    """Through Inductor the joint graph is decomposed (no derivative op is left to rewrite): the plan uses
-    no inplace, and the gradients equal eager's."""
-    names = MIXED + ("elu",)
+def test_inductor_plans_inplace_with_eager_gradients(no_compile_cache):
+    """Through Inductor (issue 18): the activation ops reach the partitioner whole, the plan serves their
+    inputs from their outputs, and the gradients equal eager's (Inductor's float reordering only)."""
+    names = ("leaky_relu", "hardtanh", "elu", "relu6")  # the issue's model: Linear + these, few layers (compile time)
     model, inputs = make_mlp(names)
     ref_loss, ref = grads_of(model, inputs)
     loss, got, plan = compiled_step(names, {"memory_budget": 0.0})
-    assert "inplace" in plan.config.modes and not plan.solution.inplace
+    # before issue 18: none (the derivatives were decomposed into masks before the rules saw them)
+    assert "inplace" in plan.config.modes and len(plan.solution.inplace) >= 2, plan.notes
+    rows = [d for d in plan.decisions if d.mode == "inplace"]
+    assert len(rows) == len(plan.solution.inplace) and all(d.bytes == ACT_BYTES for d in rows)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     for name in ref:
-        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-5 * ref[name].abs().max().item(),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+class NormMLP(nn.Module):
+    """Linear -> LayerNorm, three times, then a linear: what a transformer's norms look like to the planner."""
+
+    def __init__(self, dim=128, layers=3):
+        super().__init__()
+        self.lins = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers + 1))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+
+    def forward(self, x):
+        for lin, norm in zip(self.lins, self.norms):
+            x = norm(lin(x))
+        return self.lins[-1](x).square().sum()
+
+
+@pytest.mark.slow
+def test_inductor_memory_sharing_layer_norm(no_compile_cache):
+    """LayerNorm through Inductor: the decomposed backward reads x_hat; the plan rebuilds it from the norm's
+    output, the report names those tensors, the gradients equal eager's."""
+    torch.manual_seed(0)
+    model, inputs = NormMLP(), (torch.randn(256, 128),)
+    _, ref = grads_of(model, inputs)
+    model.zero_grad(set_to_none=True)
+    _, got = grads_of(torch.compile(model, backend="memcompile", options={"memory_budget": 0.0}), inputs)
+    (plan,) = last_plans()
+    rows = [d for d in plan.decisions if d.mode == "inplace"]
+    assert len(rows) >= 2 and all(d.bytes == ACT_BYTES for d in rows), plan.notes
+    assert "memcompile.nonzero_divisor" in plan.backward_code
+    (freed,) = [line for line in Report((plan,)).summary().splitlines() if "freed (rebuilt from an output" in line]
+    assert freed.endswith(", ".join(sorted(d.name for d in rows)))
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-5 * ref[name].abs().max().item(),
+                                   msg=lambda m, name=name: f"{name}: {m}")
