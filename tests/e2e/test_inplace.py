@@ -318,3 +318,50 @@ def test_inductor_memory_sharing_layer_norm(no_compile_cache):
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-5 * ref[name].abs().max().item(),
                                    msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("leaky_relu", (0.1,)), ("leaky_relu_backward", (0.1, True)), ("hardtanh", (-1.0, 1.0)),
+        ("hardtanh_backward", (0.0, 6.0)), ("threshold_backward", (0.5,)), ("elu", (1.0, 1.0, 1.0)),
+        ("elu_backward", (1.0, 1.0, 1.0, True)), ("relu", ()),
+    ],
+)
+def test_ops_kept_whole_are_decomposed_before_inductor_lowers_them(op, args):
+    """What the inplace mode keeps out of Inductor's table comes back as Inductor's decomposition (relu,
+    which Inductor lowers itself, stays): same values, every new node with meta["val"]."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from memcompile.passes.rewrite.inplace import KEPT_WHOLE, decompose_leftovers
+
+    target = getattr(aten, op).default
+    two = op.endswith("_backward")
+
+    def f(g, x):
+        if op == "elu_backward":  # (grad, alpha, scale, input_scale, is_result, self_or_result)
+            return target(g, *args, x) * 2
+        return (target(g, x, *args) if two else target(x, *args)) * 2
+
+    g, x = torch.randn(7, 33), torch.randn(7, 33)
+    with FakeTensorMode() as mode:
+        gm = make_fx(f, tracing_mode="real")(mode.from_tensor(g), mode.from_tensor(x))
+    assert target in KEPT_WHOLE and any(n.target is target for n in gm.graph.nodes)
+    expected = f(g, x)
+    assert decompose_leftovers(gm) == (0 if op == "relu" else 1)
+    assert any(n.target is target for n in gm.graph.nodes) == (op == "relu")
+    assert all("val" in n.meta for n in gm.graph.nodes if n.op == "call_function")
+    torch.testing.assert_close(gm(g, x), expected)
+
+
+def test_the_decomposition_table_keeps_the_rules_ops_only_with_a_budget():
+    from memcompile.backend import _decompositions
+    from memcompile.config import MemConfig
+    from memcompile.passes.rewrite.inplace import KEPT_WHOLE
+
+    assert _decompositions(MemConfig()) is None  # no budget: Inductor's own partition and table
+    assert _decompositions(MemConfig(memory_budget=0.5, modes=("keep", "recompute"))) is None
+    table = _decompositions(MemConfig(memory_budget=0.5))
+    assert table and not KEPT_WHOLE & set(table) and aten.gelu_backward.default in table
+    assert aten.native_layer_norm_backward.default in table  # norms stay decomposed: norm_output matches that
