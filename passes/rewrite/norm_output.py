@@ -47,7 +47,7 @@ from numbers import Real
 import torch
 from torch import fx
 
-from ..lifetimes import alias_source, is_tangent
+from ..lifetimes import alias_source, is_tangent, size_hint
 
 aten = torch.ops.aten
 
@@ -109,6 +109,11 @@ def _tensor(node) -> torch.Tensor | None:
     return val if isinstance(val, torch.Tensor) else None
 
 
+def _layout(t: torch.Tensor) -> tuple:
+    """Shape (as expressions: comparing symbolic sizes would add guards after dynamo), dtype, device."""
+    return tuple(str(d) for d in t.shape), t.dtype, t.device
+
+
 def _mutated(node: fx.Node) -> bool:
     from .inplace import _mutated as written
 
@@ -125,7 +130,7 @@ def _small_operand(s, a: fx.Node, backward: Collection[str], *, multiplicative: 
     vs, va = _tensor(s), _tensor(a)
     if vs is None or va is None or vs.dtype != va.dtype or vs.device != va.device:
         return False
-    if vs.numel() * SMALL_FRACTION > va.numel():
+    if size_hint(vs.numel()) * SMALL_FRACTION > size_hint(va.numel()):
         return False  # a full-size operand (a gate, a graph input batch) is no statistic nor parameter
     return s.op == "placeholder" or (multiplicative and s.op == "call_function")
 
@@ -147,7 +152,7 @@ def _link(out: fx.Node, a: fx.Node, backward: Collection[str]) -> Link | None:
     if kind in ("add", "sub") and not (isinstance(s, fx.Node) and s.op == "placeholder" and (a_first or kind == "add")):
         return None  # an inverse by subtraction is exact only up to |s|: the bias, nothing else
     va, vo = _tensor(a), _tensor(out)
-    if va is None or vo is None or (va.shape, va.dtype, va.device) != (vo.shape, vo.dtype, vo.device):
+    if va is None or vo is None or _layout(va) != _layout(vo):
         return None
     if not va.is_floating_point():
         return None
@@ -163,7 +168,7 @@ def _scaled(v: fx.Node) -> bool:
     if v.target not in (aten.pow.Tensor_Scalar, *_MUL, *_DIV) or _number(v.args[1]) is None:
         return False
     va, vs = _tensor(v), _tensor(v.args[0])
-    return va is not None and vs is not None and (va.shape, va.dtype) == (vs.shape, vs.dtype)
+    return va is not None and vs is not None and _layout(va) == _layout(vs)
 
 
 def _prefixes(v: fx.Node):
