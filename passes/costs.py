@@ -6,6 +6,7 @@ overhead, with the machine's figures in a DeviceProfile.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -118,3 +119,83 @@ def estimate_costs(
             # no launch and no write: the reader computes it from the inputs instead of reading it
             fused_recompute[node.name] = max(flops / profile.peak_flops, max(read - written, 0) / profile.memory_bandwidth)
     return CostTable(costs=costs, estimator="roofline(flop_counter)", profile=profile, fused_recompute=fused_recompute)
+
+
+_ONEDNN_MATMULS = frozenset(
+    getattr(torch.ops.aten, op).default for op in ("mm", "addmm", "bmm", "baddbmm")
+)
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+def scratch_bytes(gm: fx.GraphModule | fx.Graph) -> dict[str, int]:
+    """Bytes each node allocates and frees inside itself, beyond its output (simulate.py adds them at its step).
+
+    CPU matmuls in bf16/fp16 run through oneDNN, whose scratchpad (packed operand blocks and fp32
+    accumulators, per thread) goes through PyTorch's allocator for the op's duration; its size is
+    oneDNN's blocking choice, so it is measured by running the op once per shape, layout, dtype and
+    thread count. fp32 matmuls (MKL) and every other op allocate no scratch here.
+    """
+    graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
+    out: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in _ONEDNN_MATMULS:
+            continue
+        key = _matmul_key(node)
+        if key is not None:
+            nbytes = _measured_scratch(*key, torch.get_num_threads())
+            if nbytes:
+                out[node.name] = nbytes
+    return out
+
+
+def _matmul_key(node: fx.Node):
+    """(op, ((size, stride, dtype) | scalar, ...)) of a CPU reduced-precision matmul with static shapes, else None."""
+    args = []
+    for a in node.args:
+        val = a.meta.get("val") if isinstance(a, fx.Node) else a
+        if isinstance(val, torch.Tensor):
+            if val.device.type != "cpu" or val.dtype not in _REDUCED:
+                return None
+            try:
+                args.append((tuple(int(s) for s in val.shape), tuple(int(s) for s in val.stride()), val.dtype))
+            except (TypeError, ValueError, RuntimeError):  # a symbolic size: not measurable before it is known
+                return None
+        elif isinstance(val, (int, float, bool)) or val is None:
+            args.append(val)
+        else:
+            return None
+    if node.kwargs and any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+        return None
+    return node.target, tuple(args), tuple(sorted(node.kwargs.items()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _measured_scratch(op, args, kwargs, num_threads: int) -> int:
+    """Peak bytes ``op`` holds beyond its output, measured with the profiler's memory events (0 while another
+    profiler runs: profilers do not nest)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from memcompile.measure import _cpu_memory_deltas, _quiet_stderr
+
+    if torch.autograd.profiler._is_profiler_enabled:
+        return 0
+    with _disable_current_modes(), torch.no_grad():  # real tensors, not the compile's fake ones
+        tensors = [
+            torch.empty_strided(a[0], a[1], dtype=a[2]).zero_() if isinstance(a, tuple) else a for a in args
+        ]
+        op(*tensors, **dict(kwargs))  # first call: oneDNN builds and caches its primitive
+        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _quiet_stderr():
+            prof.__enter__()
+        try:
+            result = op(*tensors, **dict(kwargs))  # held: only the scratch is freed inside the window
+        finally:
+            with _quiet_stderr():
+                prof.__exit__(None, None, None)
+    del result
+    running = peak = 0
+    for _, nbytes in sorted(_cpu_memory_deltas(prof)):
+        running += nbytes
+        peak = max(peak, running)
+    return max(peak - max(running, 0), 0)
