@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
+from .costs import scratch_bytes
 from .lifetimes import BACKWARD, FORWARD, LifetimeTable, analyse
 
 OFFLOAD_META = "memcompile_offload"
@@ -82,7 +83,9 @@ def simulate_step(
     fw_table = analyse(fw)
     bw_table = analyse(bw) if bw is not None else None
     offload = (offload_roles(fw), offload_roles(bw) if bw is not None else {})
-    return simulate_tables(fw_table, bw_table, num_fwd_outputs=num_fwd_outputs, model=model, offload=offload)
+    scratch = (scratch_bytes(fw), scratch_bytes(bw) if bw is not None else {})
+    return simulate_tables(fw_table, bw_table, num_fwd_outputs=num_fwd_outputs, model=model, offload=offload,
+                           scratch=scratch)
 
 
 def _fused_away(table: LifetimeTable) -> frozenset[str]:
@@ -145,8 +148,10 @@ def offload_roles(gm: fx.GraphModule | fx.Graph) -> dict[str, tuple[str, str | N
 def simulate_tables(
     fw_table: LifetimeTable, bw_table: LifetimeTable | None, *, num_fwd_outputs: int, model: str = "inductor",
     offload: tuple[Mapping[str, tuple[str, str | None]], Mapping[str, tuple[str, str | None]]] = ({}, {}),
+    scratch: tuple[Mapping[str, int], Mapping[str, int]] = ({}, {}),
 ) -> Timeline:
-    """``offload``: ``offload_roles`` of the forward and of the backward graph."""
+    """``offload``: ``offload_roles`` of the forward and of the backward graph; ``scratch``: bytes a node
+    holds only while it runs (costs.scratch_bytes), per graph."""
     if model not in ("inductor", "eager"):
         raise ValueError(f"model: expected 'inductor' or 'eager', got {model!r}")
     fused = model == "inductor"
@@ -242,9 +247,10 @@ def simulate_tables(
         delta[iv.free_step + 1] -= iv.nbytes
     live = []
     running = held_bytes
+    transient = [scratch[side == BACKWARD].get(name, 0) for name, side in zip(steps, sides)]
     for i in range(len(steps)):
         running += delta[i]
-        live.append(running)
+        live.append(running + transient[i])
     return Timeline(
         steps=tuple(steps),
         sides=tuple(sides),
