@@ -1,10 +1,9 @@
 """Recompute costs: a fusible pointwise value recomputed through Inductor is priced inside its reader."""
 
 import torch
-from torch.fx.experimental.proxy_tensor import make_fx
-
-from memcompile.passes.costs import DeviceProfile, estimate_costs
+from memcompile.passes.costs import DeviceProfile, estimate_costs, scratch_bytes
 from memcompile.passes.lifetimes import analyse
+from torch.fx.experimental.proxy_tensor import make_fx
 
 aten = torch.ops.aten
 PROFILE = DeviceProfile(name="test", peak_flops=1e12, memory_bandwidth=1e10, host_link_bandwidth=1e10,
@@ -60,3 +59,35 @@ def test_fused_value_with_wider_inputs_pays_the_extra_reads():
     (add,) = gm.graph.find_nodes(op="call_function", target=aten.add.Tensor)
     assert table.tensors[add.name].fusible
     assert fused.recompute_seconds(add.name) == 64 * 64 * 4 / PROFILE.memory_bandwidth
+
+
+def _mm_chain(dtype):
+    """A forward-only graph of two matmuls with transposed operands, as a backward's weight gradients are."""
+    def f(x, w, v):
+        return aten.mm.default(aten.mm.default(x, w).t(), v)
+
+    return make_fx(f)(torch.randn(96, 48, dtype=dtype), torch.randn(48, 64, dtype=dtype),
+                      torch.randn(96, 40, dtype=dtype))
+
+
+def test_reduced_precision_matmul_scratch_is_in_the_simulated_peak(monkeypatch):
+    """CPU bf16 matmuls (oneDNN) allocate a scratchpad inside the op; the simulated peak counts it and
+    equals the profiler's peak of running the graph. fp32 matmuls (MKL) allocate none."""
+    from memcompile.passes.simulate import simulate_step
+
+    from memcompile.measure import measure_peak
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for dtype in (torch.bfloat16, torch.float32):
+            gm = _mm_chain(dtype)
+            scratch = scratch_bytes(gm)
+            assert (len(scratch) == 2) if dtype == torch.bfloat16 else not scratch, (dtype, scratch)
+            inputs = (torch.randn(96, 48, dtype=dtype), torch.randn(48, 64, dtype=dtype), torch.randn(96, 40, dtype=dtype))
+            live = sum(t.nbytes for t in inputs)
+            predicted = simulate_step(gm, None, num_fwd_outputs=1, model="eager").peak_bytes
+            measured = measure_peak(lambda gm=gm, inputs=inputs: gm(*inputs), live_before_bytes=live).peak_bytes
+            assert predicted == measured, (dtype, predicted, measured)
+    finally:
+        torch.set_num_threads(threads)
