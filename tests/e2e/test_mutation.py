@@ -9,13 +9,14 @@ whose storage the forward overwrites after reading it.
 import importlib.util
 import os
 
-import memcompile.passes.candidates as cand_mod
 import pytest
 import torch
-from memcompile.passes.lifetimes import analyse
 from torch import nn
 from torch._functorch.aot_autograd import aot_function
 from torch._functorch.partitioners import default_partition
+
+import memcompile.passes.candidates as cand_mod
+from memcompile.passes.lifetimes import analyse
 
 _FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "mutating_models.py")
 _spec = importlib.util.spec_from_file_location("mutating_models", _FIXTURE)

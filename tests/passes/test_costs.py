@@ -1,9 +1,10 @@
 """Recompute costs: a fusible pointwise value recomputed through Inductor is priced inside its reader."""
 
 import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
 from memcompile.passes.costs import DeviceProfile, estimate_costs, scratch_bytes
 from memcompile.passes.lifetimes import analyse
-from torch.fx.experimental.proxy_tensor import make_fx
 
 aten = torch.ops.aten
 PROFILE = DeviceProfile(name="test", peak_flops=1e12, memory_bandwidth=1e10, host_link_bandwidth=1e10,
@@ -70,12 +71,11 @@ def _mm_chain(dtype):
                       torch.randn(96, 40, dtype=dtype))
 
 
-def test_reduced_precision_matmul_scratch_is_in_the_simulated_peak(monkeypatch):
+def test_reduced_precision_matmul_scratch_is_in_the_simulated_peak():
     """CPU bf16 matmuls (oneDNN) allocate a scratchpad inside the op; the simulated peak counts it and
     equals the profiler's peak of running the graph. fp32 matmuls (MKL) allocate none."""
-    from memcompile.passes.simulate import simulate_step
-
     from memcompile.measure import measure_peak
+    from memcompile.passes.simulate import simulate_step
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
