@@ -46,12 +46,12 @@ from memcompile.passes.planner.problem import (
 )
 from memcompile.passes.planner.search import SearchInputs, Verified, decomposes, search
 from memcompile.passes.planner.solution import PlanSolution
+from memcompile.passes.repeats import structural_colours
 from memcompile.passes.rewrite._lossy import LOSSY_META
 from memcompile.passes.rewrite.fewbit import fewbit_values
 from memcompile.passes.rewrite.inplace import output_form_values
 from memcompile.passes.rewrite.offload import offload_values
 from memcompile.passes.rewrite.quantize import preferred_form, quantize_storages
-from memcompile.passes.repeats import structural_colours
 from memcompile.passes.rewrite.recompute import Extractor, saved_for
 from memcompile.passes.simulate import simulate_step
 

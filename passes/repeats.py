@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.fx as fx
+from torch import fx
 
 ROUNDS = 6
 """Refinement rounds: the radius within which two nodes must look alike. A few ops tell apart the values

@@ -3,11 +3,10 @@
 import operator
 
 import torch
-import torch.fx as fx
+from memcompile.passes.rewrite.recompute import _reorder_like_autograd
+from torch import fx
 from torch._functorch import partitioners as tp
 from torch.fx._lazy_graph_module import _LazyGraphModule, _use_lazy_graph_module
-
-from memcompile.passes.rewrite.recompute import _reorder_like_autograd
 
 aten = torch.ops.aten
 

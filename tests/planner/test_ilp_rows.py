@@ -1,7 +1,6 @@
 """build_memory_rows: the ILP's memory constraints written once per problem and reused by later solves."""
 
 import pytest
-
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.ilp import build_memory_rows, solve_ilp
 from memcompile.passes.planner.problem import build_problem

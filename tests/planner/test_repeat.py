@@ -3,8 +3,6 @@ against the whole-graph ILP on synthetic stacks small enough for both."""
 
 import pytest
 import torch
-from torch.fx.experimental.proxy_tensor import make_fx
-
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner import search as search_mod
 from memcompile.passes.planner import tuning
@@ -15,6 +13,7 @@ from memcompile.passes.planner.search import SearchInputs, Verified, search
 from memcompile.passes.planner.solution import PEAK, TIME
 from memcompile.passes.repeats import structural_colours
 from memcompile.passes.simulate import Timeline
+from torch.fx.experimental.proxy_tensor import make_fx
 
 MB = 2**20
 # (bytes, recompute seconds) of the values of one layer, each read by the next and by the backward
