@@ -180,7 +180,8 @@ def _measured_scratch(op, args, kwargs, num_threads: int) -> int:
 
     if torch.autograd.profiler._is_profiler_enabled:
         return 0
-    with _disable_current_modes(), torch.no_grad():  # real tensors, not the compile's fake ones
+    # real tensors (not the compile's fake ones), the op as the node states it (no autocast casts)
+    with _disable_current_modes(), torch.no_grad(), torch.autocast("cpu", enabled=False):
         tensors = [
             torch.empty_strided(a[0], a[1], dtype=a[2]).zero_() if isinstance(a, tuple) else a for a in args
         ]
