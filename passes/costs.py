@@ -10,9 +10,10 @@ import functools
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
-import torch.fx as fx
+from torch import fx
 from torch.utils.flop_counter import flop_registry
 
 from .lifetimes import LifetimeTable, alias_source, size_hint
@@ -31,7 +32,7 @@ class DeviceProfile:
     """Fixed cost of launching one kernel."""
 
     @classmethod
-    def for_device(cls, device: str | torch.device) -> "DeviceProfile":
+    def for_device(cls, device: str | torch.device) -> DeviceProfile:
         """Nominal figures for a device type; pass your own DeviceProfile for measured ones."""
         device = torch.device(device)
         if device.type == "cuda" and torch.cuda.is_available():
@@ -124,44 +125,75 @@ def estimate_costs(
 _ONEDNN_MATMULS = frozenset(
     getattr(torch.ops.aten, op).default for op in ("mm", "addmm", "bmm", "baddbmm")
 )
+_ONEDNN_CONVOLUTIONS = frozenset((torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default))
 _REDUCED = (torch.bfloat16, torch.float16)
 
 
 def scratch_bytes(gm: fx.GraphModule | fx.Graph) -> dict[str, int]:
     """Bytes each node allocates and frees inside itself, beyond its output (simulate.py adds them at its step).
 
-    CPU matmuls in bf16/fp16 run through oneDNN, whose scratchpad (packed operand blocks and fp32
-    accumulators, per thread) goes through PyTorch's allocator for the op's duration; its size is
-    oneDNN's blocking choice, so it is measured by running the op once per shape, layout, dtype and
-    thread count. fp32 matmuls (MKL) and every other op allocate no scratch here.
+    On CPU, oneDNN runs bf16/fp16 matmuls and every convolution (forward and backward, fp32 too); its
+    scratchpad and its reorders into and out of blocked layouts (packed operand blocks, fp32
+    accumulators per thread, a blocked copy of the output or gradient) go through PyTorch's allocator
+    for the op's duration. Their size is oneDNN's blocking choice, so it is measured by running the op
+    once per shape, layout, dtype and thread count. fp32 matmuls (MKL) and every other op allocate no
+    scratch here.
     """
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
     out: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op != "call_function" or node.target not in _ONEDNN_MATMULS:
+        if node.op != "call_function":
             continue
-        key = _matmul_key(node)
+        if node.target in _ONEDNN_MATMULS:
+            key = _op_key(node, dtypes=_REDUCED)
+        elif node.target in _ONEDNN_CONVOLUTIONS:
+            key = _op_key(node, dtypes=None)
+        else:
+            continue
         if key is not None:
             nbytes = _measured_scratch(*key, torch.get_num_threads())
             if nbytes:
-                out[node.name] = nbytes
+                # a tuple's parts exist beside the scratch inside the op; the simulator allocates them
+                # only at their getitems, after the op's step
+                out[node.name] = nbytes + _tuple_output_bytes(node)
     return out
 
 
-def _matmul_key(node: fx.Node):
-    """(op, ((size, stride, dtype) | scalar, ...)) of a CPU reduced-precision matmul with static shapes, else None."""
+def _tuple_output_bytes(node: fx.Node) -> int:
+    val = node.meta.get("val")
+    if not isinstance(val, (tuple, list)):
+        return 0
+    return sum(t.numel() * t.element_size()
+               for t in val if isinstance(t, torch.Tensor))
+
+
+class _TensorSpec(NamedTuple):
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _scalar_arg(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_scalar_arg(v) for v in value)
+    return isinstance(value, (int, float, bool)) or value is None
+
+
+def _op_key(node: fx.Node, *, dtypes):
+    """(op, ((size, stride, dtype) | scalars, ...), kwargs) of a CPU op with static shapes whose tensors
+    have one of ``dtypes`` (None: any), else None."""
     args = []
     for a in node.args:
         val = a.meta.get("val") if isinstance(a, fx.Node) else a
         if isinstance(val, torch.Tensor):
-            if val.device.type != "cpu" or val.dtype not in _REDUCED:
+            if val.device.type != "cpu" or (dtypes is not None and val.dtype not in dtypes):
                 return None
             try:
-                args.append((tuple(int(s) for s in val.shape), tuple(int(s) for s in val.stride()), val.dtype))
+                args.append(_TensorSpec(tuple(int(s) for s in val.shape), tuple(int(s) for s in val.stride()), val.dtype))
             except (TypeError, ValueError, RuntimeError):  # a symbolic size: not measurable before it is known
                 return None
-        elif isinstance(val, (int, float, bool)) or val is None:
-            args.append(val)
+        elif _scalar_arg(val):
+            args.append(tuple(val) if isinstance(val, list) else val)
         else:
             return None
     if node.kwargs and any(isinstance(v, fx.Node) for v in node.kwargs.values()):
@@ -183,7 +215,8 @@ def _measured_scratch(op, args, kwargs, num_threads: int) -> int:
     # real tensors (not the compile's fake ones), the op as the node states it (no autocast casts)
     with _disable_current_modes(), torch.no_grad(), torch.autocast("cpu", enabled=False):
         tensors = [
-            torch.empty_strided(a[0], a[1], dtype=a[2]).zero_() if isinstance(a, tuple) else a for a in args
+            torch.empty_strided(a.shape, a.stride, dtype=a.dtype).zero_() if isinstance(a, _TensorSpec) else a
+            for a in args
         ]
         op(*tensors, **dict(kwargs))  # first call: oneDNN builds and caches its primitive
         prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
