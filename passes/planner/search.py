@@ -140,6 +140,13 @@ def search(inputs: SearchInputs, *, verify: Verify, solve: Solve = solve_ilp, fa
         _repair(run)
     if state.chosen is None:
         state.chosen = _floor_plan(run)
+    elif inputs.budget_fraction is not None and state.floor_solution is not None \
+            and state.target_bytes == _floor_bytes(run) and state.chosen.source != "default":
+        # a fraction that resolved to the floor asks for the smallest peak, not for any plan within
+        # the slack of it: the lowest simulated peak built, so no lower fraction runs above a higher one
+        floor = _floor_plan(run)
+        if floor.peak_bytes < state.chosen.peak_bytes:
+            state.chosen = floor
     if state.floor_plan is not None:
         min_peak = state.floor_plan.peak_bytes
     else:
@@ -264,10 +271,16 @@ def _floor_plan(run: _Run) -> Verified:
     built = _verify(run, sol) if sol.feasible else inputs.default
     if sol.feasible and sol.inplace and built.peak_bytes > sol.predicted_peak_bytes:
         # inplace costs nothing, so it must not leave a higher floor than the plan without it
-        plain = run.solve(without_modes(inputs.problem, (INPLACE,)), budget_bytes=None, objective=PEAK,
-                          time_limit_seconds=inputs.time_limit_seconds)
+        plain_problem = without_modes(inputs.problem, (INPLACE,))
+        plain = run.solve(plain_problem, budget_bytes=None, objective=PEAK, time_limit_seconds=inputs.time_limit_seconds)
         if plain.feasible:
             _verify(run, plain)
+            # and the fastest plan at that peak, as a fraction's search without inplace builds it: plans
+            # the model rates equal differ in the chains they recompute
+            fast = run.solve(plain_problem, budget_bytes=plain.predicted_peak_bytes, objective=TIME,
+                             time_limit_seconds=inputs.time_limit_seconds)
+            if fast.feasible and fast.recompute != plain.recompute:
+                _verify(run, fast)
     lowest = state.lowest_built if state.lowest_built is not None else built
     if lowest.peak_bytes < built.peak_bytes:
         built = lowest

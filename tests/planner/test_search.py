@@ -164,3 +164,25 @@ def test_a_byte_budget_below_the_model_floor_is_met_when_the_simulator_finds_a_l
     budget = floor.predicted_peak_bytes - 2 * MB
     result = search(_inputs(problem, budget_bytes=budget), verify=OverCounting())
     assert result.budget_met and result.chosen.peak_bytes <= budget
+
+
+def test_a_fraction_at_the_floor_runs_the_lowest_simulated_peak_built_not_any_plan_within_the_slack():
+    """A fraction that resolves to the floor asks for the smallest peak: a first plan accepted within the
+    slack of the floor gives way to a lower one (here the floor plan, which the simulator finds exact)."""
+    from memcompile.passes.planner import tuning
+
+    problem = _chain()
+    inputs = _inputs(problem, budget_fraction=0.0)
+    above = int(tuning.FRACTION_SLACK * inputs.default.peak_bytes) // 2
+
+    class FirstPlanAbove(FakeVerifier):
+        def __call__(self, sol):
+            built = super().__call__(sol)
+            if self.calls > 1:
+                return built
+            return Verified(solution=sol, timeline=_timeline(sol.predicted_peak_bytes + above, sol.keep),
+                            source=sol.solver)
+
+    result = search(inputs, verify=FirstPlanAbove())
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert result.chosen.peak_bytes == floor.predicted_peak_bytes
