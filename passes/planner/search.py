@@ -8,6 +8,7 @@ describes the stages and the memory model.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Mapping
@@ -147,6 +148,18 @@ def search(inputs: SearchInputs, *, verify: Verify, solve: Solve = solve_ilp, fa
         floor = _floor_plan(run)
         if floor.peak_bytes < state.chosen.peak_bytes:
             state.chosen = floor
+    fraction = inputs.budget_fraction
+    if fraction is not None and fraction < tuning.MONOTONE_ANCHOR and state.chosen.source != "default" \
+            and state.chosen.peak_bytes > state.chosen.solution.predicted_peak_bytes:
+        # The model under-counted this plan, so plans a higher fraction builds may run lower: a lower
+        # budget never runs above the anchor fraction's plan (monotone there by construction)
+        anchor = search(dataclasses.replace(inputs, budget_fraction=tuning.MONOTONE_ANCHOR), verify=verify,
+                        solve=solve, fallback=fallback)
+        if anchor.chosen.peak_bytes < state.chosen.peak_bytes:
+            state.chosen = anchor.chosen
+            state.notes.append(f"the {tuning.MONOTONE_ANCHOR} budget's plan runs lower; taken")
+        if state.floor_plan is not None and anchor.chosen.peak_bytes < state.floor_plan.peak_bytes:
+            state.floor_plan = anchor.chosen
     if state.floor_plan is not None:
         min_peak = state.floor_plan.peak_bytes
     else:

@@ -23,6 +23,12 @@ FRACTION_SLACK = 0.02
 of the floor a fraction plans the floor itself (so low fractions share one plan). NOT principled either:
 it absorbs the simulator's error on the toy models; same condition for its removal."""
 
+MONOTONE_ANCHOR = 0.5
+"""A fraction below it whose plan the simulator finds above the model's figure also runs the search at
+this fraction and takes the lower of the two plans: the model's error grows with the recompute it
+under-counts, so a lower budget could otherwise run above a higher one. torch's default budget's middle;
+it doubles the planning of low fractions where the model under-counts, and only there."""
+
 REPEAT_MIN_CANDIDATES: int | None = None
 """Candidates from which the search ties repeated layers (planner/repeat.py); None: never. Off because tying
 did not make CBC faster where it was measured (a 48-layer Llama-like graph: CBC's time goes to the LP

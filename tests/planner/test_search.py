@@ -186,3 +186,19 @@ def test_a_fraction_at_the_floor_runs_the_lowest_simulated_peak_built_not_any_pl
     result = search(inputs, verify=FirstPlanAbove())
     floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
     assert result.chosen.peak_bytes == floor.predicted_peak_bytes
+
+
+def test_a_fraction_below_the_anchor_never_runs_above_the_anchor_fractions_plan():
+    """A model that under-counts every recomputed value (chains): the floor's plans run higher than the
+    plans a higher fraction builds; the search at 0.0 takes the 0.5 budget's plan when it runs lower."""
+
+    class ChainBlind(FakeVerifier):
+        def __call__(self, sol):
+            self.calls += 1
+            peak = sol.predicted_peak_bytes + 6 * MB * len(sol.recompute)
+            return Verified(solution=sol, timeline=_timeline(peak, sol.keep), source=sol.solver)
+
+    problem = _chain()
+    half = search(_inputs(problem, budget_fraction=0.5), verify=ChainBlind()).chosen.peak_bytes
+    low = [search(_inputs(problem, budget_fraction=f), verify=ChainBlind()).chosen.peak_bytes for f in (0.3, 0.0)]
+    assert all(peak <= half for peak in low), (half, low)
