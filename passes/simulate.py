@@ -83,7 +83,7 @@ def simulate_step(
     fw_table = analyse(fw)
     bw_table = analyse(bw) if bw is not None else None
     offload = (offload_roles(fw), offload_roles(bw) if bw is not None else {})
-    scratch = (scratch_bytes(fw), scratch_bytes(bw) if bw is not None else {})
+    scratch = (scratch_bytes(fw, model=model), scratch_bytes(bw, model=model) if bw is not None else {})
     return simulate_tables(fw_table, bw_table, num_fwd_outputs=num_fwd_outputs, model=model, offload=offload,
                            scratch=scratch)
 
