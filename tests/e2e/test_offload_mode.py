@@ -84,7 +84,10 @@ def test_gradients_equal_eager_exactly_with_offload(name, modes, budget, no_comp
         return
     assert "offload" in used, plan.notes
     assert len(plan.solution.offload) == sum(d.mode == "offload" for d in plan.decisions)
-    if "recompute" in modes:
+    if "recompute" in modes and name == "gpt-tiny":
+        # on the activation MLP, in-place and offload reach the floor without recomputing (since the
+        # model stopped counting backward-only reads as forward liveness): the combination is the
+        # point, which the exact gradients above check
         assert "recompute" in used
     if "inplace" in modes:
         assert "inplace" in used
