@@ -18,3 +18,12 @@ def no_compile_cache():
     """Plans are recorded only when the partitioner runs, so tests that read them bypass Inductor's caches."""
     with torch._inductor.config.patch(force_disable_caches=True):
         yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (peaks and scratch sizes depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

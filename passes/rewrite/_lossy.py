@@ -155,3 +155,30 @@ def inline_aten(graph: fx.Graph, fake_mode, fn, *args) -> tuple[fx.Node, ...]:
             raise RuntimeError(f"inline_aten: {fn.__name__} traced to a {node.op} node ({node.target}); "
                                "only call_function nodes can be inlined")
     raise RuntimeError(f"inline_aten: {fn.__name__} traced to a graph without an output")
+
+
+def decompose_ops(gm: fx.GraphModule, targets: Collection) -> int:
+    """Replace, in place, every call of one of ``targets`` in ``gm`` that Inductor's decomposition table
+    covers by that decomposition (inlined ATen ops); returns how many were replaced. For ops the
+    backend kept whole for a rewrite that then left them (the fewbit and inplace modes)."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    graph = gm.graph
+    table = select_decomp_table()
+    leftovers = [n for n in graph.nodes if n.op == "call_function" and n.target in targets and n.target in table]
+    if not leftovers:
+        return 0
+    mode = fake_mode_of(graph)
+    for node in leftovers:
+        # keyword arguments (gelu_backward's approximate) passed positionally, in the schema's order
+        following = [a.name for a in node.target._schema.arguments[len(node.args):len(node.args) + len(node.kwargs)]]
+        if set(following) != set(node.kwargs):
+            raise RuntimeError(f"memcompile: cannot pass the arguments of {node.format_node()} positionally")
+        args = [*node.args, *(node.kwargs[name] for name in following)]
+        with graph.inserting_before(node):
+            (result,) = inline_aten(graph, mode, table[node.target], *args)
+        node.replace_all_uses_with(result)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+    return len(leftovers)

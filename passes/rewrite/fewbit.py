@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from ._lossy import LOSSY_META, LossyRewrite, call, fake_mode_of, finish, inline_aten
+from ._lossy import LOSSY_META, LossyRewrite, call, decompose_ops, fake_mode_of, finish
 
 # NOTE on compile caches: a graph this rewrite produced calls memcompile::fewbit_gelu / _silu / _backward.
 # When Inductor's caches serve such a graph to a new process, no planning (and no rewrite)
@@ -161,24 +161,4 @@ def decompose_leftover_derivatives(gm: fx.GraphModule) -> int:
     kernel, and which raises instead when the environment variable CI is set ("make_fallback(
     aten.gelu_backward.default): a decomposition exists"). Decomposed here, they compile as they
     would have without the fewbit mode."""
-    from torch._inductor.decomposition import select_decomp_table
-
-    graph = gm.graph
-    leftovers = [n for n in graph.nodes if n.op == "call_function" and n.target in FEWBIT_RULES]
-    if not leftovers:
-        return 0
-    table = select_decomp_table()
-    mode = fake_mode_of(graph)
-    for node in leftovers:
-        # keyword arguments (gelu_backward's approximate) passed positionally, in the schema's order
-        following = [a.name for a in node.target._schema.arguments[len(node.args):len(node.args) + len(node.kwargs)]]
-        if set(following) != set(node.kwargs):
-            raise RuntimeError(f"memcompile: cannot pass the arguments of {node.format_node()} positionally")
-        args = [*node.args, *(node.kwargs[name] for name in following)]
-        with graph.inserting_before(node):
-            (result,) = inline_aten(graph, mode, table[node.target], *args)
-        node.replace_all_uses_with(result)
-        graph.erase_node(node)
-    graph.lint()
-    gm.recompile()
-    return len(leftovers)
+    return decompose_ops(gm, FEWBIT_RULES)

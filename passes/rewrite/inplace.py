@@ -45,7 +45,7 @@ from numbers import Real
 import torch
 from torch import fx
 
-from ._lossy import LossyRewrite, call, fake_mode_of, finish, inline_aten
+from ._lossy import LossyRewrite, call, decompose_ops, fake_mode_of, finish
 from .norm_output import norm_output_source, rebuild_from_output
 
 aten = torch.ops.aten
@@ -275,24 +275,5 @@ def decompose_leftovers(gm: fx.GraphModule) -> int:
     NOTE on why: Inductor has no lowering for these ops (it relies on their decompositions) and would
     fall back to ATen's kernel, or raise where the environment variable CI is set; decomposed here,
     they compile as they would have without the inplace mode."""
-    from torch._inductor.decomposition import select_decomp_table
-
-    graph = gm.graph
-    table = select_decomp_table()
-    # relu is lowered by Inductor itself (no decomposition): left as it is
-    leftovers = [n for n in graph.nodes if n.op == "call_function" and n.target in KEPT_WHOLE and n.target in table]
-    if not leftovers:
-        return 0
-    mode = fake_mode_of(graph)
-    for node in leftovers:
-        following = [a.name for a in node.target._schema.arguments[len(node.args):len(node.args) + len(node.kwargs)]]
-        if set(following) != set(node.kwargs):
-            raise RuntimeError(f"memcompile: cannot pass the arguments of {node.format_node()} positionally")
-        args = [*node.args, *(node.kwargs[name] for name in following)]
-        with graph.inserting_before(node):
-            (result,) = inline_aten(graph, mode, table[node.target], *args)
-        node.replace_all_uses_with(result)
-        graph.erase_node(node)
-    graph.lint()
-    gm.recompile()
-    return len(leftovers)
+    # relu is lowered by Inductor itself (no decomposition): decompose_ops leaves it as it is
+    return decompose_ops(gm, KEPT_WHOLE)

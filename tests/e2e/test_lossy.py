@@ -199,14 +199,6 @@ def train(options, steps=TRAIN_STEPS, lr=1e-2):
     return sum(losses[-20:]) / 20
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_training_with_lossy_modes_reaches_the_lossless_loss(no_compile_cache, one_thread):
     lossless = train({"inner": "eager"})
     assert lossless < 1.7  # learned most of the task (floor 1.386; 4.16 at the start)
