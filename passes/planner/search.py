@@ -44,6 +44,8 @@ class Verified:
 
 
 Verify = Callable[[PlanSolution], Verified]
+"""Builds and simulates a plan; what it builds must follow from ``plan_key(sol)`` alone (``search`` builds a
+key once and reuses it)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,7 +130,42 @@ def search(inputs: SearchInputs, *, verify: Verify, solve: Solve = solve_ilp, fa
         ties = candidate_ties(inputs.problem, inputs.colours, tuning.REPEAT_GROUPS)
         if ties:
             solve = functools.partial(solve, tied=ties)
-    run = _Run(inputs, solve, verify, fallback, SearchState())
+    return _search(inputs, verify=_reusing(verify) if REUSE_BUILT_PLANS else verify, solve=solve, fallback=fallback)
+
+
+REUSE_BUILT_PLANS = True
+"""Build each plan once per search (its anchor search included) and hand the same forward and backward to every
+later verification of the same decisions (the rounds and the floor often ask for a plan built already); the
+anchor search takes the floor solution as solved. Off only to check, in tests, that reuse changes no plan."""
+
+
+def plan_key(sol: PlanSolution) -> tuple:
+    """What a verifier's build depends on: what the plan recomputes and stores otherwise than kept, and the
+    solver (the plan's source). Not ``keep``: the build saves what the backward reads and does not recompute
+    (rewrite/recompute.saved_for), so two solutions that differ only in keep rows build the same graphs."""
+    return (sol.solver, sol.recompute, sol.quantize, sol.fewbit, sol.inplace, sol.offload)
+
+
+def _reusing(verify: Verify) -> Verify:
+    """``verify``, run once per ``plan_key``; a repeat gets the built plan with its own solution."""
+    built: dict[tuple, Verified] = {}
+
+    def verify_once(sol: PlanSolution) -> Verified:
+        key = plan_key(sol)
+        hit = built.get(key)
+        if hit is None:
+            hit = built[key] = verify(sol)
+            return hit
+        return hit if hit.solution is sol else dataclasses.replace(hit, solution=sol)
+
+    return verify_once
+
+
+def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Solve,
+            floor_solution: PlanSolution | None = None) -> SearchResult:
+    """``search`` with ties applied; ``floor_solution``: the model's smallest-peak plan of ``inputs.problem``
+    when a search of the same problem solved it already (the anchor search), so it is not solved again."""
+    run = _Run(inputs, solve, verify, fallback, SearchState(floor_solution=floor_solution))
     state = run.state
     if inputs.budget_fraction is not None:
         _resolve_fraction(run)
@@ -153,8 +190,10 @@ def search(inputs: SearchInputs, *, verify: Verify, solve: Solve = solve_ilp, fa
             and state.chosen.peak_bytes > state.chosen.solution.predicted_peak_bytes:
         # The model under-counted this plan, so plans a higher fraction builds may run lower: a lower
         # budget never runs above the anchor fraction's plan (monotone there by construction)
-        anchor = search(dataclasses.replace(inputs, budget_fraction=tuning.MONOTONE_ANCHOR), verify=verify,
-                        solve=solve, fallback=fallback)
+        # same problem: its floor and the plans built so far serve the anchor search as they are
+        anchor = _search(dataclasses.replace(inputs, budget_fraction=tuning.MONOTONE_ANCHOR), verify=verify,
+                         solve=solve, fallback=fallback,
+                         floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None)
         if anchor.chosen.peak_bytes < state.chosen.peak_bytes:
             state.chosen = anchor.chosen
             state.notes.append(f"the {tuning.MONOTONE_ANCHOR} budget's plan runs lower; taken")

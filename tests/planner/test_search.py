@@ -8,6 +8,7 @@ from memcompile.passes.planner.search import (
     SearchInputs,
     Verified,
     kept_at_peak,
+    plan_key,
     search,
 )
 from memcompile.passes.planner.solution import PEAK, PlanSolution
@@ -169,22 +170,34 @@ def test_a_byte_budget_below_the_model_floor_is_met_when_the_simulator_finds_a_l
 def test_a_fraction_at_the_floor_runs_the_lowest_simulated_peak_built_not_any_plan_within_the_slack():
     """A fraction that resolves to the floor asks for the smallest peak: a first plan accepted within the
     slack of the floor gives way to a lower one (here the floor plan, which the simulator finds exact)."""
+    import dataclasses
+
     from memcompile.passes.planner import tuning
 
     problem = _chain()
     inputs = _inputs(problem, budget_fraction=0.0)
     above = int(tuning.FRACTION_SLACK * inputs.default.peak_bytes) // 2
 
-    class FirstPlanAbove(FakeVerifier):
+    def solve(problem, **kw):
+        # the time solves return a plan the model rates as the floor but that keeps a1 (plans the model
+        # rates equal differ in what the simulator finds)
+        sol = solve_ilp(problem, **kw)
+        if kw["objective"] == "time" and sol.feasible and "a1" in sol.recompute:
+            sol = dataclasses.replace(sol, keep=sol.keep | {"a1"}, recompute=sol.recompute - {"a1"})
+        return sol
+
+    class KeepingA1Runs(FakeVerifier):  # a function of the plan, as the simulator is
         def __call__(self, sol):
             built = super().__call__(sol)
-            if self.calls > 1:
+            if "a1" not in sol.keep:
                 return built
             return Verified(solution=sol, timeline=_timeline(sol.predicted_peak_bytes + above, sol.keep),
                             source=sol.solver)
 
-    result = search(inputs, verify=FirstPlanAbove())
+    verify = KeepingA1Runs()
+    result = search(inputs, verify=verify, solve=solve)
     floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert "a1" in floor.recompute and verify.calls == 2  # the first plan kept a1 and was within the slack
     assert result.chosen.peak_bytes == floor.predicted_peak_bytes
 
 
@@ -202,3 +215,76 @@ def test_a_fraction_below_the_anchor_never_runs_above_the_anchor_fractions_plan(
     half = search(_inputs(problem, budget_fraction=0.5), verify=ChainBlind()).chosen.peak_bytes
     low = [search(_inputs(problem, budget_fraction=f), verify=ChainBlind()).chosen.peak_bytes for f in (0.3, 0.0)]
     assert all(peak <= half for peak in low), (half, low)
+
+
+class _ChainBlind(FakeVerifier):
+    """Under-counts every recomputed value (the anchor search runs), and records each plan it builds."""
+
+    def __init__(self):
+        super().__init__()
+        self.built = []
+
+    def __call__(self, sol):
+        self.calls += 1
+        self.built.append(plan_key(sol))
+        peak = sol.predicted_peak_bytes + 6 * MB * len(sol.recompute)
+        return Verified(solution=sol, timeline=_timeline(peak, sol.keep), source=sol.solver)
+
+
+def _counting_solve(calls):
+    def solve(problem, **kw):
+        calls.append((kw["objective"], kw["budget_bytes"], kw.get("max_added_seconds"), kw.get("unkept_storages")))
+        return solve_ilp(problem, **kw)
+    return solve
+
+
+def _outcome(result):
+    chosen = result.chosen
+    return (chosen.peak_bytes, chosen.source, plan_key(chosen.solution), chosen.solution.keep, result.target_bytes,
+            result.budget_met, result.min_peak_bytes, result.notes)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3])
+def test_reuse_builds_each_plan_once_and_changes_no_result(monkeypatch, fraction):
+    """The floor and the anchor search ask for plans built already: built once, the same result as without reuse."""
+    import memcompile.passes.planner.search as search_module
+
+    problem = _chain()
+    runs = {}
+    for reuse in (False, True):
+        monkeypatch.setattr(search_module, "REUSE_BUILT_PLANS", reuse)
+        verify, calls = _ChainBlind(), []
+        result = search(_inputs(problem, budget_fraction=fraction), verify=verify, solve=_counting_solve(calls))
+        runs[reuse] = (_outcome(result), verify.built, calls)
+    (before, built_before, solves_before), (after, built_after, solves_after) = runs[False], runs[True]
+    assert after == before
+    assert len(built_before) > len(set(built_before))  # without reuse some plan is built twice
+    assert len(built_after) == len(set(built_after)) and set(built_after) == set(built_before)  # with it, once
+    floor = (PEAK, None, None, frozenset())
+    at = [i for i, call in enumerate(solves_before) if call == floor]
+    assert len(at) == 2  # without reuse the anchor search solved the floor again
+    assert solves_after == solves_before[:at[1]] + solves_before[at[1] + 1:]
+
+
+def test_a_repeated_plan_gets_its_own_solution_with_the_built_graphs():
+    """A second verification of the same decisions returns the first build, carrying the second solution."""
+    from memcompile.passes.planner.search import _reusing
+
+    problem = _chain()
+    first = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    import dataclasses
+
+    second = dataclasses.replace(first, keep=first.keep | {"a2"}, added_seconds=1.0)  # a keep row only
+    builds = []
+
+    def verify(sol):
+        builds.append(sol)
+        return Verified(solution=sol, timeline=_timeline(sol.predicted_peak_bytes), source=sol.solver,
+                        artifact=object())
+
+    once = _reusing(verify)
+    a, b = once(first), once(second)
+    assert builds == [first]
+    assert b.solution is second and b.artifact is a.artifact and b.timeline is a.timeline
+    c = once(dataclasses.replace(first, recompute=first.recompute - {"a1"}))
+    assert len(builds) == 2 and c.artifact is not a.artifact
