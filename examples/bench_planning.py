@@ -3,6 +3,7 @@
     python examples/bench_planning.py --model gpt-24 --budgets 0.5,0.1 --repeat 3
     python examples/bench_planning.py --depths 6,12,24,48,96 --budgets 0.5   # growth with depth
     python examples/bench_planning.py --model hf-gpt2-small --modes recompute,inplace,quantize,fewbit
+    python examples/bench_planning.py --model hf-gpt2-small --budgets 0.0 --compare-reuse   # reuse on vs off
 
 The joint graph is traced once (AOT autograd); each partitioner then runs on a fresh copy of
 it, under the lazy GraphModule mode Inductor itself uses, alternating between the two so
@@ -21,12 +22,11 @@ import time
 import warnings
 
 import torch
-import torch.fx as fx
+from torch import fx
 
-from memcompile.models import PRESETS, ModelArgs, Transformer, make
 from memcompile.config import MemConfig
+from memcompile.models import PRESETS, ModelArgs, Transformer, make
 from memcompile.partitioner import MemPartitioner, _copy_graph
-
 
 DEPTH_ARGS = ModelArgs(arch="llama", vocab_size=512, dim=128, n_heads=4, batch_size=2, seq_len=64, max_seq_len=64)
 """The Llama-like model of the depth sweep (d=128, batch 2x64); only ``n_layers`` changes."""
@@ -75,7 +75,7 @@ def capture_joint(name: str | int):
     model, inputs = (make_deep(name) if isinstance(name, int) else make_gpt2_small() if name == GPT2_SMALL
                      else make(name))
     torch._dynamo.reset()
-    run = lambda g, _: make_boxed_func(g.forward)  # noqa: E731 - the graphs only need to run eagerly
+    run = lambda g, _: make_boxed_func(g.forward)
     backend = aot_autograd(fw_compiler=run, bw_compiler=run, partition_fn=partition)
     torch.compile(model, backend=backend)(*inputs)
     kw = dict(captured["kw"])
@@ -100,14 +100,32 @@ def time_torch(joint, inputs, kw, budget: float, *, gc_off: bool = False) -> flo
         gc.enable()
 
 
-def time_memcompile(joint, inputs, kw, budget: float, modes: tuple[str, ...] | None = None):
+def time_memcompile(joint, inputs, kw, budget: float, modes: tuple[str, ...] | None = None, *, reuse: bool = True):
+    """memcompile's planning, from a fresh start (no fake values memoised by an earlier run on this graph);
+    ``reuse`` False: with the planning-time reuse of issue 19 off (built plans, fake values), for before/after."""
+    from memcompile.passes.planner import search as search_module
+    from memcompile.passes.rewrite import _lossy
+
     plans = []
     options = {"memory_budget": budget, **({"modes": modes} if modes else {})}
     partitioner = MemPartitioner(MemConfig.from_options(options), on_plan=plans.append)
     gm = fx.GraphModule(joint, _copy_graph(joint.graph))
-    t0 = time.perf_counter()
-    partitioner(gm, inputs, compiler="inductor", **kw)
-    return time.perf_counter() - t0, plans[-1]
+    _lossy.forget_fake_values(joint.graph)  # gm's nodes share their fake values with joint's
+    saved = search_module.REUSE_BUILT_PLANS, _lossy.MEMO_FAKE_VALUES
+    search_module.REUSE_BUILT_PLANS = _lossy.MEMO_FAKE_VALUES = reuse
+    try:
+        t0 = time.perf_counter()
+        partitioner(gm, inputs, compiler="inductor", **kw)
+        return time.perf_counter() - t0, plans[-1]
+    finally:
+        search_module.REUSE_BUILT_PLANS, _lossy.MEMO_FAKE_VALUES = saved
+        _lossy.forget_fake_values(joint.graph)
+
+
+def same_plan(a, b) -> bool:
+    """Whether two plans of one graph are the same: decisions, simulated peak, graphs' code."""
+    return (a.decisions, a.planned.peak_bytes, a.forward_code, a.backward_code) == \
+        (b.decisions, b.planned.peak_bytes, b.forward_code, b.backward_code)
 
 
 def growth_exponent(sizes, seconds) -> float:
@@ -161,6 +179,9 @@ def main(argv=None) -> int:
                         "recompute,inplace,quantize,fewbit")
     parser.add_argument("--budgets", default="0.5,0.1")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--compare-reuse", action="store_true",
+                        help="also time memcompile with the planning-time reuse (built plans, fake values) off, "
+                        "and check that both give the same plan")
     parser.add_argument("--depths", default=None,
                         help="comma-separated layer counts: time both partitioners on a Llama-like model of each "
                         "depth (first budget only) and print the growth exponents, instead of --model")
@@ -180,29 +201,40 @@ def main(argv=None) -> int:
         n_nodes = len(joint.graph.nodes)
         rows = []
         for budget in budgets:
-            torch_s, torch_nogc_s, ours_s, plan = [], [], [], None
+            torch_s, torch_nogc_s, ours_s, off_s, plan, same = [], [], [], [], None, True
             for _ in range(args.repeat):
                 torch_s.append(time_torch(joint, inputs, kw, budget))
                 torch_nogc_s.append(time_torch(joint, inputs, kw, budget, gc_off=True))
+                if args.compare_reuse:
+                    seconds, plan_off = time_memcompile(joint, inputs, kw, budget, modes, reuse=False)
+                    off_s.append(seconds)
                 seconds, plan = time_memcompile(joint, inputs, kw, budget, modes)
                 ours_s.append(seconds)
+                if args.compare_reuse:
+                    same = same and same_plan(plan, plan_off)
             rows.append((budget, statistics.median(torch_s), statistics.median(torch_nogc_s),
-                         statistics.median(ours_s), plan))
+                         statistics.median(ours_s), plan, statistics.median(off_s) if off_s else None, same))
 
     print(f"model {args.model}: joint graph of {n_nodes} nodes; modes {', '.join(modes) if modes else 'lossless'}; "
           f"torch {torch.__version__}; "
           f"median of {args.repeat} runs; CPU threads {torch.get_num_threads()}")
     print()
-    print("| budget | torch min-cut + knapsack (s) | torch, cyclic GC off (s) | memcompile (s) | ratio | "
+    off = "memcompile, reuse off (s) | ratio | same plan | " if args.compare_reuse else ""
+    print(f"| budget | torch min-cut + knapsack (s) | torch, cyclic GC off (s) | {off}memcompile (s) | ratio | "
           "ILP vars | memcompile stages (s) |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
-    for budget, torch_t, torch_nogc_t, ours_t, plan in rows:
+    print("|---:|---:|---:|" + ("---:|---:|---|" if args.compare_reuse else "") + "---:|---:|---:|---|")
+    for budget, torch_t, torch_nogc_t, ours_t, plan, off_t, same in rows:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in plan.extra.get("stage_seconds", {}).items())
         n_vars = plan.solution.n_vars if plan.solution else 0
-        print(f"| {budget} | {torch_t:.2f} | {torch_nogc_t:.2f} | {ours_t:.2f} | {ours_t / torch_t:.2f} | {n_vars} | {stages} |")
+        off = f"{off_t:.2f} | {off_t / torch_t:.2f} | {'yes' if same else 'NO'} | " if args.compare_reuse else ""
+        print(f"| {budget} | {torch_t:.2f} | {torch_nogc_t:.2f} | {off}{ours_t:.2f} | {ours_t / torch_t:.2f} | {n_vars} "
+              f"| {stages} |")
     print()
     print("memcompile pauses Python's cyclic GC while it plans (the column 'torch, cyclic GC off' gives torch "
-          "the same pause); ratio = memcompile / torch as torch runs.")
+          "the same pause); ratio = memcompile / torch as torch runs."
+          + (" 'reuse off': the same planning with issue 19's reuse of built plans and fake values off, in the "
+             "same rounds; 'same plan': its decisions, simulated peak and graphs equal the plan with reuse."
+             if args.compare_reuse else ""))
     return 0
 
 

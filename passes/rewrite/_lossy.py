@@ -8,12 +8,14 @@ rewrite inserts gets the value the op would produce under the graph's FakeTensor
 
 from __future__ import annotations
 
+import operator
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.fx as fx
+from torch import fx
 
 LOSSY_META = "memcompile_lossy"
 """``node.meta`` key on the values a lossy rewrite saves: {"mode", "source", "seconds"} (for the report)."""
@@ -49,11 +51,137 @@ def fake_mode_of(graph: fx.Graph):
 
 def call(graph: fx.Graph, fake_mode, target, *args: Any, **kwargs: Any) -> fx.Node:
     """``graph.call_function(target, args, kwargs)`` at the current insert point, with meta["val"] set."""
+    return _call(graph, fake_mode, target, args, kwargs)
+
+
+def _call(graph: fx.Graph, fake_mode, target, args, kwargs, *, reuse: bool = True) -> fx.Node:
     node = graph.call_function(target, args, kwargs)
     fake_args, fake_kwargs = fx.node.map_arg((args, kwargs), lambda n: n.meta["val"])
-    with fake_mode:
-        node.meta["val"] = target(*fake_args, **fake_kwargs)
+    node.meta["val"] = _fake_value(graph, fake_mode, target, fake_args, fake_kwargs, reuse=reuse)
     return node
+
+
+MEMO_FAKE_VALUES = True
+"""Reuse the fake values an op, or a function ``inline_aten`` inlines, gave for the same fake inputs (the same
+objects) in an earlier rewrite. Each plan's rewrite works on a copy of the joint graph whose nodes share their
+``meta["val"]`` objects with it, so the search's rounds, which mostly rewrite the same storages, ask for the
+same values again, and a fake dispatch costs more than the node it is for (docs/BENCHMARKS.md, "Issue 19").
+Off only to check, in tests, that it changes nothing."""
+_MEMO_ATTR = "_memcompile_fake_memo"
+_MEMO_MAX = 100_000
+_SCALARS = (bool, int, float, str, torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+class _FakeMemo:
+    """Per fake mode (one compile's graphs share it): values by the identities of the fake inputs they were
+    computed from. Entries hold their inputs, so no identity in a key is ever another object's."""
+
+    __slots__ = ("calls", "fragments", "handed")
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple, tuple] = {}
+        """op call key -> (inputs, value)"""
+        self.fragments: dict[tuple, tuple] = {}
+        """inlined function key -> (trace, inputs, values of the trace's call_function nodes in order)"""
+        self.handed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        """graph -> ids of memo values given to its nodes: one value never goes to two nodes of one graph
+        (passes downstream may read aliasing from the values' storages)."""
+
+    def take(self, graph: fx.Graph, vals) -> bool:
+        """Give ``vals`` to nodes of ``graph``, unless one of them was given to a node of it already."""
+        handed = self.handed.setdefault(graph, set())
+        ids = [id(v) for v in vals]
+        if any(i in handed for i in ids):
+            return False
+        handed.update(ids)
+        return True
+
+    def store(self, table: dict, key: tuple, entry: tuple) -> None:
+        if len(self.calls) + len(self.fragments) >= _MEMO_MAX:
+            self.calls.clear()
+            self.fragments.clear()
+        table[key] = entry
+
+
+def _memo(fake_mode) -> _FakeMemo | None:
+    if not MEMO_FAKE_VALUES:
+        return None
+    memo = getattr(fake_mode, _MEMO_ATTR, None)
+    if memo is None:
+        memo = _FakeMemo()
+        setattr(fake_mode, _MEMO_ATTR, memo)
+    return memo
+
+
+def forget_fake_values(graph: fx.Graph) -> None:
+    """Drop the memo of ``graph``'s fake mode (a benchmark that plans one traced graph many times, so each
+    planning starts as a compile's does)."""
+    try:
+        mode = fake_mode_of(graph)
+    except RuntimeError:
+        return
+    if hasattr(mode, _MEMO_ATTR):
+        delattr(mode, _MEMO_ATTR)
+
+
+class _NoMemo(Exception):
+    pass
+
+
+def _input_key(args, kwargs=None) -> tuple | None:
+    """Each fake tensor by identity and each constant by value; None when a size is symbolic or an argument
+    is of another kind (SymInt, anything unforeseen)."""
+    parts: list = []
+
+    def walk(a) -> None:
+        if isinstance(a, torch.Tensor):
+            if not _static(a):
+                raise _NoMemo
+            parts.append(("tensor", id(a)))
+        elif isinstance(a, (tuple, list)):
+            parts.append((type(a), len(a)))
+            for x in a:
+                walk(x)
+        elif a is None or type(a) in _SCALARS:
+            parts.append((type(a), a))
+        else:
+            raise _NoMemo
+
+    try:
+        walk(tuple(args))
+        walk(tuple(sorted((kwargs or {}).items())))
+    except _NoMemo:
+        return None
+    return tuple(parts)
+
+
+def _memoisable(val) -> bool:
+    if isinstance(val, (tuple, list)):
+        return all(_memoisable(v) for v in val)
+    return isinstance(val, torch.Tensor) and _static(val)
+
+
+def _pure(target) -> bool:
+    """An op whose fake value follows from its inputs' metadata: no mutation, no data-dependent shape."""
+    return isinstance(target, torch._ops.OpOverload) and not target._schema.is_mutable and not any(
+        tag in target.tags for tag in (torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output))
+
+
+def _fake_value(graph: fx.Graph, fake_mode, target, args, kwargs, *, reuse: bool = True):
+    """What ``target`` returns on the fake ``args`` under ``fake_mode``, from the memo where it can be."""
+    memo = _memo(fake_mode) if reuse and _pure(target) else None
+    key = _input_key(args, kwargs) if memo is not None else None
+    if key is not None:
+        key = (target, key)
+        hit = memo.calls.get(key)
+        if hit is not None and memo.take(graph, (hit[1],)):
+            return hit[1]
+    with fake_mode:
+        val = target(*args, **kwargs)
+    if key is not None and key not in memo.calls and _memoisable(val):
+        memo.store(memo.calls, key, ((args, kwargs), val))
+        memo.take(graph, (val,))
+    return val
 
 
 def backward_readers(closure, backward: Collection[str]) -> list[tuple[fx.Node, fx.Node]]:
@@ -91,6 +219,7 @@ _TRACES: dict[tuple, fx.GraphModule] = {}
 storages mostly share a few shapes, and tracing was most of the lossy rewrite's time (gpt-small, all
 four modes at 0.0: 268 traces, 3.3 of the rewrite's 7.5 s over one planning)."""
 _TRACES_MAX = 512
+_CACHED = "memcompile_cached_trace"
 
 
 def _trace_aten(fake_mode, fn, args, at: list[int]) -> fx.GraphModule:
@@ -124,8 +253,29 @@ def _trace_aten(fake_mode, fn, args, at: list[int]) -> fx.GraphModule:
             node.meta.clear()  # the fake values would keep this compile's fake mode alive
         if len(_TRACES) >= _TRACES_MAX:
             _TRACES.clear()
+        traced.meta[_CACHED] = True
         _TRACES[key] = traced
     return traced
+
+
+def _fragment(graph: fx.Graph, fake_mode, traced: fx.GraphModule, args, at: list[int]):
+    """(memo, key, values): the memo entry of ``traced`` inlined on ``args``; values are those an earlier
+    inlining on the same fake inputs gave its nodes, or None (key None: not to be stored either: a
+    trace that is not cached, an op that is not pure, a symbolic size)."""
+    memo = _memo(fake_mode)
+    if memo is None or not traced.meta.get(_CACHED):
+        return None, None, None
+    if not all(_pure(n.target) or n.target is operator.getitem
+               for n in traced.graph.nodes if n.op == "call_function"):
+        return None, None, None
+    inputs = _input_key([a.meta["val"] if i in at else a for i, a in enumerate(args)])
+    if inputs is None:
+        return None, None, None
+    key = (id(traced), inputs)
+    hit = memo.fragments.get(key)
+    if hit is not None and memo.take(graph, hit[2]):
+        return memo, key, hit[2]
+    return memo, (key if hit is None else None), None
 
 
 def inline_aten(graph: fx.Graph, fake_mode, fn, *args) -> tuple[fx.Node, ...]:
@@ -140,6 +290,8 @@ def inline_aten(graph: fx.Graph, fake_mode, fn, *args) -> tuple[fx.Node, ...]:
     """
     at = [i for i, a in enumerate(args) if isinstance(a, fx.Node)]
     traced = _trace_aten(fake_mode, fn, args, at)
+    memo, key, vals = _fragment(graph, fake_mode, traced, args, at)
+    made: list[fx.Node] = []
     env: dict[fx.Node, fx.Node] = {}
     inputs = iter(args[i] for i in at)
     for node in traced.graph.nodes:
@@ -147,8 +299,16 @@ def inline_aten(graph: fx.Graph, fake_mode, fn, *args) -> tuple[fx.Node, ...]:
             env[node] = next(inputs)
         elif node.op == "call_function":
             a, k = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
-            env[node] = call(graph, fake_mode, node.target, *a, **k)
+            if vals is not None:  # the values this function gave on these inputs before
+                env[node] = graph.call_function(node.target, a, k)
+                env[node].meta["val"] = vals[len(made)]
+            else:  # fresh values when they are to be stored: they then belong to this function's nodes only
+                env[node] = _call(graph, fake_mode, node.target, a, k, reuse=key is None)
+            made.append(env[node])
         elif node.op == "output":
+            if vals is None and key is not None and all(_memoisable(n.meta["val"]) for n in made):
+                memo.store(memo.fragments, key, (traced, args, tuple(n.meta["val"] for n in made)))
+                memo.take(graph, [n.meta["val"] for n in made])
             out = fx.node.map_arg(node.args[0], env.__getitem__)
             return tuple(out) if isinstance(out, (tuple, list)) else (out,)
         else:

@@ -1,0 +1,76 @@
+"""Planning-time reuse changes no plan: the search's built-plan reuse (planner/search.py) and the lossy rewrites'
+fake-value memo (rewrite/_lossy.py), on and off, give the same plan on a toy model whose search runs repair
+rounds. The partitioner is called on a traced joint graph directly (no Inductor compile)."""
+
+import pytest
+import torch
+from memcompile.passes.planner import search as search_module
+from memcompile.passes.rewrite import _lossy as lossy
+from torch import fx
+
+from memcompile.config import MemConfig
+from memcompile.models import make
+from memcompile.partitioner import MemPartitioner, _copy_graph
+
+MODES = ("recompute", "inplace", "quantize", "fewbit")
+
+
+@pytest.fixture(scope="module")
+def llama_tiny_joint():
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch import partitioners as tp
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    captured = {}
+
+    def partition(joint, inputs, **kw):
+        captured.update(joint=fx.GraphModule(joint, _copy_graph(joint.graph)), inputs=inputs, kw=kw)
+        return tp.default_partition(joint, inputs, **kw)
+
+    model, inputs = make("llama-tiny")
+    torch._dynamo.reset()
+    run = lambda g, _: make_boxed_func(g.forward)
+    torch.compile(model, backend=aot_autograd(fw_compiler=run, bw_compiler=run, partition_fn=partition))(*inputs)
+    torch._dynamo.reset()
+    kw = dict(captured["kw"])
+    kw.pop("compiler", None)
+    return captured["joint"], captured["inputs"], kw
+
+
+def _plan(joint, inputs, kw, options):
+    plans = []
+    gm = fx.GraphModule(joint, _copy_graph(joint.graph))
+    fw, bw = MemPartitioner(MemConfig.from_options(options), on_plan=plans.append)(gm, inputs, compiler="inductor", **kw)
+    plan = plans[-1]
+    layouts = [
+        [(n.name, str(n.target), tuple(v.shape), v.stride(), v.dtype) if isinstance(v := n.meta.get("val"), torch.Tensor)
+         else (n.name, str(n.target)) for n in g.graph.nodes]
+        for g in (fw, bw)
+    ]
+    sol = plan.solution
+    return {
+        "decisions": plan.decisions,
+        "solution": None if sol is None else (sol.keep, sol.recompute, sol.quantize, sol.fewbit, sol.inplace,
+                                              sol.offload, sol.predicted_peak_bytes),
+        "planned peak": plan.planned.peak_bytes,
+        "min peak": plan.min_peak_bytes,
+        "budget": plan.budget_bytes,
+        "source": plan.source,
+        "code": (plan.forward_code, plan.backward_code),
+        "layouts": layouts,
+        "notes": set(plan.notes),  # a plan built once says what it skipped once
+        "rounds": sum("re-solved" in note for note in plan.notes),
+    }
+
+
+# "inductor" plans the quantize rewrite's ATen form (inline_aten); "eager" its custom ops. Neither compiles.
+@pytest.mark.parametrize("inner", ["inductor", "eager"])
+def test_reuse_changes_no_plan(llama_tiny_joint, monkeypatch, inner):
+    options = {"memory_budget": 0.0, "modes": MODES, "inner": inner}
+    got = {}
+    for reuse in (False, True):
+        monkeypatch.setattr(search_module, "REUSE_BUILT_PLANS", reuse)
+        monkeypatch.setattr(lossy, "MEMO_FAKE_VALUES", reuse)
+        got[reuse] = _plan(*llama_tiny_joint, options)
+    assert got[False]["rounds"] >= 2  # the search re-solved: the rounds rewrite the same storages again
+    assert got[True] == got[False]
