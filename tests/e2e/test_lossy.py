@@ -199,7 +199,13 @@ def train(options, steps=TRAIN_STEPS, lr=1e-2):
     return sum(losses[-20:]) / 20
 
 
-def test_training_with_lossy_modes_reaches_the_lossless_loss(no_compile_cache, one_thread):
+def test_training_with_lossy_modes_reaches_the_lossless_loss(no_compile_cache, one_thread, monkeypatch):
+    """The kernels run as on a CPU (reference.py), also under TRITON_INTERPRET=1 (CI): interpreted, the
+    quantize run took ten times the others' time; tests/kernels checks the Triton kernels against
+    reference.py, and test_gradients_within_stated_bounds runs them in a compiled step."""
+    import memcompile.kernels._dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "TRITON_INTERPRET", False)
     lossless = train({"inner": "eager"})
     assert lossless < 1.7  # learned most of the task (floor 1.386; 4.16 at the start)
     for mode in ("quantize", "fewbit"):
