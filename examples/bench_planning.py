@@ -213,7 +213,8 @@ def main(argv=None) -> int:
                 if args.compare_reuse:
                     same = same and same_plan(plan, plan_off)
             rows.append((budget, statistics.median(torch_s), statistics.median(torch_nogc_s),
-                         statistics.median(ours_s), plan, statistics.median(off_s) if off_s else None, same))
+                         statistics.median(ours_s), plan, statistics.median(off_s) if off_s else None, same,
+                         plan_off if args.compare_reuse else None))
 
     print(f"model {args.model}: joint graph of {n_nodes} nodes; modes {', '.join(modes) if modes else 'lossless'}; "
           f"torch {torch.__version__}; "
@@ -223,12 +224,16 @@ def main(argv=None) -> int:
     print(f"| budget | torch min-cut + knapsack (s) | torch, cyclic GC off (s) | {off}memcompile (s) | ratio | "
           "ILP vars | memcompile stages (s) |")
     print("|---:|---:|---:|" + ("---:|---:|---|" if args.compare_reuse else "") + "---:|---:|---:|---|")
-    for budget, torch_t, torch_nogc_t, ours_t, plan, off_t, same in rows:
+    for budget, torch_t, torch_nogc_t, ours_t, plan, off_t, same, _ in rows:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in plan.extra.get("stage_seconds", {}).items())
         n_vars = plan.solution.n_vars if plan.solution else 0
         off = f"{off_t:.2f} | {off_t / torch_t:.2f} | {'yes' if same else 'NO'} | " if args.compare_reuse else ""
         print(f"| {budget} | {torch_t:.2f} | {torch_nogc_t:.2f} | {off}{ours_t:.2f} | {ours_t / torch_t:.2f} | {n_vars} "
               f"| {stages} |")
+    for budget, *_, plan_off in rows:
+        if plan_off is not None:
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in plan_off.extra.get("stage_seconds", {}).items())
+            print(f"\nbudget {budget}, reuse off, stages of the last run (s): {stages}")
     print()
     print("memcompile pauses Python's cyclic GC while it plans (the column 'torch, cyclic GC off' gives torch "
           "the same pause); ratio = memcompile / torch as torch runs."
