@@ -9,6 +9,7 @@ never by changing global config), or through AOT autograd with eager execution w
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from ._inductor_choices import planned_order
 from .config import MemConfig
 from .partitioner import MemPartitioner
 from .plan import Plan
@@ -141,7 +143,8 @@ def memcompile_backend(
         return _eager(gm, example_inputs, partitioner)
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs, inner_compile=_inner_compile,
+    inner_compile = functools.partial(_inner_compile, planned=config.has_budget)
+    return compile_fx(gm, example_inputs, inner_compile=inner_compile,
                       config_patches=_config_patches(config, partitioner), decompositions=_decompositions(config))
 
 
@@ -166,9 +169,10 @@ def _decompositions(config: MemConfig) -> dict | None:
     return {op: fn for op, fn in select_decomp_table().items() if op not in removed}
 
 
-def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any):
+def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], *, planned: bool = False, **kwargs: Any):
     """Inductor's compile of one extracted graph, under the offload rewrite's INDUCTOR_CONFIG when
-    that graph calls the offload ops (config.patch restores the config when it returns).
+    that graph calls the offload ops (config.patch restores the config when it returns), and, for a
+    planned graph, with fusion choices that keep the plan's order (memcompile/_inductor_choices.py).
 
     NOTE on why here: which graphs hold offload ops is known only once the partitioner has run,
     inside compile_fx; it then hands the forward and the backward graph to ``inner_compile`` one at
@@ -182,10 +186,12 @@ def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: 
 
     decompose_leftover_derivatives(gm)  # only present when the fewbit mode kept them whole
     decompose_leftovers(gm)  # only present when the inplace mode kept them whole
-    if has_offload(gm):
-        with inductor_config.patch(INDUCTOR_CONFIG):
-            return compile_fx_inner(gm, example_inputs, **kwargs)
-    return compile_fx_inner(gm, example_inputs, **kwargs)
+    with contextlib.ExitStack() as stack:
+        if planned:
+            stack.enter_context(planned_order())
+        if has_offload(gm):
+            stack.enter_context(inductor_config.patch(INDUCTOR_CONFIG))
+        return compile_fx_inner(gm, example_inputs, **kwargs)
 
 
 def _config_patches(config: MemConfig, partitioner: MemPartitioner) -> dict[str, Any]:

@@ -23,7 +23,9 @@ JSON layout (``Report.to_json()``), stable keys first:
   "live_bytes", "held_bytes", "live": [{"name", "bytes", "role"}]}``, live storages largest
   first (``held_bytes`` are the graph's inputs, live for the whole step); a live storage is
   named by the node that allocates it, ``bw:name`` for the backward's copy of a recomputed
-  value, and its role is "keep", "recompute" or "other" (temporaries, gradients, outputs).
+  value, and its role is "keep", "recompute" or "other" (temporaries, gradients, outputs); what the
+  step's op holds only while it runs (a multi-output op's parts, oneDNN scratch) is one more entry,
+  role "inside op".
 
 With several graphs the top level describes the whole compile and ``graphs`` lists one
 object per graph with the keys above (names unprefixed) plus ``graph_index`` (its position,
@@ -52,7 +54,7 @@ from .plan import Plan, TensorDecision
 KEEP, RECOMPUTE = "keep", "recompute"
 MODES = (KEEP, RECOMPUTE, "quantize", "fewbit", "inplace", "offload")
 """Every mode a TensorDecision may carry, in the order the summary and the plot list them."""
-_ROLE_KEEP, _ROLE_RECOMPUTE, _ROLE_OTHER = KEEP, RECOMPUTE, "other"
+_ROLE_KEEP, _ROLE_RECOMPUTE, _ROLE_OTHER, _ROLE_INSIDE = KEEP, RECOMPUTE, "other", "inside op"
 # Colours per mode / role, shared by the timeline's stacked area and the bar of bytes per mode.
 _COLOURS = {"held": "#c7c7c7", _ROLE_KEEP: "#1f77b4", _ROLE_RECOMPUTE: "#ff7f0e", _ROLE_OTHER: "#9ecae1",
             "quantize": "#2ca02c", "fewbit": "#9467bd", "inplace": "#8c564b",
@@ -133,6 +135,10 @@ class Report:
             LiveTensor(name=iv.root, bytes=iv.nbytes, role=roles.get(iv.root, _ROLE_OTHER))
             for iv in timeline.live_at(index)
         )
+        inside = timeline.peak_bytes - timeline.held_bytes - sum(t.bytes for t in live) if timeline.steps else 0
+        if inside > 0:  # a multi-output op's parts and an op's scratch, held while it runs (simulate.py)
+            extra = LiveTensor(name=f"{timeline.steps[index]} (inside the op)", bytes=inside, role=_ROLE_INSIDE)
+            live = tuple(sorted((*live, extra), key=lambda t: -t.bytes))  # largest first, as live_at
         return BindingStep(
             graph=self.graph_number(plan),
             index=index,

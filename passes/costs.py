@@ -137,9 +137,9 @@ def scratch_bytes(gm: fx.GraphModule | fx.Graph, *, model: str = "eager") -> dic
     accumulators per thread, a blocked copy of the output or gradient) go through PyTorch's allocator
     for the op's duration. Their size is oneDNN's blocking choice, so it is measured by running the op
     once per shape, layout, dtype and thread count. fp32 matmuls (MKL) and every other op allocate no
-    scratch here. Convolutions count with ``model="eager"`` only: Inductor runs them in a layout it
-    chooses (channels-last), which the graph's strides do not show (convnext through Inductor:
-    measured in the graph's layout, its predicted peak went from 2% under to 37% over the measured one).
+    scratch here. Through Inductor (``model="inductor"``) convolutions are measured channels-last: on a
+    CPU with oneDNN Inductor always runs them so (``GraphLowering.decide_layout_opt``), which the graph's
+    strides do not show (convnext measured in the graph's layout: predicted 37% over the measured peak).
     """
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
     out: dict[str, int] = {}
@@ -148,25 +148,15 @@ def scratch_bytes(gm: fx.GraphModule | fx.Graph, *, model: str = "eager") -> dic
             continue
         if node.target in _ONEDNN_MATMULS:
             key = _op_key(node, dtypes=_REDUCED)
-        elif node.target in _ONEDNN_CONVOLUTIONS and model == "eager":
-            key = _op_key(node, dtypes=None)
+        elif node.target in _ONEDNN_CONVOLUTIONS:
+            key = _op_key(node, dtypes=None, channels_last=model == "inductor")
         else:
             continue
         if key is not None:
             nbytes = _measured_scratch(*key, torch.get_num_threads())
             if nbytes:
-                # a tuple's parts exist beside the scratch inside the op; the simulator allocates them
-                # only at their getitems, after the op's step
-                out[node.name] = nbytes + _tuple_output_bytes(node)
+                out[node.name] = nbytes  # a tuple's parts the simulator counts at the op's step itself
     return out
-
-
-def _tuple_output_bytes(node: fx.Node) -> int:
-    val = node.meta.get("val")
-    if not isinstance(val, (tuple, list)):
-        return 0
-    return sum(t.numel() * t.element_size()
-               for t in val if isinstance(t, torch.Tensor))
 
 
 class _TensorSpec(NamedTuple):
@@ -181,9 +171,9 @@ def _scalar_arg(value) -> bool:
     return isinstance(value, (int, float, bool)) or value is None
 
 
-def _op_key(node: fx.Node, *, dtypes):
+def _op_key(node: fx.Node, *, dtypes, channels_last: bool = False):
     """(op, ((size, stride, dtype) | scalars, ...), kwargs) of a CPU op with static shapes whose tensors
-    have one of ``dtypes`` (None: any), else None."""
+    have one of ``dtypes`` (None: any), else None. ``channels_last``: 4-d tensors in that layout."""
     args = []
     for a in node.args:
         val = a.meta.get("val") if isinstance(a, fx.Node) else a
@@ -191,9 +181,14 @@ def _op_key(node: fx.Node, *, dtypes):
             if val.device.type != "cpu" or (dtypes is not None and val.dtype not in dtypes):
                 return None
             try:
-                args.append(_TensorSpec(tuple(int(s) for s in val.shape), tuple(int(s) for s in val.stride()), val.dtype))
+                shape = tuple(int(s) for s in val.shape)
+                stride = tuple(int(s) for s in val.stride())
             except (TypeError, ValueError, RuntimeError):  # a symbolic size: not measurable before it is known
                 return None
+            if channels_last and len(shape) == 4:
+                n, c, h, w = shape
+                stride = (h * w * c, 1, w * c, c)
+            args.append(_TensorSpec(shape, stride, val.dtype))
         elif _scalar_arg(val):
             args.append(tuple(val) if isinstance(val, list) else val)
         else:

@@ -53,6 +53,8 @@ class TensorInfo:
     fusible: bool = False
     """A pointwise result read only by pointwise ops or reductions: Inductor computes it inside its
     readers' kernels, so it never gets a buffer of its own (the simulator's "inductor" model)."""
+    pointwise: bool = False
+    """Produced by a pointwise op (an Inductor kernel, which may write into an input that dies there)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -262,10 +264,17 @@ def _backward_nodes(graph: fx.Graph) -> set[fx.Node]:
     return back
 
 
-def analyse(gm: fx.GraphModule | fx.Graph) -> LifetimeTable:
-    """Lifetime facts for every value of ``gm`` (joint, forward or backward graph)."""
+def analyse(gm: fx.GraphModule | fx.Graph, *, schedule: str = "graph") -> LifetimeTable:
+    """Lifetime facts for every value of ``gm`` (joint, forward or backward graph).
+
+    ``schedule="inductor"``: in the order Inductor runs the graph (``inductor_order``), not the graph's."""
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
     nodes = [n for n in graph.nodes if n.op != "output"]
+    merged: frozenset[fx.Node] = frozenset()
+    if schedule == "inductor":
+        nodes, merged = inductor_order(nodes)
+    elif schedule != "graph":
+        raise ValueError(f"schedule: expected 'graph' or 'inductor', got {schedule!r}")
     index = {n: i for i, n in enumerate(nodes)}
     backward = _backward_nodes(graph)
     output_node = next(iter(graph.find_nodes(op="output")), None)
@@ -279,7 +288,7 @@ def analyse(gm: fx.GraphModule | fx.Graph) -> LifetimeTable:
         src = alias_source(node)
         roots[node] = roots.get(src, src) if src is not None else node
         kind, shape, dtype, device, nbytes, hint = _tensor_facts(node.meta.get("val"))
-        if src is not None:
+        if src is not None or node in merged:
             nbytes, hint = 0, 0
         uses = [index[u] for u in node.users if u in index]
         if node.op == "placeholder":
@@ -306,9 +315,68 @@ def analyse(gm: fx.GraphModule | fx.Graph) -> LifetimeTable:
             is_primal=is_primal(node),
             is_tangent=is_tangent(node),
             fusible=_fusible(node),
+            pointwise=is_pointwise(node),
         )
     return LifetimeTable(order=tuple(n.name for n in nodes), tensors=tensors, outputs=outputs,
                          mutated_inputs=mutated_inputs(graph, roots))
+
+
+def inductor_order(nodes: list[fx.Node]) -> tuple[list[fx.Node], frozenset[fx.Node]]:
+    """``nodes`` in the order Inductor runs them, and the nodes whose output Inductor writes into
+    their reader's buffer.
+
+    Inductor's post-grad pass turns ``add(mm(a, b), c)`` into ``addmm(c, a, b)`` at the add's place
+    (torch/_inductor/fx_passes/post_grad.py, ``addmm``: the mm's only reader is the add, equal dtypes,
+    ``c`` broadcastable to the product), so ``a`` and ``b`` live until the add and the product gets no
+    buffer of its own. A tied embedding's gradient is such an add: hf-gpt2's logits gradient (1 MB)
+    lived through the whole backward while the graph's order freed it at the first matmul."""
+    moved: dict[fx.Node, fx.Node] = {}
+    for node in nodes:
+        mm = _addmm_product(node)
+        if mm is not None:
+            moved[mm] = node
+    if not moved:
+        return nodes, frozenset()
+    out: list[fx.Node] = []
+    for node in nodes:
+        if node in moved:
+            continue
+        out.extend(m for m, add in moved.items() if add is node)
+        out.append(node)
+    return out, frozenset(moved)
+
+
+def _addmm_product(add: fx.Node) -> fx.Node | None:
+    """The mm Inductor folds into ``add`` as an addmm, or None (the pattern's conditions, mirrored)."""
+    aten = torch.ops.aten
+    if add.op != "call_function" or add.target not in (aten.add.Tensor, aten.add.default) or add.kwargs:
+        return None
+    if len(add.args) != 2 or not all(isinstance(a, fx.Node) for a in add.args):
+        return None
+    for mm, inp in (add.args, add.args[::-1]):
+        if mm.op != "call_function" or mm.target is not aten.mm.default or len(mm.users) != 1 or mm is inp:
+            continue
+        vals = [n.meta.get("val") for n in (inp, *mm.args[:2])] if len(mm.args) >= 2 else []
+        if len(vals) != 3 or not all(isinstance(v, torch.Tensor) for v in vals):
+            continue
+        c, a, b = vals
+        if not (c.dtype == a.dtype == b.dtype):
+            continue
+        shape = (a.shape[0], b.shape[1])
+        if c.dim() > 2 or any(d != 1 and d != s for d, s in zip(reversed(c.shape), reversed(shape))):
+            continue
+        if c.device.type != "cpu" and _all_pointwise_readers(add):
+            continue  # on GPU Inductor keeps such an add apart to fuse it with its readers
+        return mm
+    return None
+
+
+def _all_pointwise_readers(node: fx.Node) -> bool:
+    try:
+        from torch._inductor.utils import is_pointwise_use
+    except ImportError:  # pragma: no cover - an older Inductor: assume it keeps the add apart
+        return True
+    return all(is_pointwise_use(u) for u in node.users)
 
 
 def mutated_inputs(graph: fx.Graph, roots: Mapping[fx.Node, fx.Node] | None = None) -> frozenset[str] | None:

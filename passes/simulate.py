@@ -80,57 +80,180 @@ def simulate_step(
     ``model="inductor"`` leaves out buffers Inductor fuses away (``TensorInfo.fusible``);
     ``model="eager"`` materialises every value.
     """
-    fw_table = analyse(fw)
-    bw_table = analyse(bw) if bw is not None else None
+    schedule = "inductor" if model == "inductor" else "graph"
+    fw_table = analyse(fw, schedule=schedule)
+    bw_table = analyse(bw, schedule=schedule) if bw is not None else None
     offload = (offload_roles(fw), offload_roles(bw) if bw is not None else {})
     scratch = (scratch_bytes(fw, model=model), scratch_bytes(bw, model=model) if bw is not None else {})
     return simulate_tables(fw_table, bw_table, num_fwd_outputs=num_fwd_outputs, model=model, offload=offload,
                            scratch=scratch)
 
 
-def _fused_away(table: LifetimeTable) -> frozenset[str]:
-    """Fusible values (``TensorInfo.fusible``) Inductor computes inside their readers' kernels.
+def _fused_away(table: LifetimeTable) -> tuple[frozenset[str], frozenset[str]]:
+    """Fusible values (``TensorInfo.fusible``) Inductor computes inside their readers' kernels, and the
+    subset it inlines (computes again in each reader's kernel, wherever that runs).
 
-    A fusible value is given a buffer when one of its readers must wait for a non-fusible step (a
-    matmul, an extern kernel) that itself depends on the value: no one kernel can hold that reader and
-    the value's first readers. A reader that does not wait for such a step fuses with the others,
-    wherever the graph's order puts it (Inductor fuses by dependence, not by position). A recompute
-    chain through the residual stream makes such values (docs/planner.md)."""
-    pos = {name: i for i, name in enumerate(table.order)}
+    Inductor's lowering decides this per value (``GraphLowering.run_node``: ``mark_reuse`` and
+    ``StorageBox.should_realize_on_reuse``; ``has_exceeded_max_reads``), and the rule is mirrored here
+    with Inductor's own thresholds: a pointwise value whose expression, with the values inlined into it,
+    is read by more than one node gets a buffer when that expression loads more than
+    ``realize_reads_threshold`` buffers, has more ops than the opcount threshold, or, on a CPU, uses a
+    transcendental (exp, log, tanh, sigmoid: too dear to run in each reader); any value whose expression
+    loads more than the accumulated-reads threshold gets one too. Otherwise it is inlined into each
+    reader, and what it reads lives until its last reader (``_runs_at``). A value given a buffer keeps
+    it only where its readers cannot all join its kernel (``_readers_split``); where they can, that
+    kernel runs at the value's place and the buffer is fused away. A GELU's ``tanh`` term
+    read again after a matmul that depends on it has a buffer; a BatchNorm gradient's
+    ``threshold_backward`` read by a reduction and, after a recompute chain, by a residual add is
+    computed twice and keeps its inputs."""
+    reads_max, ops_max, acc_max = _inductor_thresholds()
     tensors = table.tensors
+    pos = {n: i for i, n in enumerate(table.order)}
+    inputs: dict[str, list[str]] = {}
+    for name, info in tensors.items():
+        for user in info.users:
+            inputs.setdefault(user, []).append(name)
+    away: set[str] = set()
+    inlined: set[str] = set()
+    loads: dict[str, frozenset[str]] = {}
+    ops: dict[str, int] = {}
+    heavy: dict[str, bool] = {}
+    for name in table.order:
+        info = tensors.get(name)
+        if info is None or not info.fusible:
+            continue
+        read: set[str] = set()
+        count, dear = 1, info.producer.split(".")[1:2] in _HEAVY_OPS
+        for a in inputs.get(name, ()):
+            if a in away:
+                read |= loads[a]
+                count += ops[a]
+                dear = dear or heavy[a]
+            elif tensors[a].kind == "tensor":
+                read.add(tensors[a].alias_root)
+                count += 1
+        loads[name], ops[name], heavy[name] = frozenset(read), count, dear
+        cpu = (info.device or "cpu").startswith("cpu")
+        reused = len(info.users) > 1 and (len(read) > reads_max or count > ops_max[cpu] or (cpu and dear))
+        if not (reused or len(read) > acc_max[cpu]):
+            inlined.add(name)
+            away.add(name)
+        elif not _readers_split(table, name, pos):
+            away.add(name)
+    return frozenset(away), frozenset(inlined)
 
-    def splits(name: str) -> bool:
-        info = tensors[name]
+
+def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int]) -> bool:
+    """A reader of ``name`` waits for a non-fusible step (a matmul, an extern kernel) that itself depends on
+    ``name``: no one kernel can hold that reader and the value's first readers, so Inductor's scheduler
+    cannot fuse the value's buffer away (it does when all readers join its kernel, by dependence, not by
+    the graph's order: a reader the graph puts after the matmul but that does not wait for it joins)."""
+    tensors = table.tensors
+    readers = {u for u in tensors[name].users if u in pos}
+    if len(readers) < 2:
+        return False
+
+    def splits(node: str) -> bool:
+        info = tensors[node]
         return not info.fusible and info.kind == "tensor" and info.producer != "placeholder" and info.nbytes_hint > 0
 
-    away = set()
+    last = max(pos[r] for r in readers)
+    # descendants up to the last reader, each with whether its path from the value passed a split
+    seen: set[tuple[str, bool]] = set()
+    stack = [(name, False)]
+    while stack:
+        node, passed = stack.pop()
+        for user in tensors[node].users:
+            if user not in tensors or pos.get(user, last + 1) > last:
+                continue
+            if passed and user in readers:
+                return True
+            state = (user, passed or splits(user))
+            if state not in seen:
+                seen.add(state)
+                stack.append(state)
+    return False
+
+
+_HEAVY_OPS = tuple([op] for op in ("exp", "log", "log10", "log1p", "log2", "sigmoid", "tanh"))
+"""Ops whose reuse Inductor materializes on a CPU (``StorageBox.should_realize_on_reuse``)."""
+
+
+def _inductor_thresholds() -> tuple[int, dict[bool, int], dict[bool, int]]:
+    """Inductor's realize thresholds: reads, and per (is CPU) the opcount and accumulated reads."""
+    try:
+        from torch._inductor import config as c
+    except ImportError:  # pragma: no cover
+        return 4, {True: 50, False: 30}, {True: 12, False: 8}
+
+    def pick(value, cpu_name, default_name, cpu_fallback, fallback):
+        if value is not None:
+            return {True: value, False: value}
+        return {True: getattr(c, cpu_name, getattr(c, default_name, cpu_fallback)),
+                False: getattr(c, default_name, fallback)}
+
+    ops = pick(getattr(c, "realize_opcount_threshold", None), "realize_cpu_opcount_threshold",
+               "_realize_opcount_threshold_default", 30, 30)
+    acc = pick(getattr(c, "realize_acc_reads_threshold", None), "realize_cpu_acc_reads_threshold",
+               "_realize_acc_reads_threshold_default", 8, 8)
+    return getattr(c, "realize_reads_threshold", 4), ops, acc
+
+
+def _runs_at(table: LifetimeTable, inlined: frozenset[str], step: Mapping[str, int]) -> dict[str, int]:
+    """Per node, the last step at which its computation runs: its own step, or, for a value Inductor inlines
+    into its readers' kernels, the last of theirs (what it reads is read there: a
+    BatchNorm gradient's ``threshold_backward`` read again by a residual add after a recompute chain keeps
+    its inputs alive until that add)."""
+    out: dict[str, int] = {}
+    for name in reversed(table.order):
+        if name not in step:
+            continue
+        if name in inlined:
+            later = [out[u] for u in table.tensors[name].users if u in out]
+            out[name] = max([step[name], *later])
+        else:
+            out[name] = step[name]
+    return out
+
+
+def _write_in_place(table: LifetimeTable, g: int, inlined: frozenset[str], fused_away: frozenset[str],
+                    root: Mapping[tuple[int, str], str], nbytes: Mapping[str, int], last: dict[str, int],
+                    step_of: Mapping[tuple[int, str], int], held: set[str]) -> None:
+    """Where a pointwise kernel's output takes the storage of a same-sized input of the same dtype whose
+    last reader is that kernel, end the input's interval one step before the output's (``last``)."""
+    tensors = table.tensors
+    inputs: dict[str, list[str]] = {}
     for name, info in tensors.items():
-        if not info.fusible:
+        for user in info.users:
+            inputs.setdefault(user, []).append(name)
+    taken: set[str] = set()
+    for name in table.order:
+        info = tensors[name]
+        key = root.get((g, name))
+        at = step_of.get((g, name))
+        if (not info.pointwise or name in fused_away or at is None or key is None or info.alias_root != name
+                or not nbytes.get(key)):
             continue
-        readers = {u for u in info.users if u in pos}
-        if len(readers) < 2:
-            away.add(name)
-            continue
-        last = max(pos[r] for r in readers)
-        # descendants up to the last reader, each with whether its path from the value passed a split
-        seen: set[tuple[str, bool]] = set()
-        stack = [(name, False)]
-        waits = False
-        while stack and not waits:
-            node, passed = stack.pop()
-            for user in tensors[node].users:
-                if user not in tensors or pos.get(user, last + 1) > last:
-                    continue
-                if passed and user in readers:
-                    waits = True
-                    break
-                state = (user, passed or splits(user))
-                if state not in seen:
-                    seen.add(state)
-                    stack.append(state)
-        if not waits:
-            away.add(name)
-    return frozenset(away)
+        # the buffers this kernel loads: its inputs, through the values inlined into it
+        reads, stack, seen = [], list(inputs.get(name, ())), set()
+        while stack:
+            a = stack.pop()
+            if a in seen:
+                continue
+            seen.add(a)
+            if a in inlined:
+                stack.extend(inputs.get(a, ()))
+            else:
+                reads.append(a)
+        for a in reads:
+            src = root.get((g, a))
+            a_info = tensors[a]
+            if (src is None or src in taken or src in held or src == key or nbytes.get(src) != nbytes[key]
+                    or a_info.dtype != info.dtype or a_info.alias_root != a or last.get(src) != at):
+                continue
+            last[src] = at - 1
+            taken.add(src)
+            break
 
 
 def offload_roles(gm: fx.GraphModule | fx.Graph) -> dict[str, tuple[str, str | None]]:
@@ -155,7 +278,10 @@ def simulate_tables(
     if model not in ("inductor", "eager"):
         raise ValueError(f"model: expected 'inductor' or 'eager', got {model!r}")
     fused = model == "inductor"
-    fused_away = (_fused_away(fw_table), _fused_away(bw_table) if bw_table is not None else frozenset()) if fused else (frozenset(), frozenset())
+    none = (frozenset(), frozenset())
+    fw_fused = _fused_away(fw_table) if fused else none
+    bw_fused = _fused_away(bw_table) if fused and bw_table is not None else none
+    fused_away, inlined = (fw_fused[0], bw_fused[0]), (fw_fused[1], bw_fused[1])
     steps: list[str] = []
     sides: list[str] = []
     step_of: dict[tuple[int, str], int] = {}
@@ -211,9 +337,10 @@ def simulate_tables(
 
     end = len(steps) - 1
     for g, table in tables:
+        runs_at = _runs_at(table, inlined[g], {n: step_of[(g, n)] for n in table.order if (g, n) in step_of})
         for name, info in table.tensors.items():
             key = root[(g, name)]
-            uses = [step_of[(g, u)] for u in info.users if (g, u) in step_of]
+            uses = [runs_at[u] for u in info.users if u in runs_at]
             own = step_of.get((g, name), -1)
             last[key] = max(last.get(key, -1), own, *uses)
 
@@ -234,6 +361,12 @@ def simulate_tables(
             if name is not None:
                 last[root[(1, name)]] = end
 
+    # Inductor writes a kernel's output into an input that dies in that kernel (config.inplace_buffers:
+    # "buf2 = exp_9; del exp_9  # reuse"): the input's storage ends where the output's begins
+    if fused:
+        for g, table in tables:
+            _write_in_place(table, g, inlined[g], fused_away[g], root, nbytes, last, step_of, held_roots)
+
     intervals = []
     for key, size in nbytes.items():
         if key in held_roots or size == 0:
@@ -248,6 +381,15 @@ def simulate_tables(
     live = []
     running = held_bytes
     transient = [scratch[side == BACKWARD].get(name, 0) for name, side in zip(steps, sides)]
+    # a multi-output op (convolution_backward, var_mean) writes all its parts while it runs, beside its
+    # inputs; the timeline allocates each part at its getitem, one step later
+    for g, table in tables:
+        for name, info in table.tensors.items():
+            if info.kind != "tuple" or (g, name) not in step_of:
+                continue
+            at = step_of[(g, name)]
+            parts = {root[(g, u)] for u in info.users if (g, u) in root}
+            transient[at] += sum(nbytes.get(p, 0) for p in parts if alloc.get(p, -1) > at)
     for i in range(len(steps)):
         running += delta[i]
         live.append(running + transient[i])

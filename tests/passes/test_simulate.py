@@ -64,14 +64,11 @@ def test_a_pointwise_value_read_after_a_matmul_by_a_reader_that_does_not_wait_fo
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 15, open: since the planner model stopped counting backward-only reads as forward liveness "
-    "(435de33), the floor plan recomputes far more (measured 26.3 -> 14.2 MB) and the simulator under-counts "
-    "its recompute chains: predicted 12.64 MB against 14.24 measured (-11%); docs/BENCHMARKS.md, model zoo "
-    "second pass"))
 def test_the_simulated_peak_of_a_recomputing_plan_is_measured_on_hf_gpt2(no_compile_cache):
-    """A model the planner was never tuned on: at 0.0 the recompute chain through the residual stream gives
-    Inductor buffers the simulator used to count as fused (predicted 15% under the measured peak)."""
+    """A model the planner was never tuned on, at 0.0: the recompute chain through the residual stream, two
+    blocks' recomputations that read one mask (Inductor would fuse them: memcompile/_inductor_choices.py)
+    and the tied embedding's gradient (an addmm Inductor runs at the backward's end:
+    lifetimes.inductor_order) each moved the measured peak away from the predicted one."""
     pytest.importorskip("transformers")
     import memcompile
     from memcompile import zoo
@@ -89,5 +86,5 @@ def test_the_simulated_peak_of_a_recomputing_plan_is_measured_on_hf_gpt2(no_comp
     (plan,) = memcompile.last_plans()
     assert plan.source == "ilp", plan.notes
     measured = measure_peak(step, live_before_bytes=live_bytes_of(model, inputs)).peak_bytes
-    # 5%: the rule over-counts values Inductor inlines into both readers (docs/planner.md)
-    assert abs(plan.predicted_peak_bytes - measured) <= 0.05 * measured, (plan.predicted_peak_bytes, measured)
+    # 3%: issue 15's bound (the buffer rule over-counts values Inductor inlines into both readers: docs/planner.md)
+    assert abs(plan.predicted_peak_bytes - measured) <= 0.03 * measured, (plan.predicted_peak_bytes, measured)

@@ -1,0 +1,179 @@
+"""The order Inductor runs a planned graph in: its addmm rewrite (simulated) and the fusion rule that keeps
+the plan's order (memcompile/_inductor_choices.py)."""
+
+import types
+
+import pytest
+import torch
+from memcompile.passes.lifetimes import analyse, inductor_order
+from memcompile.passes.simulate import simulate_step
+from torch import fx
+from torch.fx.experimental.proxy_tensor import make_fx
+
+N = 256
+BYTES = N * N * 4
+aten = torch.ops.aten
+
+
+def _graph(fn, *args) -> fx.GraphModule:
+    return make_fx(fn)(*args)
+
+
+def _tied_gradient(g, h, x, w1, w2, e):
+    """A tied weight's gradient: the matmul reads the big g early in the graph, its sum with the other
+    part comes last; the work between allocates."""
+    part = torch.mm(g.t(), h)  # (N, N), read only by the final add
+    y = torch.mm(torch.mm(x, w1), w2)  # intermediate work, two N x N buffers
+    return part + e, y
+
+
+def _args(dtype=torch.float32):
+    return [torch.randn(N, N, dtype=dtype) for _ in range(6)]
+
+
+def test_inductor_runs_an_mm_read_only_by_an_add_at_the_add():
+    gm = _graph(_tied_gradient, *_args())
+    nodes = [n for n in gm.graph.nodes if n.op != "output"]
+    order, merged = inductor_order(nodes)
+    mms = [n for n in nodes if n.target == aten.mm.default]
+    add = next(n for n in nodes if n.target == aten.add.Tensor)
+    first = mms[0]  # mm(g.t(), h)
+    assert first in merged and len(merged) == 1
+    assert order.index(first) == order.index(add) - 1
+    assert sorted(order, key=nodes.index) == nodes  # a permutation of the same nodes
+
+
+def test_the_simulator_holds_the_addmm_inputs_until_the_add():
+    gm = _graph(_tied_gradient, *_args())
+    graph_order = simulate_step(gm, None, num_fwd_outputs=2, model="eager")
+    inductor = simulate_step(gm, None, num_fwd_outputs=2, model="inductor")
+    table = analyse(gm, schedule="inductor")
+    add = next(n.name for n in gm.graph.nodes if n.target == aten.add.Tensor)
+    mm = next(n for n in gm.graph.nodes if n.target == aten.mm.default)
+    # g (through its view g.t()) is read at the add's place now; the product has no buffer
+    assert table.tensors[mm.args[0].name].last_use == table.tensors[add].index - 1
+    assert analyse(gm).tensors[mm.args[0].name].last_use < table.tensors[add].index - 1
+    assert table.tensors[mm.name].nbytes_hint == 0
+    # in graph order the product is live across the two intermediate matmuls; in Inductor's it is not
+    assert inductor.peak_bytes == graph_order.peak_bytes - BYTES
+
+
+@pytest.mark.parametrize("case", ["two readers", "dtype", "shape"])
+def test_an_mm_inductor_does_not_fold_stays_in_place(case):
+    def two_readers(a, b, c):
+        m = torch.mm(a, b)
+        return m + c, m.sum()
+
+    def mixed(a, b, c):
+        return torch.mm(a, b) + c.double()
+
+    def wide(a, b, c):
+        return torch.mm(a, b) + c.expand(2, N, N)
+
+    fn = {"two readers": two_readers, "dtype": mixed, "shape": wide}[case]
+    gm = _graph(fn, *_args()[:3])
+    nodes = [n for n in gm.graph.nodes if n.op != "output"]
+    order, merged = inductor_order(nodes)
+    assert order == nodes and not merged
+
+
+def test_a_bias_vector_is_folded_as_inductor_folds_it():
+    gm = _graph(lambda a, b, c: torch.mm(a, b) + c, torch.randn(N, N), torch.randn(N, N), torch.randn(N))
+    _, merged = inductor_order([n for n in gm.graph.nodes if n.op != "output"])
+    assert len(merged) == 1
+
+
+def test_analyse_rejects_an_unknown_schedule():
+    gm = _graph(lambda a: a * 2, torch.randn(2))
+    with pytest.raises(ValueError, match="schedule"):
+        analyse(gm, schedule="fifo")
+
+
+# --- the fusion rule ---------------------------------------------------------------------------------
+
+choices = pytest.importorskip("memcompile._inductor_choices")
+
+
+def _scheduler(extern_orders, n):
+    from torch._inductor.scheduler import ExternKernelSchedulerNode
+
+    nodes = []
+    for i in range(n):
+        node = object.__new__(ExternKernelSchedulerNode) if i in extern_orders else types.SimpleNamespace()
+        node.min_order = node.max_order = i
+        nodes.append(node)
+    return types.SimpleNamespace(nodes=nodes), nodes
+
+
+def _group(lo, hi):
+    return types.SimpleNamespace(min_order=lo, max_order=hi)
+
+
+@pytest.mark.skipif(not choices.supported(), reason="this Inductor has no pluggable horizontal-fusion choice")
+def test_no_horizontal_fusion_across_an_extern_kernel():
+    scheduler, _ = _scheduler({5}, 10)
+    assert choices.extern_between(scheduler, _group(2, 3), _group(7, 8))  # the matmul at 5 lies between
+    assert choices.extern_between(scheduler, _group(7, 8), _group(2, 3))  # either way round
+    assert not choices.extern_between(scheduler, _group(0, 1), _group(3, 4))  # neighbours before it
+    assert not choices.extern_between(scheduler, _group(6, 6), _group(9, 9))  # and after it
+    # a group that already spans the matmul (fused around it) does not make every later fusion refused
+    assert not choices.extern_between(scheduler, _group(4, 6), _group(7, 7))
+
+
+@pytest.mark.skipif(not choices.supported(), reason="this Inductor has no pluggable horizontal-fusion choice")
+def test_the_rule_is_installed_only_inside_the_block():
+    from torch._inductor.virtualized import V
+
+    with choices.planned_order():
+        assert isinstance(V.choices, choices.PlannedOrderChoices)
+    assert not isinstance(V.choices, choices.PlannedOrderChoices)
+
+
+# --- which values Inductor inlines into each reader -------------------------------------------------
+
+
+def _mul_read_twice(x, w1, w2, w):
+    a, b = torch.mm(x, w1), torch.mm(x, w2)
+    t = a * b  # cheap, read by two kernels with a matmul between them that depends on it
+    m = torch.mm(t * 2, w)
+    return (t * m).sum()
+
+
+def test_a_cheap_value_read_across_a_matmul_is_inlined_and_keeps_its_inputs():
+    """Inductor computes a * b in both kernels (no buffer), so a and b live until the last one: one buffer
+    more at the matmul than if a * b had one of its own (the rule before)."""
+    from memcompile.measure import measure_peak
+
+    inputs = [torch.randn(N, N) for _ in range(4)]
+    gm = _graph(_mul_read_twice, *inputs)
+    tl = simulate_step(gm, None, num_fwd_outputs=1, model="inductor")
+    mul = next(n.name for n in gm.graph.nodes if n.target == aten.mul.Tensor)
+    assert mul not in {iv.root for iv in tl.intervals}
+    mms = [n.name for n in gm.graph.nodes if n.target == aten.mm.default]
+    last_mm = tl.steps.index(mms[2])
+    assert {mms[0], mms[1]} <= {iv.root for iv in tl.live_at(last_mm)}
+
+    torch._dynamo.reset()
+    compiled = torch.compile(_mul_read_twice, backend="inductor")
+    compiled(*inputs)
+    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
+    assert abs(tl.peak_bytes - measured) <= 64, (tl.peak_bytes, measured)
+
+
+def _written_in_place(x, w1):
+    a = torch.mm(x, w1)
+    return torch.tanh(a) * 3  # a dies here: Inductor writes the result into a's buffer
+
+
+def test_a_kernel_writes_its_output_into_an_input_that_dies_there():
+    from memcompile.measure import measure_peak
+
+    inputs = [torch.randn(N, N) for _ in range(2)]
+    gm = _graph(_written_in_place, *inputs)
+    tl = simulate_step(gm, None, num_fwd_outputs=1, model="inductor")
+    assert tl.peak_bytes == 3 * BYTES  # the two inputs and one buffer: a's, then the result's
+    torch._dynamo.reset()
+    compiled = torch.compile(_written_in_place, backend="inductor")
+    compiled(*inputs)
+    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
+    assert abs(tl.peak_bytes - measured) <= 64, (tl.peak_bytes, measured)
