@@ -10,7 +10,7 @@ budget 0.0: 14.24 MB measured for 12.64 predicted; 13.20 MB with this rule). Ind
 
 The rule here: no horizontal fusion across an extern kernel (a matmul, a convolution, a fallback op)
 that lies between the two kernels in the graph's order. That is the simulator's model of what one
-kernel can hold (passes/simulate.py, ``_fused_away``), so the two agree; fusions between neighbours
+kernel can hold (passes/simulate.py, ``_readers_split``), so the two agree; fusions between neighbours
 (a norm's two reductions, a pointwise op and its sibling) are untouched.
 """
 

@@ -330,20 +330,18 @@ def inductor_order(nodes: list[fx.Node]) -> tuple[list[fx.Node], frozenset[fx.No
     ``c`` broadcastable to the product), so ``a`` and ``b`` live until the add and the product gets no
     buffer of its own. A tied embedding's gradient is such an add: hf-gpt2's logits gradient (1 MB)
     lived through the whole backward while the graph's order freed it at the first matmul."""
-    moved: dict[fx.Node, fx.Node] = {}
-    for node in nodes:
-        mm = _addmm_product(node)
-        if mm is not None:
-            moved[mm] = node
-    if not moved:
+    folded = {add: mm for add in nodes if (mm := _addmm_product(add)) is not None}
+    if not folded:
         return nodes, frozenset()
+    moved = frozenset(folded.values())
     out: list[fx.Node] = []
     for node in nodes:
         if node in moved:
             continue
-        out.extend(m for m, add in moved.items() if add is node)
+        if node in folded:
+            out.append(folded[node])
         out.append(node)
-    return out, frozenset(moved)
+    return out, moved
 
 
 def _addmm_product(add: fx.Node) -> fx.Node | None:

@@ -89,7 +89,7 @@ def simulate_step(
                            scratch=scratch)
 
 
-def _fused_away(table: LifetimeTable) -> tuple[frozenset[str], frozenset[str]]:
+def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[frozenset[str], frozenset[str]]:
     """Fusible values (``TensorInfo.fusible``) Inductor computes inside their readers' kernels, and the
     subset it inlines (computes again in each reader's kernel, wherever that runs).
 
@@ -109,10 +109,6 @@ def _fused_away(table: LifetimeTable) -> tuple[frozenset[str], frozenset[str]]:
     reads_max, ops_max, acc_max = _inductor_thresholds()
     tensors = table.tensors
     pos = {n: i for i, n in enumerate(table.order)}
-    inputs: dict[str, list[str]] = {}
-    for name, info in tensors.items():
-        for user in info.users:
-            inputs.setdefault(user, []).append(name)
     away: set[str] = set()
     inlined: set[str] = set()
     loads: dict[str, frozenset[str]] = {}
@@ -123,7 +119,7 @@ def _fused_away(table: LifetimeTable) -> tuple[frozenset[str], frozenset[str]]:
         if info is None or not info.fusible:
             continue
         read: set[str] = set()
-        count, dear = 1, info.producer.split(".")[1:2] in _HEAVY_OPS
+        count, dear = 1, _op_name(info.producer) in _HEAVY_OPS
         for a in inputs.get(name, ()):
             if a in away:
                 read |= loads[a]
@@ -175,8 +171,23 @@ def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int]) -> b
     return False
 
 
-_HEAVY_OPS = tuple([op] for op in ("exp", "log", "log10", "log1p", "log2", "sigmoid", "tanh"))
+_HEAVY_OPS = frozenset(("exp", "log", "log10", "log1p", "log2", "sigmoid", "tanh"))
 """Ops whose reuse Inductor materializes on a CPU (``StorageBox.should_realize_on_reuse``)."""
+
+
+def _op_name(producer: str) -> str:
+    """``"aten.tanh.default"`` -> ``"tanh"``."""
+    parts = producer.split(".")
+    return parts[1] if len(parts) > 1 else producer
+
+
+def _inputs_of(table: LifetimeTable) -> dict[str, list[str]]:
+    """Per node, the values it reads (the inverse of ``TensorInfo.users``)."""
+    inputs: dict[str, list[str]] = {}
+    for name, info in table.tensors.items():
+        for user in info.users:
+            inputs.setdefault(user, []).append(name)
+    return inputs
 
 
 def _inductor_thresholds() -> tuple[int, dict[bool, int], dict[bool, int]]:
@@ -216,16 +227,12 @@ def _runs_at(table: LifetimeTable, inlined: frozenset[str], step: Mapping[str, i
     return out
 
 
-def _write_in_place(table: LifetimeTable, g: int, inlined: frozenset[str], fused_away: frozenset[str],
-                    root: Mapping[tuple[int, str], str], nbytes: Mapping[str, int], last: dict[str, int],
-                    step_of: Mapping[tuple[int, str], int], held: set[str]) -> None:
+def _write_in_place(table: LifetimeTable, inputs: Mapping[str, list[str]], g: int, inlined: frozenset[str],
+                    fused_away: frozenset[str], root: Mapping[tuple[int, str], str], nbytes: Mapping[str, int],
+                    last: dict[str, int], step_of: Mapping[tuple[int, str], int], held: set[str]) -> None:
     """Where a pointwise kernel's output takes the storage of a same-sized input of the same dtype whose
     last reader is that kernel, end the input's interval one step before the output's (``last``)."""
     tensors = table.tensors
-    inputs: dict[str, list[str]] = {}
-    for name, info in tensors.items():
-        for user in info.users:
-            inputs.setdefault(user, []).append(name)
     taken: set[str] = set()
     for name in table.order:
         info = tensors[name]
@@ -279,8 +286,9 @@ def simulate_tables(
         raise ValueError(f"model: expected 'inductor' or 'eager', got {model!r}")
     fused = model == "inductor"
     none = (frozenset(), frozenset())
-    fw_fused = _fused_away(fw_table) if fused else none
-    bw_fused = _fused_away(bw_table) if fused and bw_table is not None else none
+    inputs = (_inputs_of(fw_table), _inputs_of(bw_table) if bw_table is not None else {}) if fused else ({}, {})
+    fw_fused = _fused_away(fw_table, inputs[0]) if fused else none
+    bw_fused = _fused_away(bw_table, inputs[1]) if fused and bw_table is not None else none
     fused_away, inlined = (fw_fused[0], bw_fused[0]), (fw_fused[1], bw_fused[1])
     steps: list[str] = []
     sides: list[str] = []
@@ -365,7 +373,7 @@ def simulate_tables(
     # "buf2 = exp_9; del exp_9  # reuse"): the input's storage ends where the output's begins
     if fused:
         for g, table in tables:
-            _write_in_place(table, g, inlined[g], fused_away[g], root, nbytes, last, step_of, held_roots)
+            _write_in_place(table, inputs[g], g, inlined[g], fused_away[g], root, nbytes, last, step_of, held_roots)
 
     intervals = []
     for key, size in nbytes.items():
