@@ -92,6 +92,32 @@ def test_no_output_form_where_it_would_change_the_gradient(name):
     assert y is None and why
 
 
+def _write_in_place_after(gm, node):
+    """Append ``node.add_(1.0)`` right after ``node``: a later in-place write, as a mutating forward leaves one."""
+    with gm.graph.inserting_after(node):
+        gm.graph.call_function(aten.add_.Tensor, (node, 1.0))
+
+
+@pytest.mark.parametrize("name", ["leaky_relu", "hardtanh", "elu"])
+def test_no_output_form_when_the_output_is_written_later(name):
+    """y overwritten after the activation: the derivative would read the new value, not the activation's."""
+    gm = joint_graph(LEGAL[name])
+    x, backward = activation_and_input(gm)
+    y, why = output_form_source(x, backward)
+    assert y is not None, why
+    _write_in_place_after(gm, y)
+    found, why = output_form_source(x, backward)
+    assert found is None and "cannot read the forward op's output" in why
+
+
+def test_no_output_form_when_the_input_is_written_in_place():
+    gm = joint_graph(LEGAL["leaky_relu"])
+    x, backward = activation_and_input(gm)
+    _write_in_place_after(gm, x)
+    found, why = output_form_source(x, backward)
+    assert found is None and "written in place" in why
+
+
 def adversarial(dtype):
     special = [0.0, -0.0, float("inf"), -float("inf"), float("nan"), -1.0, 1.0, 0.1, 6.0, -30.0, 1e-45, -1e-45]
     return torch.cat([torch.randn(4096) * 4, torch.tensor(special)]).to(dtype)

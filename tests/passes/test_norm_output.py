@@ -121,6 +121,22 @@ def test_not_when_the_output_is_mutated_later():
     assert found is None and "anyway" in why
 
 
+@pytest.mark.parametrize("written", ["input", "weight"])
+def test_not_when_the_input_or_a_link_operand_is_written_in_place(written):
+    """x_hat (or the weight it is divided by) overwritten after the norm: the inverse would rebuild the new
+    value, not the one the derivative was traced with."""
+    gm, backward = joint_of(layer_norm_then_linear, *params())
+    ((name, (y_name, _)),) = sources(gm, backward).items()
+    nodes = {n.name: n for n in gm.graph.nodes}
+    x_hat = nodes[name]
+    (scaled,) = [u for u in x_hat.users if u.name not in backward]  # x_hat * w, then + b = y
+    target = x_hat if written == "input" else next(a for a in scaled.all_input_nodes if a.op == "placeholder")
+    with gm.graph.inserting_after(nodes[y_name]):
+        gm.graph.call_function(aten.add_.Tensor, (target, 1.0))
+    found, _, why = norm_output_source(nodes[name], backward)
+    assert found is None and why
+
+
 def test_not_without_an_affine_weight():
     """LayerNorm without weight: y is x_hat itself (plus b at most), the backward already reads what it saves."""
     gm, backward = joint_of(lambda x, w, b, lin: (F.layer_norm(x, (DIM,), None, b) @ lin,), *params())
@@ -212,7 +228,7 @@ def test_norm_stack_plans_inplace_with_eager_gradients():
     the predicted peak drops, and the gradients equal eager's within fp32 rtol 1e-5 of each tensor's scale."""
     from memcompile.backend import clear_plans, last_plans
 
-    peaks, rows = {}, {}
+    peaks, rows, plans = {}, {}, {}
     for modes in (("keep",), ("keep", "inplace")):
         torch._dynamo.reset()
         clear_plans()
@@ -228,13 +244,21 @@ def test_norm_stack_plans_inplace_with_eager_gradients():
             scale = ref[name].abs().max().item()
             torch.testing.assert_close(p.grad, ref[name], rtol=1e-5, atol=1e-5 * scale,
                                        msg=lambda m, name=name: f"{name}: {m}")
-        (plan,) = last_plans()
-        peaks[modes], rows[modes] = plan.predicted_peak_bytes, [d for d in plan.decisions if d.mode == "inplace"]
+        (plans[modes],) = last_plans()
+        peaks[modes], rows[modes] = plans[modes].predicted_peak_bytes, [d for d in plans[modes].decisions if d.mode == "inplace"]
     inplace = rows[("keep", "inplace")]
     # norm inputs (the linears' outputs) among them, each rows x DIM fp32 (which ones the ILP takes varies
     # with its tie-breaking: the last norm's input is not read after its output's last use)
     assert sum(d.name.startswith("addmm") for d in inplace) >= 3 and all(d.bytes == 1024 * DIM * 4 for d in inplace)
     assert peaks[("keep", "inplace")] < peaks[("keep",)]
+    # the Report names the tensors freed this way, in the text summary and the JSON rows
+    from memcompile.report import Report
+
+    report = Report((plans[("keep", "inplace")],))
+    (freed,) = [line for line in report.summary().splitlines() if "freed (rebuilt from an output" in line]
+    assert freed.split(": ", 1)[1].split(", ") == sorted(d.name for d in inplace)
+    assert sorted(t["name"] for t in report.to_json()["tensors"] if t["mode"] == "inplace") == sorted(d.name for d in inplace)
+    assert not any("freed" in line for line in Report((plans[("keep",)],)).summary().splitlines())
 
 
 def test_zero_weight_at_run_time_raises_in_the_compiled_step():
