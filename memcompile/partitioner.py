@@ -35,6 +35,8 @@ except ImportError:  # pragma: no cover - older torch
 from memcompile.passes import candidates as cand_mod
 from memcompile.passes.costs import DeviceProfile, estimate_costs
 from memcompile.passes.lifetimes import analyse, partition_saved
+from memcompile.passes.planner import tuning
+from memcompile.passes.planner.chains import ChainCache, solve_with_chains
 from memcompile.passes.planner.ilp import build_memory_rows, solve_ilp
 from memcompile.passes.planner.problem import (
     INPLACE,
@@ -53,7 +55,7 @@ from memcompile.passes.rewrite.inplace import output_form_values
 from memcompile.passes.rewrite.offload import offload_values
 from memcompile.passes.rewrite.quantize import preferred_form, quantize_storages
 from memcompile.passes.rewrite.recompute import Extractor, saved_for
-from memcompile.passes.simulate import simulate_step
+from memcompile.passes.simulate import fused_values, simulate_step
 
 from . import __version__
 from ._errors import MemoryBudgetError
@@ -233,6 +235,11 @@ class MemPartitioner(CustomPartitionerFn):
             modes=cfg.modes, offload_device_check=not cfg._force_offload_on_cpu,
         )
         problem = build_problem(cset)
+        if _sim_model(cfg) == "inductor":
+            away, inlined = fused_values(table)
+            index = {name: i for i, name in enumerate(problem.names)}
+            problem = dataclasses.replace(problem, fused=frozenset(index[n] for n in away if n in index),
+                                          inlined=frozenset(index[n] for n in inlined if n in index))
         stages.stop()
         colours = None
         if decomposes(problem):
@@ -262,6 +269,7 @@ class MemPartitioner(CustomPartitionerFn):
             return Verified(solution=sol, timeline=tl, source=sol.solver, artifact=(fw, bw))
 
         memory_rows = []  # the problem's memory constraints, written for its first solve and reused
+        chain_caches: dict[int, tuple] = {}  # per problem solved: the recompute chains its solves found
 
         def timed_solve(*args, **kwargs) -> PlanSolution:
             with stages("solve"):
@@ -269,6 +277,9 @@ class MemPartitioner(CustomPartitionerFn):
                     if not memory_rows:
                         memory_rows.append(build_memory_rows(problem))
                     kwargs.setdefault("memory_rows", memory_rows[0])
+                if tuning.CHAIN_ROUNDS:
+                    cache = chain_caches.setdefault(id(args[0]), (args[0], ChainCache({}, [])))[1]
+                    return solve_with_chains(solve_ilp, *args, rounds=tuning.CHAIN_ROUNDS, cache=cache, **kwargs)
                 return solve_ilp(*args, **kwargs)
 
         with stages("analyse"):
@@ -282,8 +293,8 @@ class MemPartitioner(CustomPartitionerFn):
                 budget_fraction=cfg.budget_fraction,
                 budget_bytes=None if cfg.budget_fraction is not None else int(cfg.budget_bytes),
                 time_limit_seconds=cfg.solver_time_limit,
-                # see SearchInputs: lossless problems (inplace included) start cold, as measured
-                warm_start_time_solves=any(opt.mode != INPLACE for opt in problem.options),
+                # see SearchInputs: with recompute chains' rows (tuning.CHAIN_ROUNDS) lossless problems too
+                warm_start_time_solves=bool(tuning.CHAIN_ROUNDS) or any(opt.mode != INPLACE for opt in problem.options),
                 label=f"graph {graph_index}",
                 colours=colours,
             )

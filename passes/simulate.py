@@ -89,6 +89,11 @@ def simulate_step(
                            scratch=scratch)
 
 
+def fused_values(table: LifetimeTable) -> tuple[frozenset[str], frozenset[str]]:
+    """``_fused_away`` of a whole table: (values Inductor gives no buffer, the subset it inlines)."""
+    return _fused_away(table, _inputs_of(table))
+
+
 def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[frozenset[str], frozenset[str]]:
     """Fusible values (``TensorInfo.fusible``) Inductor computes inside their readers' kernels, and the
     subset it inlines (computes again in each reader's kernel, wherever that runs).

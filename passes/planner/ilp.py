@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import pulp
 
+from .chains import ChainRow
 from .greedy import solve_greedy
 from .problem import FORWARD, PlanProblem, conflicts, option_indices, option_names
 from .solution import PEAK, TIME, PlanSolution
@@ -68,13 +69,16 @@ def solve_ilp(
     unkept_storages: Collection[int] = (),
     tied: Mapping[int, int] | None = None,
     memory_rows: tuple[MemoryRow, ...] | None = None,
+    chain_rows: Sequence[ChainRow] = (),
 ) -> PlanSolution:
     """``max_added_seconds``: a cap on the predicted added time, for a peak solve that looks for
     the lowest peak among plans about as fast as a given one. ``initial``: a plan CBC starts from
     (its first incumbent) when it meets the budget, instead of ``warm_start``'s greedy plan.
     ``tied``: candidate -> representative candidate; each takes its representative's decision
     (keep, recompute and the option of the same mode), planner/repeat.py. ``memory_rows``:
-    ``build_memory_rows(problem)`` of this very problem, when several solves share it."""
+    ``build_memory_rows(problem)`` of this very problem, when several solves share it. ``chain_rows``:
+    memory constraints at single backward steps that also charge recompute chains (planner/chains.py):
+    a chain term's bytes count when every candidate it names is recomputed."""
     if objective not in (TIME, PEAK):
         raise ValueError(f"objective: expected {TIME!r} or {PEAK!r}, got {objective!r}")
     start = time.perf_counter()
@@ -178,6 +182,7 @@ def solve_ilp(
         return {"k": kept, "r": rec, "o": option}[key[0]][key[1]]
 
     running: pulp.LpVariable | None = None
+    row_total: dict[int, pulp.LpVariable] = {}
     for k, row in enumerate(memory_rows if memory_rows is not None else build_memory_rows(problem)):
         total = new_var(f"e{k}", lowBound=0)
         terms = [(var(key), w) for key, w in row.terms]
@@ -187,6 +192,47 @@ def solve_ilp(
         model += total - peak <= -row.base_mib, row.label
         n_rows += 2
         running = total
+        row_total[row.constraint] = total
+
+    # A chain term's bytes count through z[owner]: z[last] = recompute[last] (read where it is built), and
+    # z[j] >= z[k] - keep[j] - (a quantized copy of j that k may read) for each j pulled by reader k: a
+    # reader built early needs j then, and j not kept must be rebuilt then. Tighter for CBC than the
+    # product of the recompute variables, and equal to it at every integer point the other rows allow.
+    pulled: dict[tuple[int, int], pulp.LpVariable] = {}
+
+    def pulled_var(path: tuple[int, ...]) -> pulp.LpVariable | None:
+        source = path[-1]
+        if source not in rec:
+            return None
+        z = rec[source]
+        for k, j in zip(reversed(path[1:]), reversed(path[:-1])):
+            key = (j, source)
+            if key not in pulled:
+                var_j = pulled[key] = new_var(f"z{j}_{source}", lowBound=0, upBound=1)
+                terms = [(var_j, 1.0), (z, -1.0)]
+                if j in keep:
+                    terms.append((keep[j], 1.0))
+                o = problem.quantized_input(k, j, quantized)
+                if o >= 0:
+                    terms.append((option[o], 1.0))
+                model.addConstraint(pulp.LpAffineExpression(terms) >= 0, f"pull{j}_{source}")
+            z = pulled[key]
+        return z
+
+    for k, row in enumerate(chain_rows):
+        # the step's own constraint already sums its static terms (E of its running sum)
+        covering = problem.bw_row_of_step[row.step] if problem.bw_row_of_step else -1
+        if covering in row_total:
+            terms = [(row_total[covering], 1.0)]
+        else:
+            terms = [(var(key), w / _MIB) for key, w in row.static.items() if _has_var(key, kept, rec, option)]
+        for nbytes, path in row.chains:
+            z = pulled_var(path)
+            if z is not None:
+                terms.append((z, nbytes / _MIB))
+        model += pulp.LpAffineExpression([(peak, -1.0), *terms]) <= -row.base_bytes / _MIB, f"chainrow{k}_{row.step}"
+        n_rows += 1
+    n_rows += len(pulled)
 
     link = [(option[o], opt.transfer_seconds * _MS) for o, opt in enumerate(problem.options) if opt.transfer_seconds]
     if link and sum(w for _, w in link) > problem.link_budget_seconds * _MS:
@@ -280,6 +326,8 @@ class MemoryRow:
     base_mib: float
     incremental: bool
     terms: tuple[tuple[tuple[str, int], float], ...]
+    constraint: int = -1
+    """Index of the problem constraint it writes."""
 
 
 def build_memory_rows(problem: PlanProblem) -> tuple[MemoryRow, ...]:
@@ -303,9 +351,11 @@ def build_memory_rows(problem: PlanProblem) -> tuple[MemoryRow, ...]:
         return terms
 
     rows = []
-    ordered = sorted(problem.constraints, key=lambda c: (c.side != FORWARD, c.step))
+    order = sorted(range(len(problem.constraints)),
+                   key=lambda j: (problem.constraints[j].side != FORWARD, problem.constraints[j].step))
     previous: dict[tuple[str, int], float] = {}
-    for k, c in enumerate(ordered):
+    for k, j in enumerate(order):
+        c = problem.constraints[j]
         current = memory_terms(c)
         # one term per variable: LpAffineExpression keeps the last coefficient of a repeated variable
         keys = [*current, *(key for key in previous if key not in current)]
@@ -313,9 +363,13 @@ def build_memory_rows(problem: PlanProblem) -> tuple[MemoryRow, ...]:
         changes = tuple((key, w) for key, w in deltas.items() if w != 0.0)
         incremental = k > 0 and len(changes) < len(current)
         rows.append(MemoryRow(label=f"mem{k}_{c.side[0]}{c.step}", base_mib=c.base_bytes / _MIB, incremental=incremental,
-                              terms=changes if incremental else tuple(current.items())))
+                              terms=changes if incremental else tuple(current.items()), constraint=j))
         previous = current
     return tuple(rows)
+
+
+def _has_var(key: tuple[str, int], kept, rec, option) -> bool:
+    return key[1] in {"k": kept, "r": rec, "o": option}[key[0]]
 
 
 def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept, option) -> None:

@@ -128,6 +128,23 @@ class PlanProblem:
     seconds must fit in the shorter (each phase moves every offloaded storage once)."""
     backward_only: tuple[bool, ...] = ()
     """Per candidate: ``Candidate.backward_only`` (recomputed, it may read a quantized input)."""
+    need_window: tuple[tuple[int, int], ...] = ()
+    """Per candidate: the backward steps (first, last) at which it must be available ((-1, -1): none):
+    its own reads and those passed on by values rebuilt whenever it is (planner/chains.py)."""
+    fw_base_bytes: tuple[int, ...] = ()
+    bw_base_bytes: tuple[int, ...] = ()
+    """What every plan holds at each forward and backward step (the constraints keep only their maxima)."""
+    keep_from: tuple[int, ...] = ()
+    """Per storage: the forward step from which keeping it costs."""
+    storage_window: tuple[tuple[int, int], ...] = ()
+    """Per storage: the backward steps (first, last) over which the constraints charge it ((-1, -1): none)."""
+    fused: frozenset[int] = frozenset()
+    """Candidates Inductor gives no buffer of their own when recomputed (planner/chains.py); empty
+    where the graph runs eagerly."""
+    inlined: frozenset[int] = frozenset()
+    """The subset of ``fused`` Inductor computes again in each reader's kernel."""
+    bw_row_of_step: tuple[int, ...] = ()
+    """Per backward step: the index of the constraint that covers it (its terms are the step's)."""
 
     def quantize_options(self) -> dict[int, int]:
         """Storage -> index of its quantize option."""
@@ -251,6 +268,7 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
             cuts.update((opt.bw_first, min(opt.bw_last + 1, n_bw)))
     bounds = sorted(c for c in cuts if 0 <= c <= n_bw)
     seen: dict[tuple, int] = {}
+    row_of_step = [-1] * n_bw
     for a, b in zip(bounds, bounds[1:]):
         if a >= b:
             continue
@@ -262,13 +280,12 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         key = (kept, recomputed, stored, expanded)
         row = MemoryConstraint(side=BACKWARD, step=step, base_bytes=bw_base[step], kept=kept, recomputed=recomputed,
                                option_stored=stored, option_expanded=expanded)
-        if key in seen:
-            j = seen[key]
-            if constraints[j].base_bytes < bw_base[step]:
-                constraints[j] = row
-            continue
-        seen[key] = len(constraints)
-        constraints.append(row)
+        if key not in seen:
+            seen[key] = len(constraints)
+            constraints.append(row)
+        elif constraints[seen[key]].base_bytes < bw_base[step]:
+            constraints[seen[key]] = row
+        row_of_step[a:b] = [seen[key]] * (b - a)
 
     return PlanProblem(
         names=tuple(c.name for c in cands),
@@ -285,6 +302,12 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         options=tuple(options),
         link_seconds=cset.link_seconds,
         backward_only=backward_only,
+        need_window=tuple((w[0], w[1]) if w[0] is not None else (-1, -1) for w in need),
+        fw_base_bytes=tuple(fw_base),
+        bw_base_bytes=tuple(bw_base),
+        keep_from=tuple(keep_from),
+        storage_window=tuple((first[s], last[s]) if first[s] is not None else (-1, -1) for s in range(n_storage)),
+        bw_row_of_step=tuple(row_of_step),
     )
 
 

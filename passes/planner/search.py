@@ -61,8 +61,9 @@ class SearchInputs:
     budget_bytes: int | None = None
     time_limit_seconds: float = 20.0
     warm_start_time_solves: bool = False
-    """Start time solves from the floor plan (problems with lossy or offload options: CBC can take
-    seconds to find a first plan near the floor; lossless ones find it at once)."""
+    """Start time solves from the floor plan (problems with lossy or offload options, or with recompute
+    chains' rows: CBC can take seconds to find a first plan near the floor; lossless ones without chain
+    rows find it at once)."""
     label: str = "the graph"
     """Names the graph in warnings."""
     colours: Mapping[str, int] | None = None
@@ -284,7 +285,10 @@ def _lower_peak_at_same_time(run: _Run, sol: PlanSolution, budget: int, unkept: 
     inputs = run.inputs
     share = tuning.LOWER_PEAK_TIME if inputs.budget_fraction is not None else tuning.SOLVER_GAP_TIME
     cap = sol.added_seconds + share * sum(inputs.problem.recompute_seconds)
-    lower = run.solve(inputs.problem, budget_bytes=budget, objective=PEAK, time_limit_seconds=inputs.time_limit_seconds,
+    # a refinement: CBC finds the lower plans at once, and proving the last percent may take it the whole
+    # time limit (recompute chains' rows have a weak relaxation), so it gets a few of the solve's own times
+    seconds = min(inputs.time_limit_seconds, max(1.0, tuning.REFINE_SOLVES * sol.solve_seconds))
+    lower = run.solve(inputs.problem, budget_bytes=budget, objective=PEAK, time_limit_seconds=seconds,
                       max_added_seconds=cap, unkept_storages=unkept)
     if lower.feasible and lower.predicted_peak_bytes < sol.predicted_peak_bytes:
         return lower

@@ -9,6 +9,16 @@ REPAIR_ROUNDS = 6
 each round asks for strictly less than the last and costs one extraction (the most expensive planning
 step), so the cap bounds planning time at a few times one solve."""
 
+CHAIN_ROUNDS = 4
+"""Lazy-constraint rounds of a solve (chains.solve_with_chains): each adds, at the step where the exact
+account of the plan peaks, the recompute chains the static windows missed. Each costs one solve (a
+fraction of one extraction); chains repeat per layer, so a few rounds find the classes that matter."""
+
+REFINE_SOLVES = 4
+"""The lower-peak refinement of a plan (search._lower_peak_at_same_time) may take this many times the
+solve that found the plan (at least CBC's one-second resolution): it improves an incumbent CBC has at
+once, and without a cap it spent the whole time limit proving the last percent."""
+
 SOLVER_GAP_TIME = 0.01
 """Added time, as a share of the forward's recompute time, a byte-budget plan may spend to lower its
 peak: CBC stops at a 1% gap (ilp._GAP_REL), so this only takes back what the gap may have left."""

@@ -1,0 +1,336 @@
+"""Recompute chains: when each recomputed value is built and how long it lives, given the whole plan.
+
+The extraction (rewrite/recompute.py, torch's ``reordering_to_mimic_autograd_engine``) places a
+recomputed value just before the first backward node that needs it, directly or through other
+recomputed values. So a recomputed value is built at
+
+    F(i) = min(its own first backward need, F(k) for every recomputed reader k),
+
+and lives until L(i) = max(its own last need, F(k) for every recomputed reader k); a kept value lives
+until the same L. Recomputing a value whose readers are recomputed too therefore pulls it, and
+everything it reads, to the start of the chain: a recomputed residual stream pulls the layers below it
+to the start of the backward. The ILP's static windows (problem.py) charge a recomputed storage over
+its own reads and its direct readers' reads only; ``live_bytes`` is the exact account of a decision
+under the placement above, against which the ILP's solutions are checked and its lazy chain rows
+(ilp.py) are derived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from .problem import PlanProblem
+
+_NEVER = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class ChainAccount:
+    """Live bytes per step of a decision under the extraction's placement (forward steps, then backward)."""
+
+    fw_live: tuple[int, ...]
+    bw_live: tuple[int, ...]
+    built_at: dict[int, int]
+    """Recomputed candidate -> backward step at which it is built (F)."""
+    lives_to: dict[int, int]
+    """Recomputed or kept candidate -> last backward step at which it is live (L)."""
+    backward: tuple[tuple[int, int, int, int], ...] = ()
+    """(storage, first, last backward step, bytes) of every kept or recomputed storage."""
+    burst_peak: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """Backward step -> the recomputed owners live at the fullest moment of the burst built before it."""
+
+    @property
+    def peak_bytes(self) -> int:
+        return max((*self.fw_live, *self.bw_live), default=0)
+
+    @property
+    def peak_step(self) -> tuple[str, int]:
+        """("forward" or "backward", step) of the peak."""
+        fw = max(range(len(self.fw_live)), key=self.fw_live.__getitem__, default=0)
+        bw = max(range(len(self.bw_live)), key=self.bw_live.__getitem__, default=0)
+        if self.bw_live and (not self.fw_live or self.bw_live[bw] >= self.fw_live[fw]):
+            return "backward", bw
+        return "forward", fw
+
+
+def readers_of(problem: PlanProblem) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in range(problem.n_candidates)]
+    for k, ins in enumerate(problem.inputs):
+        for j in ins:
+            out[j].append(k)
+    return out
+
+
+def placement(problem: PlanProblem, recompute: Collection[int], readers: list[list[int]] | None = None,
+              inlined: Collection[int] = ()) -> tuple[dict[int, int], dict[int, int]]:
+    """(F, L) of the recomputed candidates (module docstring); candidates come in forward order, so
+    one reverse pass sees every reader before the values it reads. A recomputed value Inductor
+    inlines (``inlined``) is computed again in each reader's kernel: what it reads lives to its L."""
+    readers = readers if readers is not None else readers_of(problem)
+    rec = set(recompute)
+    inl = set(inlined)
+    built: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for i in sorted(rec, reverse=True):
+        nf, nl = problem.need_window[i]
+        f = nf if nf >= 0 else _NEVER
+        l = nl
+        for k in readers[i]:
+            if k in built:
+                f = min(f, built[k])
+                l = max(l, last[k] if k in inl else built[k])
+        if f < _NEVER:
+            built[i] = f
+            last[i] = max(l, f)
+    return built, last
+
+
+def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collection[int],
+               options: Collection[int] = (), *, fused: Collection[int] = (), inlined: Collection[int] = ()
+               ) -> ChainAccount:
+    """Live bytes per step of a decision (candidate and option indices) under the extraction's placement.
+    ``fused``: recomputed values Inductor gives no buffer; ``inlined``: those of them it inlines."""
+    readers = readers_of(problem)
+    built, rec_last = placement(problem, recompute, readers, inlined)
+    fused, inlined = set(fused), set(inlined)
+    n_fw, n_bw = len(problem.fw_base_bytes), len(problem.bw_base_bytes)
+    fw = list(problem.fw_base_bytes)
+    bw = list(problem.bw_base_bytes)
+    served = {i for o in options for i in problem.options[o].serves}
+
+    def add(arr: list[int], lo: int, hi: int, nbytes: int) -> None:
+        for t in range(max(lo, 0), min(hi, len(arr) - 1) + 1):
+            arr[t] += nbytes
+
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(problem.storage_of):
+        if s >= 0:
+            members.setdefault(s, []).append(i)
+    kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
+    lives_to = dict(rec_last)
+    spans: list[tuple[int, int, int, int]] = []
+    for s in sorted(kept_storage):
+        nbytes = problem.storage_bytes[s]
+        end = -1
+        for i in members[s]:
+            if i in built:
+                continue
+            if i not in served:
+                end = max(end, problem.need_window[i][1])
+            for k in readers[i]:
+                if k in built:
+                    end = max(end, rec_last[k] if k in inlined else built[k])
+        add(fw, problem.keep_from[s], n_fw - 1, nbytes)
+        add(bw, 0, end, nbytes)
+        spans.append((s, 0, end, nbytes))
+        lives_to[problem.storage_owner[s]] = end
+    # Recomputed storages: live after their burst over (F, L]; at F they are part of the burst, the
+    # values the extraction builds just before that backward step, one after another (forward order),
+    # each freed after its last reader there unless something later reads it.
+    bursts: dict[int, list[int]] = {}
+    for i, f in built.items():
+        bursts.setdefault(f, []).append(i)
+    for s, group in members.items():
+        owner = problem.storage_owner[s]
+        if s in kept_storage or owner not in built or owner in fused:
+            continue
+        lo = min(built[i] for i in group if i in built)
+        hi = max(rec_last[i] for i in group if i in built)
+        add(bw, lo + 1, hi, problem.storage_bytes[s])
+        spans.append((s, lo, hi, problem.storage_bytes[s]))
+    at_burst_peak: dict[int, tuple[int, ...]] = {}
+    for tau, group in bursts.items():
+        peak, at_burst_peak[tau] = _burst_peak(problem, sorted(group), tau, readers, built, rec_last, fused, inlined,
+                                               kept_storage)
+        bw[tau] += peak
+    for o in options:
+        opt = problem.options[o]
+        if opt.packed_bytes:
+            add(fw, opt.fw_from, n_fw - 1, opt.packed_bytes)
+            add(bw, 0, opt.bw_last, opt.packed_bytes)
+        if opt.expanded_bytes:
+            add(bw, opt.bw_first, opt.bw_last, opt.expanded_bytes)
+        if opt.held_bytes:
+            add(fw, opt.fw_from, opt.fw_until, opt.held_bytes)
+    return ChainAccount(fw_live=tuple(fw), bw_live=tuple(bw), built_at=built, lives_to=lives_to,
+                        backward=tuple(spans), burst_peak=at_burst_peak)
+
+
+def _burst_peak(problem: PlanProblem, group: list[int], tau: int, readers, built, rec_last, fused, inlined,
+                kept_storage) -> tuple[int, tuple[int, ...]]:
+    """Largest bytes the recomputed storages built at backward step ``tau`` hold at once while the burst
+    runs, and the owners live then."""
+    pos = {i: p for p, i in enumerate(group)}
+    last_read: dict[int, int] = {}
+
+    def read_until(i: int) -> int:
+        """Burst position of ``i``'s last reader there (an inlined reader passes its own on)."""
+        if i in last_read:
+            return last_read[i]
+        end = pos[i]
+        for k in readers[i]:
+            if k in pos:
+                end = max(end, read_until(k) if k in inlined else pos[k])
+        last_read[i] = end
+        return end
+
+    frees: dict[int, int] = {}
+    alloc: dict[int, int] = {}
+    for i in group:
+        s = problem.storage_of[i]
+        if s < 0 or s in kept_storage:
+            continue
+        owner = problem.storage_owner[s]
+        if owner not in pos or owner in fused:
+            continue
+        alloc.setdefault(owner, problem.storage_bytes[s])
+        persists = rec_last[i] > tau or problem.need_window[i][0] <= tau <= problem.need_window[i][1]
+        end = len(group) if persists else read_until(i)
+        frees[owner] = max(frees.get(owner, -1), end)
+    running = peak = 0
+    live: set[int] = set()
+    at_peak: tuple[int, ...] = ()
+    dying: dict[int, list[int]] = {}
+    for p, i in enumerate(group):
+        if i in alloc:
+            running += alloc[i]
+            live.add(i)
+            dying.setdefault(frees[i], []).append(i)
+        if running > peak:
+            peak, at_peak = running, tuple(sorted(live))
+        for j in dying.pop(p, ()):
+            running -= alloc[j]
+            live.discard(j)
+    return peak, at_peak
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRow:
+    """A memory constraint at one backward step: the static terms the problem's constraints charge
+    there ((kind, index) -> bytes, kinds as ilp.MemoryRow's), plus chain terms (bytes, candidates):
+    the bytes count when every candidate named is recomputed."""
+
+    step: int
+    base_bytes: int
+    static: dict[tuple[str, int], int]
+    chains: tuple[tuple[int, tuple[int, ...]], ...]
+
+
+def static_terms(problem: PlanProblem, tau: int) -> dict[tuple[str, int], int]:
+    """What the problem's backward constraint at step ``tau`` charges, per decision variable."""
+    terms: dict[tuple[str, int], int] = {}
+    for s, (first, last) in enumerate(problem.storage_window):
+        if last >= tau:
+            terms[("k", s)] = problem.storage_bytes[s]
+        if 0 <= first <= tau <= last:
+            terms[("r", problem.storage_owner[s])] = problem.storage_bytes[s]
+    for o, opt in enumerate(problem.options):
+        total = 0
+        if opt.packed_bytes and opt.bw_last >= tau:
+            total += opt.packed_bytes
+        if opt.expanded_bytes and opt.bw_first <= tau <= opt.bw_last:
+            total += opt.expanded_bytes
+        if total:
+            terms[("o", o)] = total
+    return terms
+
+
+@dataclass(frozen=True, slots=True)
+class ChainTerm:
+    """A recomputed storage pulled ahead of its own first read: live over backward steps [lo, hi]
+    whenever every candidate of ``members`` (the storage's owner and the readers that pull it) is
+    recomputed. Valid for every plan: F(owner) <= the pulling reader's first need = lo, and the
+    owner's own last need = hi keeps it to there."""
+
+    nbytes: int
+    members: tuple[int, ...]
+    """The owner, then each reader that pulls the one before it; the last is read where it is built."""
+    lo: int
+    hi: int
+
+
+def pulled_terms(problem: PlanProblem, account: ChainAccount, tau: int, readers: list[list[int]]) -> list[ChainTerm]:
+    """Chain terms of the recomputed storages ``account`` has live at backward step ``tau`` that the
+    problem's static windows do not charge there because a chain pulled them ahead of their own reads.
+    (Values a burst holds only while it runs are left out: where a burst peaks depends on what else
+    pulls its chain, so no term is valid for every plan, and charging them anyway raised the floors
+    measured on the zoo.)"""
+    built = account.built_at
+    out = []
+    for s, lo, hi, nbytes in account.backward:
+        owner = problem.storage_owner[s]
+        if owner not in built or owner in problem.fused or not lo <= tau <= hi:
+            continue
+        first, last = problem.storage_window[s]
+        if 0 <= first <= tau <= last:
+            continue
+        own_last = problem.need_window[owner][1]
+        if own_last < tau:
+            continue  # live at tau through a later reader's pull, not its own read: no valid bound
+        path = _pull_path(problem, owner, built, readers)
+        if path is not None:
+            out.append(ChainTerm(nbytes=nbytes, members=path, lo=built[owner], hi=own_last))
+    return out
+
+
+def _pull_path(problem: PlanProblem, owner: int, built: dict[int, int], readers) -> tuple[int, ...] | None:
+    """``owner`` and the recomputed readers through which the first read that builds it pulls it, in that
+    order (None if the chain does not end at a value read where it is built)."""
+    path = [owner]
+    node = owner
+    while problem.need_window[node][0] != built[node]:
+        node = next((k for k in readers[node] if built.get(k) == built[node]), None)
+        if node is None:
+            return None
+        path.append(node)
+    return tuple(path)
+
+
+@dataclass(slots=True)
+class ChainCache:
+    """Chain terms and steps found by earlier solves of one problem (valid for every plan of it)."""
+
+    known: dict[tuple[int, ...], ChainTerm]
+    steps: list[int]
+
+
+def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainCache | None = None, **kwargs):
+    """``solve`` (solve_ilp's signature), re-solved while the exact account of its plan (``live_bytes``)
+    finds, at its peak step, recomputed storages pulled ahead of their reads that the static windows do
+    not charge: each round adds a constraint at that step charging those chains (lazy constraints,
+    valid for every plan), and charges every known chain at the earlier rounds' steps too."""
+    from .problem import option_indices
+
+    readers = readers_of(problem)
+    index = {name: i for i, name in enumerate(problem.names)}
+    cache = cache if cache is not None else ChainCache({}, [])
+    known, steps = cache.known, cache.steps
+
+    def rows() -> tuple[ChainRow, ...]:
+        return tuple(
+            ChainRow(step=t, base_bytes=problem.bw_base_bytes[t],
+                     static={} if problem.bw_row_of_step else static_terms(problem, t),
+                     chains=tuple((c.nbytes, c.members) for c in known.values() if c.lo <= t <= c.hi))
+            for t in steps
+        )
+
+    sol = solve(problem, chain_rows=rows(), **kwargs)
+    for _ in range(rounds):
+        if not sol.feasible:
+            return sol
+        keep = {index[n] for n in sol.keep}
+        rec = {index[n] for n in sol.recompute}
+        account = live_bytes(problem, keep, rec, option_indices(problem, sol),
+                             fused=problem.fused, inlined=problem.inlined)
+        side, tau = account.peak_step
+        if side != "backward" or account.peak_bytes <= sol.predicted_peak_bytes:
+            return sol
+        new = [t for t in pulled_terms(problem, account, tau, readers) if t.members not in known]
+        if not new:
+            return sol
+        known.update((t.members, t) for t in new)
+        if tau not in steps:
+            steps.append(tau)
+        sol = solve(problem, chain_rows=rows(), **kwargs)
+    return sol
