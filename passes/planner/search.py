@@ -257,10 +257,14 @@ def _solve(run: _Run, budget: int | None, objective: str, unkept: frozenset[int]
     inputs = run.inputs
     start = start if start is not None else run.state.floor_solution
     initial = start if inputs.warm_start_time_solves and objective == TIME else None
+    seconds = inputs.time_limit_seconds
+    if initial is not None and initial.feasible and (budget is None or initial.predicted_peak_bytes <= budget):
+        # CBC starts from a plan that meets the budget: a refinement of it (see _lower_peak_at_same_time)
+        seconds = min(seconds, max(1.0, tuning.REFINE_SOLVES * initial.solve_seconds))
     sol = run.solve(inputs.problem, budget_bytes=budget, objective=objective,
-                    time_limit_seconds=inputs.time_limit_seconds, initial=initial, unkept_storages=unkept)
+                    time_limit_seconds=seconds, initial=initial, unkept_storages=unkept)
     if sol.feasible:
-        if sol.time_limit_hit:
+        if sol.time_limit_hit and seconds >= inputs.time_limit_seconds:
             warnings.warn(
                 f"memcompile: the ILP hit solver_time_limit={inputs.time_limit_seconds}s on {inputs.label}; "
                 "using the best plan found so far (raise solver_time_limit for a better one)",

@@ -15,9 +15,10 @@ account of the plan peaks, the recompute chains the static windows missed. Each 
 fraction of one extraction); chains repeat per layer, so a few rounds find the classes that matter."""
 
 REFINE_SOLVES = 4
-"""The lower-peak refinement of a plan (search._lower_peak_at_same_time) may take this many times the
-solve that found the plan (at least CBC's one-second resolution): it improves an incumbent CBC has at
-once, and without a cap it spent the whole time limit proving the last percent."""
+"""A solve that refines a plan CBC is handed as its start (the lower-peak solve after a time solve, a time
+solve started from a floor plan that meets its budget) may take this many times the solve that found
+that plan (at least CBC's one-second resolution): it can only improve on the start, and without a cap
+CBC spent its whole time limit proving the last percent (hf-bert at 0.0: five 20 s solves)."""
 
 SOLVER_GAP_TIME = 0.01
 """Added time, as a share of the forward's recompute time, a byte-budget plan may spend to lower its
