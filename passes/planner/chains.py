@@ -95,13 +95,16 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
     built, rec_last = placement(problem, recompute, readers, inlined)
     fused, inlined = set(fused), set(inlined)
     n_fw, n_bw = len(problem.fw_base_bytes), len(problem.bw_base_bytes)
-    fw = list(problem.fw_base_bytes)
-    bw = list(problem.bw_base_bytes)
+    # differences: each interval is two entries, summed once at the end (linear in steps + storages)
+    fw = [0] * (n_fw + 1)
+    bw = [0] * (n_bw + 1)
     served = {i for o in options for i in problem.options[o].serves}
 
     def add(arr: list[int], lo: int, hi: int, nbytes: int) -> None:
-        for t in range(max(lo, 0), min(hi, len(arr) - 1) + 1):
-            arr[t] += nbytes
+        lo, hi = max(lo, 0), min(hi, len(arr) - 2)
+        if lo <= hi:
+            arr[lo] += nbytes
+            arr[hi + 1] -= nbytes
 
     members: dict[int, list[int]] = {}
     for i, s in enumerate(problem.storage_of):
@@ -143,7 +146,7 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
     for tau, group in bursts.items():
         peak, at_burst_peak[tau] = _burst_peak(problem, sorted(group), tau, readers, built, rec_last, fused, inlined,
                                                kept_storage)
-        bw[tau] += peak
+        add(bw, tau, tau, peak)
     for o in options:
         opt = problem.options[o]
         if opt.packed_bytes:
@@ -153,8 +156,16 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
             add(bw, opt.bw_first, opt.bw_last, opt.expanded_bytes)
         if opt.held_bytes:
             add(fw, opt.fw_from, opt.fw_until, opt.held_bytes)
-    return ChainAccount(fw_live=tuple(fw), bw_live=tuple(bw), built_at=built, lives_to=lives_to,
-                        backward=tuple(spans), burst_peak=at_burst_peak)
+    return ChainAccount(fw_live=_summed(fw, problem.fw_base_bytes), bw_live=_summed(bw, problem.bw_base_bytes),
+                        built_at=built, lives_to=lives_to, backward=tuple(spans), burst_peak=at_burst_peak)
+
+
+def _summed(differences: list[int], base: tuple[int, ...]) -> tuple[int, ...]:
+    out, running = [], 0
+    for t, b in enumerate(base):
+        running += differences[t]
+        out.append(b + running)
+    return tuple(out)
 
 
 def _burst_peak(problem: PlanProblem, group: list[int], tau: int, readers, built, rec_last, fused, inlined,
