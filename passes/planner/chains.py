@@ -18,7 +18,7 @@ under the placement above, against which the ILP's solutions are checked and its
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .problem import PlanProblem
 
@@ -33,12 +33,8 @@ class ChainAccount:
     bw_live: tuple[int, ...]
     built_at: dict[int, int]
     """Recomputed candidate -> backward step at which it is built (F)."""
-    lives_to: dict[int, int]
-    """Recomputed or kept candidate -> last backward step at which it is live (L)."""
     backward: tuple[tuple[int, int, int, int], ...] = ()
     """(storage, first, last backward step, bytes) of every kept or recomputed storage."""
-    burst_peak: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    """Backward step -> the recomputed owners live at the fullest moment of the burst built before it."""
 
     @property
     def peak_bytes(self) -> int:
@@ -87,11 +83,12 @@ def placement(problem: PlanProblem, recompute: Collection[int], readers: list[li
 
 
 def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collection[int],
-               options: Collection[int] = (), *, fused: Collection[int] = (), inlined: Collection[int] = ()
-               ) -> ChainAccount:
+               options: Collection[int] = (), *, fused: Collection[int] = (), inlined: Collection[int] = (),
+               readers: list[list[int]] | None = None) -> ChainAccount:
     """Live bytes per step of a decision (candidate and option indices) under the extraction's placement.
-    ``fused``: recomputed values Inductor gives no buffer; ``inlined``: those of them it inlines."""
-    readers = readers_of(problem)
+    ``fused``: recomputed values Inductor gives no buffer; ``inlined``: those of them it inlines;
+    ``readers``: ``readers_of(problem)``, when the caller has it."""
+    readers = readers if readers is not None else readers_of(problem)
     built, rec_last = placement(problem, recompute, readers, inlined)
     fused, inlined = set(fused), set(inlined)
     n_fw, n_bw = len(problem.fw_base_bytes), len(problem.bw_base_bytes)
@@ -111,7 +108,6 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
         if s >= 0:
             members.setdefault(s, []).append(i)
     kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
-    lives_to = dict(rec_last)
     spans: list[tuple[int, int, int, int]] = []
     for s in sorted(kept_storage):
         nbytes = problem.storage_bytes[s]
@@ -127,7 +123,6 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
         add(fw, problem.keep_from[s], n_fw - 1, nbytes)
         add(bw, 0, end, nbytes)
         spans.append((s, 0, end, nbytes))
-        lives_to[problem.storage_owner[s]] = end
     # Recomputed storages: live after their burst over (F, L]; at F they are part of the burst, the
     # values the extraction builds just before that backward step, one after another (forward order),
     # each freed after its last reader there unless something later reads it.
@@ -142,11 +137,8 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
         hi = max(rec_last[i] for i in group if i in built)
         add(bw, lo + 1, hi, problem.storage_bytes[s])
         spans.append((s, lo, hi, problem.storage_bytes[s]))
-    at_burst_peak: dict[int, tuple[int, ...]] = {}
     for tau, group in bursts.items():
-        peak, at_burst_peak[tau] = _burst_peak(problem, sorted(group), tau, readers, built, rec_last, fused, inlined,
-                                               kept_storage)
-        add(bw, tau, tau, peak)
+        add(bw, tau, tau, _burst_peak(problem, sorted(group), tau, readers, rec_last, fused, inlined, kept_storage))
     for o in options:
         opt = problem.options[o]
         if opt.packed_bytes:
@@ -157,7 +149,7 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
         if opt.held_bytes:
             add(fw, opt.fw_from, opt.fw_until, opt.held_bytes)
     return ChainAccount(fw_live=_summed(fw, problem.fw_base_bytes), bw_live=_summed(bw, problem.bw_base_bytes),
-                        built_at=built, lives_to=lives_to, backward=tuple(spans), burst_peak=at_burst_peak)
+                        built_at=built, backward=tuple(spans))
 
 
 def _summed(differences: list[int], base: tuple[int, ...]) -> tuple[int, ...]:
@@ -168,10 +160,9 @@ def _summed(differences: list[int], base: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _burst_peak(problem: PlanProblem, group: list[int], tau: int, readers, built, rec_last, fused, inlined,
-                kept_storage) -> tuple[int, tuple[int, ...]]:
-    """Largest bytes the recomputed storages built at backward step ``tau`` hold at once while the burst
-    runs, and the owners live then."""
+def _burst_peak(problem: PlanProblem, group: list[int], tau: int, readers, rec_last, fused, inlined,
+                kept_storage) -> int:
+    """Largest bytes the recomputed storages built at backward step ``tau`` hold at once while the burst runs."""
     pos = {i: p for p, i in enumerate(group)}
     last_read: dict[int, int] = {}
 
@@ -200,51 +191,24 @@ def _burst_peak(problem: PlanProblem, group: list[int], tau: int, readers, built
         end = len(group) if persists else read_until(i)
         frees[owner] = max(frees.get(owner, -1), end)
     running = peak = 0
-    live: set[int] = set()
-    at_peak: tuple[int, ...] = ()
-    dying: dict[int, list[int]] = {}
+    dying: dict[int, int] = {}
     for p, i in enumerate(group):
         if i in alloc:
             running += alloc[i]
-            live.add(i)
-            dying.setdefault(frees[i], []).append(i)
-        if running > peak:
-            peak, at_peak = running, tuple(sorted(live))
-        for j in dying.pop(p, ()):
-            running -= alloc[j]
-            live.discard(j)
-    return peak, at_peak
+            dying[frees[i]] = dying.get(frees[i], 0) + alloc[i]
+        peak = max(peak, running)
+        running -= dying.pop(p, 0)
+    return peak
 
 
 @dataclass(frozen=True, slots=True)
 class ChainRow:
-    """A memory constraint at one backward step: the static terms the problem's constraints charge
-    there ((kind, index) -> bytes, kinds as ilp.MemoryRow's), plus chain terms (bytes, candidates):
-    the bytes count when every candidate named is recomputed."""
+    """A memory constraint at one backward step: the problem's constraint covering that step
+    (``PlanProblem.bw_row_of_step``) plus chain terms (bytes, chain: ``ChainTerm.members``)."""
 
     step: int
     base_bytes: int
-    static: dict[tuple[str, int], int]
     chains: tuple[tuple[int, tuple[int, ...]], ...]
-
-
-def static_terms(problem: PlanProblem, tau: int) -> dict[tuple[str, int], int]:
-    """What the problem's backward constraint at step ``tau`` charges, per decision variable."""
-    terms: dict[tuple[str, int], int] = {}
-    for s, (first, last) in enumerate(problem.storage_window):
-        if last >= tau:
-            terms[("k", s)] = problem.storage_bytes[s]
-        if 0 <= first <= tau <= last:
-            terms[("r", problem.storage_owner[s])] = problem.storage_bytes[s]
-    for o, opt in enumerate(problem.options):
-        total = 0
-        if opt.packed_bytes and opt.bw_last >= tau:
-            total += opt.packed_bytes
-        if opt.expanded_bytes and opt.bw_first <= tau <= opt.bw_last:
-            total += opt.expanded_bytes
-        if total:
-            terms[("o", o)] = total
-    return terms
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +285,6 @@ def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainC
     def rows() -> tuple[ChainRow, ...]:
         return tuple(
             ChainRow(step=t, base_bytes=problem.bw_base_bytes[t],
-                     static={} if problem.bw_row_of_step else static_terms(problem, t),
                      chains=tuple((c.nbytes, c.members) for c in known.values() if c.lo <= t <= c.hi))
             for t in steps
         )
@@ -333,7 +296,7 @@ def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainC
         keep = {index[n] for n in sol.keep}
         rec = {index[n] for n in sol.recompute}
         account = live_bytes(problem, keep, rec, option_indices(problem, sol),
-                             fused=problem.fused, inlined=problem.inlined)
+                             fused=problem.fused, inlined=problem.inlined, readers=readers)
         side, tau = account.peak_step
         if side != "backward" or account.peak_bytes <= sol.predicted_peak_bytes:
             return sol

@@ -220,12 +220,8 @@ def solve_ilp(
         return z
 
     for k, row in enumerate(chain_rows):
-        # the step's own constraint already sums its static terms (E of its running sum)
-        covering = problem.bw_row_of_step[row.step] if problem.bw_row_of_step else -1
-        if covering in row_total:
-            terms = [(row_total[covering], 1.0)]
-        else:
-            terms = [(var(key), w / _MIB) for key, w in row.static.items() if _has_var(key, kept, rec, option)]
+        # the step's own constraint already sums what the static windows charge there (E of its running sum)
+        terms = [(row_total[problem.bw_row_of_step[row.step]], 1.0)]
         for nbytes, path in row.chains:
             z = pulled_var(path)
             if z is not None:
@@ -366,10 +362,6 @@ def build_memory_rows(problem: PlanProblem) -> tuple[MemoryRow, ...]:
                               terms=changes if incremental else tuple(current.items()), constraint=j))
         previous = current
     return tuple(rows)
-
-
-def _has_var(key: tuple[str, int], kept, rec, option) -> bool:
-    return key[1] in {"k": kept, "r": rec, "o": option}[key[0]]
 
 
 def _set_initial(problem: PlanProblem, sol: PlanSolution, keep, rec, kept, option) -> None:

@@ -259,8 +259,7 @@ def _solve(run: _Run, budget: int | None, objective: str, unkept: frozenset[int]
     initial = start if inputs.warm_start_time_solves and objective == TIME else None
     seconds = inputs.time_limit_seconds
     if initial is not None and initial.feasible and (budget is None or initial.predicted_peak_bytes <= budget):
-        # CBC starts from a plan that meets the budget: a refinement of it (see _lower_peak_at_same_time)
-        seconds = min(seconds, max(1.0, tuning.REFINE_SOLVES * initial.solve_seconds))
+        seconds = _refining(run, initial)  # CBC starts from a plan that meets the budget
     sol = run.solve(inputs.problem, budget_bytes=budget, objective=objective,
                     time_limit_seconds=seconds, initial=initial, unkept_storages=unkept)
     if sol.feasible:
@@ -281,6 +280,12 @@ def _solve(run: _Run, budget: int | None, objective: str, unkept: frozenset[int]
     return run.fallback(inputs.problem, budget_bytes=budget, objective=objective)
 
 
+def _refining(run: _Run, sol: PlanSolution) -> float:
+    """Time limit of a solve that refines ``sol`` (tuning.REFINE_SOLVES): CBC has a plan at least as good at
+    once, and proving the last percent could take it the whole time limit."""
+    return min(run.inputs.time_limit_seconds, max(1.0, tuning.REFINE_SOLVES * sol.solve_seconds))
+
+
 def _lower_peak_at_same_time(run: _Run, sol: PlanSolution, budget: int, unkept: frozenset[int]) -> PlanSolution:
     """The lowest peak among plans that add at most a small share of the recompute time to ``sol``'s.
 
@@ -289,10 +294,7 @@ def _lower_peak_at_same_time(run: _Run, sol: PlanSolution, budget: int, unkept: 
     inputs = run.inputs
     share = tuning.LOWER_PEAK_TIME if inputs.budget_fraction is not None else tuning.SOLVER_GAP_TIME
     cap = sol.added_seconds + share * sum(inputs.problem.recompute_seconds)
-    # a refinement: CBC finds the lower plans at once, and proving the last percent may take it the whole
-    # time limit (recompute chains' rows have a weak relaxation), so it gets a few of the solve's own times
-    seconds = min(inputs.time_limit_seconds, max(1.0, tuning.REFINE_SOLVES * sol.solve_seconds))
-    lower = run.solve(inputs.problem, budget_bytes=budget, objective=PEAK, time_limit_seconds=seconds,
+    lower = run.solve(inputs.problem, budget_bytes=budget, objective=PEAK, time_limit_seconds=_refining(run, sol),
                       max_added_seconds=cap, unkept_storages=unkept)
     if lower.feasible and lower.predicted_peak_bytes < sol.predicted_peak_bytes:
         return lower

@@ -3,13 +3,17 @@ and the lazy chain rows the ILP gets from it, on synthetic problems."""
 
 import itertools
 
-from test_ilp import MB, chain
-
 from memcompile.passes.candidates import Candidate, CandidateSet
-from memcompile.passes.planner.chains import ChainCache, live_bytes, placement, solve_with_chains
+from memcompile.passes.planner.chains import (
+    ChainCache,
+    live_bytes,
+    placement,
+    solve_with_chains,
+)
 from memcompile.passes.planner.ilp import solve_ilp
 from memcompile.passes.planner.problem import build_problem, evaluate, is_valid
 from memcompile.passes.planner.solution import PEAK
+from test_ilp import MB, chain
 
 
 def test_a_recomputed_chain_is_built_where_its_first_reader_needs_it():
