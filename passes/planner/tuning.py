@@ -12,13 +12,16 @@ step), so the cap bounds planning time at a few times one solve."""
 CHAIN_ROUNDS = 4
 """Lazy-constraint rounds of a solve (chains.solve_with_chains): each adds, at the step where the exact
 account of the plan peaks, the recompute chains the static windows missed. Each costs one solve (a
-fraction of one extraction); chains repeat per layer, so a few rounds find the classes that matter."""
+fraction of one extraction); chains repeat per layer, so a few rounds find the classes that matter.
+Chosen among 1, 2 and 4 on hf-gpt2, hf-t5 and resnet-bn (fewer gave higher floors and no faster planning,
+docs/BENCHMARKS.md "Recompute chains"); other models may want another value."""
 
 REFINE_SOLVES = 4
 """A solve that refines a plan CBC is handed as its start (the lower-peak solve after a time solve, a time
 solve started from a floor plan that meets its budget) may take this many times the solve that found
 that plan (at least CBC's one-second resolution): it can only improve on the start, and without a cap
-CBC spent its whole time limit proving the last percent (hf-bert at 0.0: five 20 s solves)."""
+CBC spent its whole time limit proving the last percent (hf-bert at 0.0: five 20 s solves). Not swept:
+a wall-clock bound, so which plan a capped solve ends on depends on the machine's load."""
 
 SOLVER_GAP_TIME = 0.01
 """Added time, as a share of the forward's recompute time, a byte-budget plan may spend to lower its
