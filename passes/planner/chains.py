@@ -18,8 +18,9 @@ under the placement above, against which the ILP's solutions are checked and its
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from . import tuning
 from .problem import PlanProblem
 
 _NEVER = 1 << 62
@@ -204,11 +205,28 @@ def _burst_peak(problem: PlanProblem, group: list[int], tau: int, readers, rec_l
 @dataclass(frozen=True, slots=True)
 class ChainRow:
     """A memory constraint at one backward step: the problem's constraint covering that step
-    (``PlanProblem.bw_row_of_step``) plus chain terms (bytes, chain: ``ChainTerm.members``)."""
+    (``PlanProblem.bw_row_of_step``) plus chain terms (bytes, chain: ``ChainTerm.members``) and hold
+    terms (``HoldTerm``s at this step)."""
 
     step: int
     base_bytes: int
     chains: tuple[tuple[int, tuple[int, ...]], ...]
+    holds: tuple[HoldTerm, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HoldTerm:
+    """A kept storage held past its static window by a value recomputed from it: live at backward step
+    ``step`` whenever the storage is kept, ``member`` (the candidate of it that ``reader`` reads) is not
+    recomputed, and ``reader`` is recomputed and not built before ``step``. Valid for every plan: a kept
+    copy lives until every value recomputed from it is built, and the ILP's upper bound on "built before
+    the step" (a recomputed path to a value needed before it) is exact at integer points."""
+
+    nbytes: int
+    storage: int
+    member: int
+    reader: int
+    step: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +267,31 @@ def pulled_terms(problem: PlanProblem, account: ChainAccount, tau: int, readers:
     return out
 
 
+def held_terms(problem: PlanProblem, account: ChainAccount, tau: int, readers: list[list[int]],
+               keep: Collection[int]) -> list[HoldTerm]:
+    """Hold terms of the kept storages ``account`` has live at backward step ``tau`` that the problem's
+    static row there does not charge: the one-level windows see a reader's own reads, not a reader
+    recomputed only to rebuild something needed later (a softmax's exp, a residual stream's next sum)."""
+    built = account.built_at
+    kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
+    static = set(problem.constraints[problem.bw_row_of_step[tau]].kept)
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(problem.storage_of):
+        if s in kept_storage:
+            members.setdefault(s, []).append(i)
+    out = []
+    for s, lo, hi, nbytes in account.backward:
+        if s not in kept_storage or s in static or not lo <= tau <= hi:
+            continue
+        for i in members[s]:
+            if i in built:
+                continue
+            for k in readers[i]:
+                if built.get(k, -1) >= tau:
+                    out.append(HoldTerm(nbytes=nbytes, storage=s, member=i, reader=k, step=tau))
+    return out
+
+
 def _pull_path(problem: PlanProblem, owner: int, built: dict[int, int], readers) -> tuple[int, ...] | None:
     """``owner`` and the recomputed readers through which the first read that builds it pulls it, in that
     order (None if the chain does not end at a value read where it is built)."""
@@ -268,24 +311,30 @@ class ChainCache:
 
     known: dict[tuple[int, ...], ChainTerm]
     steps: list[int]
+    holds: dict[tuple[int, int, int, int], HoldTerm] = field(default_factory=dict)
+    """(step, storage, member, reader) -> its term."""
 
 
-def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainCache | None = None, **kwargs):
+def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainCache | None = None,
+                      hold_terms: bool | None = None, **kwargs):
     """``solve`` (solve_ilp's signature), re-solved while the exact account of its plan (``live_bytes``)
     finds, at its peak step, recomputed storages pulled ahead of their reads that the static windows do
     not charge: each round adds a constraint at that step charging those chains (lazy constraints,
-    valid for every plan), and charges every known chain at the earlier rounds' steps too."""
+    valid for every plan), and charges every known chain at the earlier rounds' steps too. ``hold_terms``
+    (default ``tuning.HOLD_TERMS``): also charge kept storages held by later recomputes (``HoldTerm``)."""
     from .problem import option_indices
 
     readers = readers_of(problem)
     index = {name: i for i, name in enumerate(problem.names)}
     cache = cache if cache is not None else ChainCache({}, [])
-    known, steps = cache.known, cache.steps
+    known, steps, holds = cache.known, cache.steps, cache.holds
+    use_holds = tuning.HOLD_TERMS if hold_terms is None else hold_terms
 
     def rows() -> tuple[ChainRow, ...]:
         return tuple(
             ChainRow(step=t, base_bytes=problem.bw_base_bytes[t],
-                     chains=tuple((c.nbytes, c.members) for c in known.values() if c.lo <= t <= c.hi))
+                     chains=tuple((c.nbytes, c.members) for c in known.values() if c.lo <= t <= c.hi),
+                     holds=tuple(h for h in holds.values() if h.step == t) if use_holds else ())
             for t in steps
         )
 
@@ -301,9 +350,12 @@ def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainC
         if side != "backward" or account.peak_bytes <= sol.predicted_peak_bytes:
             return sol
         new = [t for t in pulled_terms(problem, account, tau, readers) if t.members not in known]
-        if not new:
+        new_holds = [h for h in held_terms(problem, account, tau, readers, keep)
+                     if (h.step, h.storage, h.member, h.reader) not in holds] if use_holds else []
+        if not new and not new_holds:
             return sol
         known.update((t.members, t) for t in new)
+        holds.update(((h.step, h.storage, h.member, h.reader), h) for h in new_holds)
         if tau not in steps:
             steps.append(tau)
         sol = solve(problem, chain_rows=rows(), **kwargs)

@@ -16,6 +16,12 @@ fraction of one extraction); chains repeat per layer, so a few rounds find the c
 Chosen among 1, 2 and 4 on hf-gpt2, hf-t5 and resnet-bn (fewer gave higher floors and no faster planning,
 docs/BENCHMARKS.md "Recompute chains"); other models may want another value."""
 
+HOLD_TERMS = False
+"""Whether the chain rows also charge kept storages held past their reads by later recomputes
+(chains.HoldTerm): exact, and on hf-gpt2 it lowered the simulated floor and the 0.5 plan, but CBC's
+solves with them hit their time limits and planning took 10-50x longer (docs/BENCHMARKS.md, "Hold
+terms"); off until their rows are tighter for CBC."""
+
 REFINE_SOLVES = 4
 """A solve that refines a plan CBC is handed as its start (the lower-peak solve after a time solve, a time
 solve started from a floor plan that meets its budget) may take this many times the solve that found

@@ -8,6 +8,7 @@ from memcompile.passes.planner.chains import (
     ChainCache,
     live_bytes,
     placement,
+    readers_of,
     solve_with_chains,
 )
 from memcompile.passes.planner.ilp import solve_ilp
@@ -104,3 +105,77 @@ def test_chain_rows_lower_the_floor_the_account_finds():
     assert account_peak(plain) > plain.predicted_peak_bytes  # the chain-blind model under-counts its own plan
     assert aware.predicted_peak_bytes == account_peak(aware)
     assert account_peak(aware) < account_peak(plain)
+
+
+def _held(pull: bool = False) -> CandidateSet:
+    """x (read at backward step 3, never recomputed) -> j -> i -> d: only x and d (step 2) are read by
+    the backward, so recomputing i and d from a kept j holds j until d is rebuilt. ``pull``: i has
+    another reader e, read at step 0, which, recomputed too, pulls i there."""
+    spec = [("x", (), 3, False), ("j", ("x",), None, True), ("i", ("j",), None, True), ("d", ("i",), 2, True)]
+    spec += [("e", ("i",), 0, True)] if pull else []
+    cands = tuple(
+        Candidate(name=n, root=n, nbytes=8 * MB, recompute_seconds=1e-3, can_save=True, can_recompute=rc,
+                  recompute_ban=None if rc else "random op", needed=bw is not None, inputs=ins, fw_step=k,
+                  fw_keep_from=k + 1, bw_first=bw, bw_last=bw)
+        for k, (n, ins, bw, rc) in enumerate(spec))
+    return CandidateSet(candidates=cands, fw_steps=tuple(s[0] for s in spec), bw_steps=("g0", "g1", "g2", "g3"),
+                        fw_base_bytes=(0,) * len(spec), bw_base_bytes=(MB, 10 * MB, MB, MB))
+
+
+def test_hold_terms_charge_a_kept_value_held_by_a_later_recompute():
+    """The static windows charge a kept value over its readers' own reads; a reader recomputed only to
+    rebuild something read later (a softmax's exp) holds it longer. Without hold terms the model
+    under-counts that plan; with them the peak it predicts is the peak of the account."""
+    problem = build_problem(_held())
+    index = {name: i for i, name in enumerate(problem.names)}
+
+    def account_peak(sol):
+        return live_bytes(problem, {index[x] for x in sol.keep}, {index[x] for x in sol.recompute}).peak_bytes
+
+    blind = solve_with_chains(solve_ilp, problem, rounds=6, hold_terms=False, budget_bytes=None, objective=PEAK,
+                              time_limit_seconds=10)
+    aware = solve_with_chains(solve_ilp, problem, rounds=6, hold_terms=True, budget_bytes=None, objective=PEAK,
+                              time_limit_seconds=10)
+    assert blind.feasible and aware.feasible
+    assert account_peak(blind) > blind.predicted_peak_bytes
+    assert aware.predicted_peak_bytes == account_peak(aware)
+    assert account_peak(aware) < account_peak(blind)
+
+
+def test_hold_terms_hold_for_every_plan():
+    """A hold term says: when its storage is kept, its member not recomputed, and its reader recomputed
+    and not built before the step (no recomputed path to a value read earlier), the storage is live at
+    that step. Checked against the account of every valid plan, also where a second reader may pull
+    the reader ahead (the same candidates and steps, one more reader)."""
+    cache = ChainCache({}, [])
+    solve_with_chains(solve_ilp, build_problem(_held()), rounds=6, cache=cache, hold_terms=True, budget_bytes=None,
+                      objective=PEAK, time_limit_seconds=10)
+    assert cache.holds, "the chain-blind floor of this graph keeps j for a later recompute: a hold must be found"
+    assert sum(_check_holds(build_problem(_held(pull)), cache.holds.values()) for pull in (False, True)) > 1
+
+
+def _check_holds(problem, holds) -> int:
+    readers = readers_of(problem)
+
+    def built_before(k, step, rec):
+        nf = problem.need_window[k][0]
+        return k in rec and (0 <= nf < step or any(built_before(r, step, rec) for r in readers[k]))
+
+    checked = 0
+    for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
+        keep = {i for i, m in enumerate(modes) if m == 1}
+        rec = {i for i, m in enumerate(modes) if m == 2}
+        if not is_valid(problem, keep, rec):
+            continue
+        account = live_bytes(problem, keep, rec)
+        if set(account.built_at) != rec:
+            continue  # a recompute nothing reads: the ILP pays its time for no bytes, never chooses it
+        live = {s: (lo, hi) for s, lo, hi, _ in account.backward}
+        kept_storage = {problem.storage_of[i] for i in keep}
+        for h in holds:
+            if h.storage in kept_storage and h.member not in rec and h.reader in rec \
+                    and not built_before(h.reader, h.step, rec):
+                lo, hi = live[h.storage]
+                assert lo <= h.step <= hi
+                checked += 1
+    return checked
