@@ -218,15 +218,18 @@ class ChainRow:
 class HoldTerm:
     """A kept storage held past its static window by a value recomputed from it: live at backward step
     ``step`` whenever the storage is kept, ``member`` (the candidate of it that ``reader`` reads) is not
-    recomputed, and ``reader`` is recomputed and not built before ``step``. Valid for every plan: a kept
-    copy lives until every value recomputed from it is built, and the ILP's upper bound on "built before
-    the step" (a recomputed path to a value needed before it) is exact at integer points."""
+    recomputed, ``reader`` is recomputed, and none of ``blockers`` is. The blockers are where, in the plan
+    the term was found on, every recomputed path from ``reader`` to a value read before ``step`` stopped
+    (the first value on it not recomputed). Valid for every plan: a kept copy lives until every value
+    recomputed from it is built, and for ``reader`` to be built before ``step`` one such path must be
+    recomputed throughout, blocker included."""
 
     nbytes: int
     storage: int
     member: int
     reader: int
     step: int
+    blockers: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +291,31 @@ def held_terms(problem: PlanProblem, account: ChainAccount, tau: int, readers: l
                 continue
             for k in readers[i]:
                 if built.get(k, -1) >= tau:
-                    out.append(HoldTerm(nbytes=nbytes, storage=s, member=i, reader=k, step=tau))
+                    blockers = _blockers(problem, k, tau, built, readers)
+                    if blockers is not None:
+                        out.append(HoldTerm(nbytes=nbytes, storage=s, member=i, reader=k, step=tau, blockers=blockers))
     return out
+
+
+def _blockers(problem: PlanProblem, k: int, tau: int, built: dict[int, int], readers) -> tuple[int, ...] | None:
+    """The first value not recomputed on each path from ``k`` through its readers to a value read before
+    ``tau`` (None if some path is recomputed throughout: then ``k`` is built before ``tau``)."""
+    out: set[int] = set()
+    seen = {k}
+    todo = [k]
+    while todo:
+        j = todo.pop()
+        for r in readers[j]:
+            if r in seen:
+                continue
+            seen.add(r)
+            if r not in built:
+                out.add(r)
+            elif 0 <= problem.need_window[r][0] < tau:
+                return None
+            else:
+                todo.append(r)
+    return tuple(sorted(out))
 
 
 def _pull_path(problem: PlanProblem, owner: int, built: dict[int, int], readers) -> tuple[int, ...] | None:
@@ -305,14 +331,18 @@ def _pull_path(problem: PlanProblem, owner: int, built: dict[int, int], readers)
     return tuple(path)
 
 
+def _hold_key(h: HoldTerm) -> tuple:
+    return (h.step, h.storage, h.member, h.reader, h.blockers)
+
+
 @dataclass(slots=True)
 class ChainCache:
     """Chain terms and steps found by earlier solves of one problem (valid for every plan of it)."""
 
     known: dict[tuple[int, ...], ChainTerm]
     steps: list[int]
-    holds: dict[tuple[int, int, int, int], HoldTerm] = field(default_factory=dict)
-    """(step, storage, member, reader) -> its term."""
+    holds: dict[tuple, HoldTerm] = field(default_factory=dict)
+    """``_hold_key`` -> its term."""
 
 
 def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainCache | None = None,
@@ -351,11 +381,11 @@ def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainC
             return sol
         new = [t for t in pulled_terms(problem, account, tau, readers) if t.members not in known]
         new_holds = [h for h in held_terms(problem, account, tau, readers, keep)
-                     if (h.step, h.storage, h.member, h.reader) not in holds] if use_holds else []
+                     if _hold_key(h) not in holds] if use_holds else []
         if not new and not new_holds:
             return sol
         known.update((t.members, t) for t in new)
-        holds.update(((h.step, h.storage, h.member, h.reader), h) for h in new_holds)
+        holds.update((_hold_key(h), h) for h in new_holds)
         if tau not in steps:
             steps.append(tau)
         sol = solve(problem, chain_rows=rows(), **kwargs)

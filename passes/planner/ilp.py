@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import pulp
 
-from .chains import ChainRow, readers_of
+from .chains import ChainRow
 from .greedy import solve_greedy
 from .problem import FORWARD, PlanProblem, conflicts, option_indices, option_names
 from .solution import PEAK, TIME, PlanSolution
@@ -219,38 +219,10 @@ def solve_ilp(
             z = pulled[key]
         return z
 
-    # A hold term's bytes count through h[s, step] >= kept[s] - rec[member] + rec[reader] - b[reader, step] - 1,
-    # where b[k, step] ("k is built before the step") has only upper bounds: b <= rec[k], and b <= the sum
-    # of its readers' b unless k's own first need is before the step (then b <= rec[k] alone). The ILP
-    # raises b where that lowers a hold; at integer points b can reach 1 only along a recomputed path to
-    # a value needed before the step (chains.placement's F(k) < step).
-    readers: list[list[int]] | None = None
-    before: dict[tuple[int, int], pulp.LpVariable] = {}
-
-    def built_before(k: int, step: int) -> pulp.LpVariable | None:
-        nonlocal readers
-        if k not in rec:
-            return None
-        if 0 <= problem.need_window[k][0] < step:
-            return rec[k]
-        if readers is None:
-            readers = readers_of(problem)
-        todo, order = [k], []
-        while todo:  # the reader closure that needs a variable, created readers first
-            j = todo.pop()
-            if (j, step) in before or j not in rec or 0 <= problem.need_window[j][0] < step:
-                continue
-            before[(j, step)] = new_var(f"b{j}_{step}", lowBound=0, upBound=1)
-            order.append(j)
-            todo.extend(readers[j])
-        for j in reversed(order):
-            v = before[(j, step)]
-            model.addConstraint(v - rec[j] <= 0, f"bu{j}_{step}")
-            upper = [(w, -1.0) for w in (built_before(r, step) for r in readers[j]) if w is not None]
-            model.addConstraint(pulp.LpAffineExpression([(v, 1.0), *upper]) <= 0, f"bp{j}_{step}")
-        return before[(k, step)]
-
+    # A hold term's bytes count through h[s, step] >= kept[s] + rec[reader] - rec[member] - sum(rec[blockers]) - 1:
+    # one variable per storage and step, however many terms (plans' blockers) bound it.
     held: dict[tuple[int, int], pulp.LpVariable] = {}
+    n_holds = 0
     for k, row in enumerate(chain_rows):
         # the step's own constraint already sums what the static windows charge there (E of its running sum)
         terms = [(row_total[problem.bw_row_of_step[row.step]], 1.0)]
@@ -265,16 +237,15 @@ def solve_ilp(
             if key not in held:
                 held[key] = new_var(f"h{hold.storage}_{row.step}", lowBound=0, upBound=1)
                 terms.append((held[key], hold.nbytes / _MIB))
-            cond = [(held[key], 1.0), (kept[hold.storage], -1.0), (rec[hold.reader], -1.0)]
-            b = built_before(hold.reader, row.step)
-            if b is not None:
-                cond.append((b, 1.0))
-            if hold.member in rec:
-                cond.append((rec[hold.member], 1.0))
-            model.addConstraint(pulp.LpAffineExpression(cond) >= -1, f"hold{hold.storage}_{hold.member}_{hold.reader}_{row.step}")
+            cond = {held[key]: 1.0, kept[hold.storage]: -1.0, rec[hold.reader]: -1.0}
+            for m in (hold.member, *hold.blockers):
+                if m in rec:
+                    cond[rec[m]] = cond.get(rec[m], 0.0) + 1.0
+            model.addConstraint(pulp.LpAffineExpression(list(cond.items())) >= -1, f"hold{n_holds}")
+            n_holds += 1
         model += pulp.LpAffineExpression([(peak, -1.0), *terms]) <= -row.base_bytes / _MIB, f"chainrow{k}_{row.step}"
         n_rows += 1
-    n_rows += len(pulled) + 2 * len(before) + len(held)
+    n_rows += len(pulled) + n_holds
 
     link = [(option[o], opt.transfer_seconds * _MS) for o, opt in enumerate(problem.options) if opt.transfer_seconds]
     if link and sum(w for _, w in link) > problem.link_budget_seconds * _MS:

@@ -18,9 +18,9 @@ docs/BENCHMARKS.md "Recompute chains"); other models may want another value."""
 
 HOLD_TERMS = False
 """Whether the chain rows also charge kept storages held past their reads by later recomputes
-(chains.HoldTerm): exact, and on hf-gpt2 it lowered the simulated floor and the 0.5 plan, but CBC's
-solves with them hit their time limits and planning took 10-50x longer (docs/BENCHMARKS.md, "Hold
-terms"); off until their rows are tighter for CBC."""
+(chains.HoldTerm): valid for every plan, and on hf-gpt2 they lowered the simulated floor, but CBC's
+solves with them hit their time limits and planning took 5-50x longer (docs/BENCHMARKS.md, "Hold
+terms"); off until CBC bounds them well."""
 
 REFINE_SOLVES = 4
 """A solve that refines a plan CBC is handed as its start (the lower-peak solve after a time solve, a time

@@ -6,6 +6,7 @@ import itertools
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.chains import (
     ChainCache,
+    held_terms,
     live_bytes,
     placement,
     readers_of,
@@ -143,24 +144,23 @@ def test_hold_terms_charge_a_kept_value_held_by_a_later_recompute():
 
 
 def test_hold_terms_hold_for_every_plan():
-    """A hold term says: when its storage is kept, its member not recomputed, and its reader recomputed
-    and not built before the step (no recomputed path to a value read earlier), the storage is live at
-    that step. Checked against the account of every valid plan, also where a second reader may pull
-    the reader ahead (the same candidates and steps, one more reader)."""
+    """A hold term says: when its storage is kept, its member not recomputed, its reader recomputed and
+    none of its blockers recomputed (so no recomputed path pulls the reader ahead of the step), the
+    storage is live at that step. Checked against the account of every valid plan, also where a second
+    reader may pull the reader ahead (then that reader is a blocker)."""
     cache = ChainCache({}, [])
     solve_with_chains(solve_ilp, build_problem(_held()), rounds=6, cache=cache, hold_terms=True, budget_bytes=None,
                       objective=PEAK, time_limit_seconds=10)
     assert cache.holds, "the chain-blind floor of this graph keeps j for a later recompute: a hold must be found"
-    assert sum(_check_holds(build_problem(_held(pull)), cache.holds.values()) for pull in (False, True)) > 1
+    assert _check_holds(build_problem(_held()), cache.holds.values())
+    # with e, recomputing i pulls it to step 0 unless e is not recomputed: found on a plan, e is a blocker
+    problem = build_problem(_held(pull=True))
+    found = held_terms(problem, live_bytes(problem, {0, 1, 4}, {2, 3}), 1, readers_of(problem), {0, 1, 4})
+    assert [(h.storage, h.reader, h.blockers) for h in found] == [(1, 2, (4,))]
+    assert _check_holds(problem, found)
 
 
 def _check_holds(problem, holds) -> int:
-    readers = readers_of(problem)
-
-    def built_before(k, step, rec):
-        nf = problem.need_window[k][0]
-        return k in rec and (0 <= nf < step or any(built_before(r, step, rec) for r in readers[k]))
-
     checked = 0
     for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
         keep = {i for i, m in enumerate(modes) if m == 1}
@@ -174,7 +174,7 @@ def _check_holds(problem, holds) -> int:
         kept_storage = {problem.storage_of[i] for i in keep}
         for h in holds:
             if h.storage in kept_storage and h.member not in rec and h.reader in rec \
-                    and not built_before(h.reader, h.step, rec):
+                    and not rec & set(h.blockers):
                 lo, hi = live[h.storage]
                 assert lo <= h.step <= hi
                 checked += 1
