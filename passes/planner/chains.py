@@ -104,10 +104,7 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
             arr[lo] += nbytes
             arr[hi + 1] -= nbytes
 
-    members: dict[int, list[int]] = {}
-    for i, s in enumerate(problem.storage_of):
-        if s >= 0:
-            members.setdefault(s, []).append(i)
+    members = _storage_members(problem)
     kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
     spans: list[tuple[int, int, int, int]] = []
     for s in sorted(kept_storage):
@@ -151,6 +148,15 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
             add(fw, opt.fw_from, opt.fw_until, opt.held_bytes)
     return ChainAccount(fw_live=_summed(fw, problem.fw_base_bytes), bw_live=_summed(bw, problem.bw_base_bytes),
                         built_at=built, backward=tuple(spans))
+
+
+def _storage_members(problem: PlanProblem) -> dict[int, list[int]]:
+    """Storage -> its candidates (the owner and its views), in candidate order."""
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(problem.storage_of):
+        if s >= 0:
+            members.setdefault(s, []).append(i)
+    return members
 
 
 def _summed(differences: list[int], base: tuple[int, ...]) -> tuple[int, ...]:
@@ -278,10 +284,7 @@ def held_terms(problem: PlanProblem, account: ChainAccount, tau: int, readers: l
     built = account.built_at
     kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
     static = set(problem.constraints[problem.bw_row_of_step[tau]].kept)
-    members: dict[int, list[int]] = {}
-    for i, s in enumerate(problem.storage_of):
-        if s in kept_storage:
-            members.setdefault(s, []).append(i)
+    members = _storage_members(problem)
     out = []
     for s, lo, hi, nbytes in account.backward:
         if s not in kept_storage or s in static or not lo <= tau <= hi:
@@ -331,18 +334,14 @@ def _pull_path(problem: PlanProblem, owner: int, built: dict[int, int], readers)
     return tuple(path)
 
 
-def _hold_key(h: HoldTerm) -> tuple:
-    return (h.step, h.storage, h.member, h.reader, h.blockers)
-
-
 @dataclass(slots=True)
 class ChainCache:
     """Chain terms and steps found by earlier solves of one problem (valid for every plan of it)."""
 
     known: dict[tuple[int, ...], ChainTerm]
     steps: list[int]
-    holds: dict[tuple, HoldTerm] = field(default_factory=dict)
-    """``_hold_key`` -> its term."""
+    holds: dict[HoldTerm, None] = field(default_factory=dict)
+    """Hold terms found, in the order found (a dict: an ordered set)."""
 
 
 def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainCache | None = None,
@@ -364,7 +363,7 @@ def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainC
         return tuple(
             ChainRow(step=t, base_bytes=problem.bw_base_bytes[t],
                      chains=tuple((c.nbytes, c.members) for c in known.values() if c.lo <= t <= c.hi),
-                     holds=tuple(h for h in holds.values() if h.step == t) if use_holds else ())
+                     holds=tuple(h for h in holds if h.step == t) if use_holds else ())
             for t in steps
         )
 
@@ -381,11 +380,11 @@ def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainC
             return sol
         new = [t for t in pulled_terms(problem, account, tau, readers) if t.members not in known]
         new_holds = [h for h in held_terms(problem, account, tau, readers, keep)
-                     if _hold_key(h) not in holds] if use_holds else []
+                     if h not in holds] if use_holds else []
         if not new and not new_holds:
             return sol
         known.update((t.members, t) for t in new)
-        holds.update((_hold_key(h), h) for h in new_holds)
+        holds.update(dict.fromkeys(new_holds))
         if tau not in steps:
             steps.append(tau)
         sol = solve(problem, chain_rows=rows(), **kwargs)

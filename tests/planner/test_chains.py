@@ -72,13 +72,8 @@ def test_chain_terms_hold_for_every_plan():
     solve_with_chains(solve_ilp, problem, rounds=4, cache=cache, budget_bytes=None, objective=PEAK,
                       time_limit_seconds=10)
     assert cache.known, "the floor of a chain recomputes a chain: some term must be found"
-    n = problem.n_candidates
     checked = 0
-    for modes in itertools.product((0, 1, 2), repeat=n):
-        keep = {i for i, m in enumerate(modes) if m == 1}
-        rec = {i for i, m in enumerate(modes) if m == 2}
-        if not is_valid(problem, keep, rec):
-            continue
+    for keep, rec in _valid_plans(problem):
         account = live_bytes(problem, keep, rec)
         live = {s: (lo, hi) for s, lo, hi, _ in account.backward}
         for term in cache.known.values():
@@ -152,7 +147,7 @@ def test_hold_terms_hold_for_every_plan():
     solve_with_chains(solve_ilp, build_problem(_held()), rounds=6, cache=cache, hold_terms=True, budget_bytes=None,
                       objective=PEAK, time_limit_seconds=10)
     assert cache.holds, "the chain-blind floor of this graph keeps j for a later recompute: a hold must be found"
-    assert _check_holds(build_problem(_held()), cache.holds.values())
+    assert _check_holds(build_problem(_held()), cache.holds)
     # with e, recomputing i pulls it to step 0 unless e is not recomputed: found on a plan, e is a blocker
     problem = build_problem(_held(pull=True))
     found = held_terms(problem, live_bytes(problem, {0, 1, 4}, {2, 3}), 1, readers_of(problem), {0, 1, 4})
@@ -162,11 +157,7 @@ def test_hold_terms_hold_for_every_plan():
 
 def _check_holds(problem, holds) -> int:
     checked = 0
-    for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
-        keep = {i for i, m in enumerate(modes) if m == 1}
-        rec = {i for i, m in enumerate(modes) if m == 2}
-        if not is_valid(problem, keep, rec):
-            continue
+    for keep, rec in _valid_plans(problem):
         account = live_bytes(problem, keep, rec)
         if set(account.built_at) != rec:
             continue  # a recompute nothing reads: the ILP pays its time for no bytes, never chooses it
@@ -179,3 +170,12 @@ def _check_holds(problem, holds) -> int:
                 assert lo <= h.step <= hi
                 checked += 1
     return checked
+
+
+def _valid_plans(problem):
+    """Every valid (keep, recompute) decision of a small problem."""
+    for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
+        keep = {i for i, m in enumerate(modes) if m == 1}
+        rec = {i for i, m in enumerate(modes) if m == 2}
+        if is_valid(problem, keep, rec):
+            yield keep, rec
