@@ -46,10 +46,24 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.view(-1) if t.is_contiguous() else t.reshape(-1)
 
 
-def _chunks(numel: int) -> Iterator[tuple[int, int]]:
-    """(start, end) element ranges of ``CHUNK_ELEMS``; only the last is shorter."""
-    for start in range(0, numel, CHUNK_ELEMS):
-        yield start, min(start + CHUNK_ELEMS, numel)
+def _chunks(numel: int, size: int = CHUNK_ELEMS) -> Iterator[tuple[int, int]]:
+    """(start, end) element ranges of ``size`` (default ``CHUNK_ELEMS``); only the last is shorter."""
+    for start in range(0, numel, size):
+        yield start, min(start + size, numel)
+
+
+FEWBIT_SPLIT = 8
+"""A few-bit op splits a tensor smaller than ``FEWBIT_SPLIT`` chunks into that many (of at least
+``FEWBIT_MIN_CHUNK`` elements): its temporaries (an fp32 copy, int32 intervals: about 9 bytes per chunk
+element) then stay a fraction of the tensor itself, so storing a small activation as a few-bit code still
+saves memory (a 4,096-element bf16 SiLU held 53 KB of temporaries as one chunk, its input is 8 KB)."""
+FEWBIT_MIN_CHUNK = 256
+
+
+def _fewbit_chunk(numel: int) -> int:
+    """Chunk size of a few-bit op over ``numel`` elements: a multiple of 4 (whole packed bytes)."""
+    size = min(CHUNK_ELEMS, max(FEWBIT_MIN_CHUNK, -(-numel // FEWBIT_SPLIT)))
+    return -(-size // 4) * 4
 
 
 def _grouped_fp32(part: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -339,7 +353,7 @@ def fewbit_forward(x: torch.Tensor, bits: int, kind: str) -> tuple[torch.Tensor,
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     packed = torch.empty(packed_numel(x.numel(), bits), dtype=torch.uint8, device=x.device)
     flat, y_flat = _flat(x), y.view(-1)
-    for start, end in _chunks(flat.numel()):  # chunks hold whole bytes: CHUNK_ELEMS % 4 == 0
+    for start, end in _chunks(flat.numel(), _fewbit_chunk(flat.numel())):  # chunks hold whole bytes
         xf = flat[start:end].float()
         y_flat[start:end] = f(xf)
         packed[start // per_byte : start // per_byte + -(-(end - start) // per_byte)] = (
@@ -365,7 +379,7 @@ def fewbit_backward(
     grad_in = torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device)
     grad_in.copy_(grad_out)
     flat = grad_in.view(-1)
-    for start, end in _chunks(flat.numel()):
+    for start, end in _chunks(flat.numel(), _fewbit_chunk(flat.numel())):
         b0, whole = start // per_byte, (end - start) // per_byte
         rows = flat[start : start + whole * per_byte].view(whole, per_byte)
         index = packed[b0 : b0 + whole].int()

@@ -127,6 +127,22 @@ _ONEDNN_MATMULS = frozenset(
 )
 _ONEDNN_CONVOLUTIONS = frozenset((torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default))
 _REDUCED = (torch.bfloat16, torch.float16)
+_OWN_OPS = ("fewbit_gelu", "fewbit_silu", "fewbit_backward", "quantize_int8", "quantize_fp8", "dequantize")
+"""memcompile's own storage ops (kernels/): on CPU their reference implementations hold fp32 and int32
+temporaries per chunk (fewbit_forward: an fp32 copy of a bf16 input, int32 intervals, a promoted compare),
+so their scratch is measured too. The offload ops are not: they move bytes between devices."""
+
+
+def _own_ops() -> frozenset:
+    """The OpOverloads of ``_OWN_OPS`` that are registered (kernels/ imported), else none."""
+    ns = getattr(torch.ops, "memcompile", None)
+    found = []
+    for name in _OWN_OPS:
+        try:
+            found.append(getattr(ns, name).default)
+        except (AttributeError, RuntimeError):
+            continue
+    return frozenset(found)
 
 
 def scratch_bytes(gm: fx.GraphModule | fx.Graph, *, model: str = "eager") -> dict[str, int]:
@@ -136,17 +152,20 @@ def scratch_bytes(gm: fx.GraphModule | fx.Graph, *, model: str = "eager") -> dic
     scratchpad and its reorders into and out of blocked layouts (packed operand blocks, fp32
     accumulators per thread, a blocked copy of the output or gradient) go through PyTorch's allocator
     for the op's duration. Their size is oneDNN's blocking choice, so it is measured by running the op
-    once per shape, layout, dtype and thread count. fp32 matmuls (MKL) and every other op allocate no
-    scratch here. Through Inductor (``model="inductor"``) convolutions are measured channels-last: on a
+    once per shape, layout, dtype and thread count; so are memcompile's own quantize and few-bit ops
+    (``_OWN_OPS``). fp32 matmuls (MKL) and every other op allocate no scratch here. Through Inductor (``model="inductor"``) convolutions are measured channels-last: on a
     CPU with oneDNN Inductor always runs them so (``GraphLowering.decide_layout_opt``), which the graph's
     strides do not show (convnext measured in the graph's layout: predicted 37% over the measured peak).
     """
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
     out: dict[str, int] = {}
+    own = _own_ops()
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        if node.target in _ONEDNN_MATMULS:
+        if node.target in own:
+            key = _op_key(node, dtypes=None)
+        elif node.target in _ONEDNN_MATMULS:
             key = _op_key(node, dtypes=_REDUCED)
         elif node.target in _ONEDNN_CONVOLUTIONS:
             key = _op_key(node, dtypes=None, channels_last=model == "inductor")
@@ -168,7 +187,7 @@ class _TensorSpec(NamedTuple):
 def _scalar_arg(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_scalar_arg(v) for v in value)
-    return isinstance(value, (int, float, bool)) or value is None
+    return isinstance(value, (int, float, bool, str)) or value is None
 
 
 def _op_key(node: fx.Node, *, dtypes, channels_last: bool = False):
