@@ -293,6 +293,7 @@ class MemPartitioner(CustomPartitionerFn):
                 budget_fraction=cfg.budget_fraction,
                 budget_bytes=None if cfg.budget_fraction is not None else int(cfg.budget_bytes),
                 time_limit_seconds=cfg.solver_time_limit,
+                node_limit=tuning.SOLVE_NODES,
                 # see SearchInputs: with recompute chains' rows (tuning.CHAIN_ROUNDS) lossless problems too
                 warm_start_time_solves=bool(tuning.CHAIN_ROUNDS) or any(opt.mode != INPLACE for opt in problem.options),
                 label=f"graph {graph_index}",

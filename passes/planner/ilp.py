@@ -34,6 +34,9 @@ least as good as greedy's.
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 import time
 import warnings
 from collections.abc import Collection, Mapping, Sequence
@@ -70,6 +73,7 @@ def solve_ilp(
     tied: Mapping[int, int] | None = None,
     memory_rows: tuple[MemoryRow, ...] | None = None,
     chain_rows: Sequence[ChainRow] = (),
+    node_limit: int | None = None,
 ) -> PlanSolution:
     """``max_added_seconds``: a cap on the predicted added time, for a peak solve that looks for
     the lowest peak among plans about as fast as a given one. ``initial``: a plan CBC starts from
@@ -78,7 +82,10 @@ def solve_ilp(
     (keep, recompute and the option of the same mode), planner/repeat.py. ``memory_rows``:
     ``build_memory_rows(problem)`` of this very problem, when several solves share it. ``chain_rows``:
     memory constraints at single backward steps that also charge recompute chains (planner/chains.py):
-    a chain term's bytes count when every candidate it names is recomputed."""
+    a chain term's bytes count when every candidate it names is recomputed. ``node_limit``: CBC's
+    branch-and-bound nodes (its ``maxNodes``); unlike ``time_limit_seconds`` it stops a solve at the same
+    plan on any machine and under any load, so it is how the search bounds its solves (tuning.SOLVE_NODES),
+    and the time limit is a backstop."""
     if objective not in (TIME, PEAK):
         raise ValueError(f"objective: expected {TIME!r} or {PEAK!r}, got {objective!r}")
     start = time.perf_counter()
@@ -288,23 +295,32 @@ def solve_ilp(
         # PuLP 3.x marks its bundled-CBC command deprecated (removed in 4.0, which pyproject excludes);
         # it is the solver every PuLP install ships, so it stays until the pin moves.
         warnings.filterwarnings("ignore", message="PULP_CBC_CMD is deprecated", category=DeprecationWarning)
-        solver = pulp.PULP_CBC_CMD(
-            msg=False, timeLimit=max(1, int(round(time_limit_seconds))), threads=1, gapRel=_GAP_REL,
-            gapAbs=gap_abs or None, warmStart=start_point is not None,
-        )
-    model.solve(solver)
+        with tempfile.TemporaryDirectory(prefix="memcompile-cbc-") as tmp:
+            log_path = os.path.join(tmp, "cbc.log")
+            solver = pulp.PULP_CBC_CMD(
+                msg=False, timeLimit=max(1, int(round(time_limit_seconds))), threads=1, gapRel=_GAP_REL,
+                gapAbs=gap_abs or None, warmStart=start_point is not None, maxNodes=node_limit,
+                logPath=log_path,
+            )
+            model.solve(solver)
+            stop, nodes = _read_cbc_log(log_path)
     elapsed = time.perf_counter() - start
     status = pulp.LpStatus[model.status]
     sol_status = getattr(model, "sol_status", None)
     has_solution = sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
-    time_limit_hit = sol_status == pulp.LpSolutionIntegerFeasible
+    stopped_early = sol_status == pulp.LpSolutionIntegerFeasible
+    if stop is None:  # no log to read: a solve that stopped early stopped on time unless a node cap was given
+        stop = "time" if stopped_early and (node_limit is None or elapsed >= time_limit_seconds) else (
+            "nodes" if stopped_early else None)
+    time_limit_hit = stopped_early and stop == "time"
+    node_limit_hit = stopped_early and stop == "nodes"
     n_vars = len(model.variables())
     if not has_solution:
         return PlanSolution(
             status=status if status != "Optimal" else "Not Solved", solver="ilp", objective=float("nan"),
             keep=frozenset(), recompute=frozenset(), predicted_peak_bytes=0, added_seconds=0.0,
             solve_seconds=elapsed, n_vars=n_vars, n_constraints=n_rows,
-            time_limit_hit=elapsed >= time_limit_seconds,
+            time_limit_hit=elapsed >= time_limit_seconds, nodes=nodes,
         )
     chosen_rec = {i for i, v in rec.items() if (v.value() or 0) > 0.5}
     chosen_keep = {i for i, v in keep.items() if (v.value() or 0) > 0.5}
@@ -314,7 +330,7 @@ def solve_ilp(
     rec_names = frozenset(problem.names[i] for i in chosen_rec)
     added = sum(problem.recompute_seconds[i] for i in chosen_rec) + sum(problem.options[o].seconds for o in chosen_options)
     return PlanSolution(
-        status="Feasible" if time_limit_hit else "Optimal",
+        status="Feasible" if stopped_early else "Optimal",
         solver="ilp",
         objective=float(pulp.value(model.objective) or 0.0),
         keep=keep_names,
@@ -325,8 +341,26 @@ def solve_ilp(
         n_vars=n_vars,
         n_constraints=n_rows,
         time_limit_hit=time_limit_hit,
+        node_limit_hit=node_limit_hit,
+        nodes=nodes,
         **option_names(problem, chosen_options),
     )
+
+
+_CBC_STOP = {"Stopped on time": "time", "Stopped on node": "nodes", "Optimal solution found": "optimal"}
+
+
+def _read_cbc_log(path: str) -> tuple[str | None, int | None]:
+    """CBC's reason to stop ("time", "nodes", "optimal", or None) and its enumerated nodes, from its log."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None, None
+    result = re.search(r"^Result - (.*)$", text, re.MULTILINE)
+    stop = next((why for prefix, why in _CBC_STOP.items() if result and result.group(1).startswith(prefix)), None)
+    nodes = re.search(r"^Enumerated nodes:\s+(\d+)", text, re.MULTILINE)
+    return stop, int(nodes.group(1)) if nodes else None
 
 
 @dataclass(frozen=True, slots=True)

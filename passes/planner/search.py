@@ -60,6 +60,10 @@ class SearchInputs:
     budget_fraction: float | None = None
     budget_bytes: int | None = None
     time_limit_seconds: float = 20.0
+    """A backstop: a solve that reaches it gives a plan that depends on the machine's load (and warns)."""
+    node_limit: int | None = None
+    """CBC's branch-and-bound nodes per solve (tuning.SOLVE_NODES): the bound that stops solves at the same
+    plan on every run; refining solves get tuning.REFINE_NODES."""
     warm_start_time_solves: bool = False
     """Start time solves from the floor plan (problems with lossy or offload options, or with recompute
     chains' rows: CBC can take seconds to find a first plan near the floor; lossless ones without chain
@@ -235,8 +239,7 @@ def _resolve_fraction(run: _Run) -> None:
         return
     probe = None
     if wanted > 0:  # no greedy fallback: an unproven probe just means "solve the floor"
-        probe = run.solve(inputs.problem, budget_bytes=wanted, objective=TIME,
-                          time_limit_seconds=inputs.time_limit_seconds)
+        probe = run.solve(inputs.problem, budget_bytes=wanted, objective=TIME, **_limits(inputs))
     if probe is not None and probe.feasible:
         if _floor_solution(run).feasible and wanted - _floor_bytes(run) <= state.slack_bytes:
             # within the slack of the smallest reachable peak: plan for that peak, as every lower
@@ -257,13 +260,11 @@ def _solve(run: _Run, budget: int | None, objective: str, unkept: frozenset[int]
     inputs = run.inputs
     start = start if start is not None else run.state.floor_solution
     initial = start if inputs.warm_start_time_solves and objective == TIME else None
-    seconds = inputs.time_limit_seconds
-    if initial is not None and initial.feasible and (budget is None or initial.predicted_peak_bytes <= budget):
-        seconds = _refining(run, initial)  # CBC starts from a plan that meets the budget
-    sol = run.solve(inputs.problem, budget_bytes=budget, objective=objective,
-                    time_limit_seconds=seconds, initial=initial, unkept_storages=unkept)
+    refine = initial is not None and initial.feasible and (budget is None or initial.predicted_peak_bytes <= budget)
+    sol = run.solve(inputs.problem, budget_bytes=budget, objective=objective, initial=initial,
+                    unkept_storages=unkept, **_limits(inputs, refine=refine))
     if sol.feasible:
-        if sol.time_limit_hit and seconds >= inputs.time_limit_seconds:
+        if sol.time_limit_hit:
             warnings.warn(
                 f"memcompile: the ILP hit solver_time_limit={inputs.time_limit_seconds}s on {inputs.label}; "
                 "using the best plan found so far (raise solver_time_limit for a better one)",
@@ -280,10 +281,14 @@ def _solve(run: _Run, budget: int | None, objective: str, unkept: frozenset[int]
     return run.fallback(inputs.problem, budget_bytes=budget, objective=objective)
 
 
-def _refining(run: _Run, sol: PlanSolution) -> float:
-    """Time limit of a solve that refines ``sol`` (tuning.REFINE_SOLVES): CBC has a plan at least as good at
-    once, and proving the last percent could take it the whole time limit."""
-    return min(run.inputs.time_limit_seconds, max(1.0, tuning.REFINE_SOLVES * sol.solve_seconds))
+def _limits(inputs: SearchInputs, *, refine: bool = False) -> dict:
+    """A solve's limits: the node cap (tuning.SOLVE_NODES, or tuning.REFINE_NODES for a solve that refines a
+    plan CBC is handed or has just found: it has a plan at least as good at once, and proving the last
+    percent could take it the whole time limit), and the time limit as a backstop."""
+    nodes = inputs.node_limit
+    if refine and nodes is not None:
+        nodes = min(nodes, tuning.REFINE_NODES)
+    return {"time_limit_seconds": inputs.time_limit_seconds, "node_limit": nodes}
 
 
 def _lower_peak_at_same_time(run: _Run, sol: PlanSolution, budget: int, unkept: frozenset[int]) -> PlanSolution:
@@ -294,8 +299,8 @@ def _lower_peak_at_same_time(run: _Run, sol: PlanSolution, budget: int, unkept: 
     inputs = run.inputs
     share = tuning.LOWER_PEAK_TIME if inputs.budget_fraction is not None else tuning.SOLVER_GAP_TIME
     cap = sol.added_seconds + share * sum(inputs.problem.recompute_seconds)
-    lower = run.solve(inputs.problem, budget_bytes=budget, objective=PEAK, time_limit_seconds=_refining(run, sol),
-                      max_added_seconds=cap, unkept_storages=unkept)
+    lower = run.solve(inputs.problem, budget_bytes=budget, objective=PEAK, max_added_seconds=cap,
+                      unkept_storages=unkept, **_limits(inputs, refine=True))
     if lower.feasible and lower.predicted_peak_bytes < sol.predicted_peak_bytes:
         return lower
     return sol
@@ -334,13 +339,13 @@ def _floor_plan(run: _Run) -> Verified:
     if sol.feasible and sol.inplace and built.peak_bytes > sol.predicted_peak_bytes:
         # inplace costs nothing, so it must not leave a higher floor than the plan without it
         plain_problem = without_modes(inputs.problem, (INPLACE,))
-        plain = run.solve(plain_problem, budget_bytes=None, objective=PEAK, time_limit_seconds=inputs.time_limit_seconds)
+        plain = run.solve(plain_problem, budget_bytes=None, objective=PEAK, **_limits(inputs))
         if plain.feasible:
             _verify(run, plain)
             # and the fastest plan at that peak, as a fraction's search without inplace builds it: plans
             # the model rates equal differ in the chains they recompute
             fast = run.solve(plain_problem, budget_bytes=plain.predicted_peak_bytes, objective=TIME,
-                             time_limit_seconds=inputs.time_limit_seconds)
+                             **_limits(inputs))
             if fast.feasible and fast.recompute != plain.recompute:
                 _verify(run, fast)
     lowest = state.lowest_built if state.lowest_built is not None else built

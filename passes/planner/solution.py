@@ -22,6 +22,11 @@ class PlanSolution:
     n_vars: int
     n_constraints: int
     time_limit_hit: bool = False
+    """CBC stopped on ``time_limit_seconds`` with a plan it had not proven (which plan depends on the load)."""
+    node_limit_hit: bool = False
+    """CBC stopped on its node cap with a plan it had not proven (the same plan on every machine)."""
+    nodes: int | None = None
+    """Branch-and-bound nodes CBC enumerated (None: not reported)."""
     quantize: frozenset[str] = frozenset()
     """Storages (by owner name) stored as int8 codes and scales for the backward."""
     fewbit: frozenset[str] = frozenset()

@@ -111,3 +111,29 @@ def _repair_chain():
     )
     return CandidateSet(candidates=cands, fw_steps=("a0", "a1", "a2"), bw_steps=("g0", "g1", "g2"),
                         fw_base_bytes=(0, 0, 0), bw_base_bytes=(0, 0, 0))
+
+
+def test_cbc_log_says_why_a_solve_stopped(tmp_path):
+    """The node cap is read back from CBC's log, so the search can tell a node stop (the same plan on any
+    machine) from a time stop (a plan that depends on the load, which warns)."""
+    import random
+
+    import pulp
+
+    from memcompile.passes.planner.ilp import _read_cbc_log
+
+    rng = random.Random(1)
+    model = pulp.LpProblem("knapsack", pulp.LpMaximize)
+    x = [pulp.LpVariable(f"x{i}", cat="Binary") for i in range(300)]
+    model += pulp.lpSum(rng.randint(10, 1000) * v for v in x)
+    for _ in range(40):
+        model += pulp.lpSum(rng.randint(10, 1000) * v for v in x) <= 30000
+    stops = {}
+    for cap in (3, 3):
+        log = tmp_path / f"cbc{len(stops)}.log"
+        model.solve(pulp.PULP_CBC_CMD(msg=False, maxNodes=cap, threads=1, timeLimit=60, logPath=str(log)))
+        stops[len(stops)] = (_read_cbc_log(str(log)), pulp.value(model.objective))
+    (why, nodes), objective = stops[0]
+    assert why == "nodes" and nodes == 3
+    assert stops[1] == stops[0]  # the same stop, the same plan
+    assert _read_cbc_log(str(tmp_path / "missing.log")) == (None, None)

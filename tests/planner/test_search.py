@@ -1,5 +1,7 @@
 """The budget search on synthetic problems with a fake verifier (no torch.compile, no FX)."""
 
+import dataclasses
+
 import pytest
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.ilp import solve_ilp
@@ -288,3 +290,25 @@ def test_a_repeated_plan_gets_its_own_solution_with_the_built_graphs():
     assert b.solution is second and b.artifact is a.artifact and b.timeline is a.timeline
     c = once(dataclasses.replace(first, recompute=first.recompute - {"a1"}))
     assert len(builds) == 2 and c.artifact is not a.artifact
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3])
+def test_every_solve_is_bounded_by_nodes_and_refining_ones_by_fewer(fraction):
+    """Solves stop at a node count (the same plan under any load), never at a time limit shorter than the
+    user's: a solve that refines a plan it is handed or has just found gets tuning.REFINE_NODES."""
+    from memcompile.passes.planner import tuning
+
+    seen = []
+
+    def solve(problem, **kw):
+        seen.append((kw["objective"], kw.get("initial") is not None or kw.get("max_added_seconds") is not None,
+                     kw["node_limit"], kw["time_limit_seconds"]))
+        return solve_ilp(problem, **kw)
+
+    inputs = dataclasses.replace(_inputs(_chain(), budget_fraction=fraction), node_limit=5000,
+                                 warm_start_time_solves=True)
+    search(inputs, verify=_ChainBlind(), solve=solve)
+    assert seen and all(limit == 10 for *_, limit in seen)
+    assert {nodes for _, refine, nodes, _ in seen if not refine} == {5000}
+    refining = [nodes for _, refine, nodes, _ in seen if refine]
+    assert refining and set(refining) == {min(5000, tuning.REFINE_NODES)}
