@@ -113,6 +113,7 @@ def _repair_chain():
                         fw_base_bytes=(0, 0, 0), bw_base_bytes=(0, 0, 0))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # PuLP 3's notes on its 4.0 API
 def test_cbc_log_says_why_a_solve_stopped(tmp_path):
     """The node cap is read back from CBC's log, so the search can tell a node stop (the same plan on any
     machine) from a time stop (a plan that depends on the load, which warns)."""
