@@ -167,9 +167,10 @@ def _reusing(verify: Verify) -> Verify:
 
 
 def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Solve,
-            floor_solution: PlanSolution | None = None) -> SearchResult:
+            floor_solution: PlanSolution | None = None, rounds_from_floor: bool = True) -> SearchResult:
     """``search`` with ties applied; ``floor_solution``: the model's smallest-peak plan of ``inputs.problem``
-    when a search of the same problem solved it already (the anchor search), so it is not solved again."""
+    when a search of the same problem solved it already (the anchor search), so it is not solved again;
+    ``rounds_from_floor``: False for the anchor search (its rounds from the floor are the caller's)."""
     run = _Run(inputs, solve, verify, fallback, SearchState(floor_solution=floor_solution))
     state = run.state
     if inputs.budget_fraction is not None:
@@ -179,6 +180,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         if inputs.default.peak_bytes <= state.target_bytes:
             state.chosen = inputs.default
     state.model_budget_bytes = state.target_bytes
+    at_floor = state.chosen is None and _at_floor(run)
     if state.chosen is None:
         _repair(run)
     if state.chosen is None:
@@ -198,12 +200,17 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         # same problem: its floor and the plans built so far serve the anchor search as they are
         anchor = _search(dataclasses.replace(inputs, budget_fraction=tuning.MONOTONE_ANCHOR), verify=verify,
                          solve=solve, fallback=fallback,
-                         floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None)
+                         floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None,
+                         rounds_from_floor=False)
         if anchor.chosen.peak_bytes < state.chosen.peak_bytes:
             state.chosen = anchor.chosen
             state.notes.append(f"the {tuning.MONOTONE_ANCHOR} budget's plan runs lower; taken")
         if state.floor_plan is not None and anchor.chosen.peak_bytes < state.floor_plan.peak_bytes:
             state.floor_plan = anchor.chosen
+    if at_floor and rounds_from_floor:
+        # the smallest reachable peak is asked for: the rounds again, from the model's smallest-peak
+        # plan; the lowest plan built runs
+        _lowest_from_floor(run)
     if state.floor_plan is not None:
         min_peak = state.floor_plan.peak_bytes
     else:
@@ -358,16 +365,45 @@ def _floor_plan(run: _Run) -> Verified:
     return built
 
 
-def _repair(run: _Run) -> None:
-    """Solve at the model budget, verify, and re-solve for less while the simulated peak is over the target."""
+def _lowest_from_floor(run: _Run) -> None:
+    """The repair rounds from the floor solution (``_repair(from_floor=True)``); the chosen plan and the
+    floor plan become the lowest plan built, so the result is never higher than without these rounds."""
+    state = run.state
+    chosen = state.chosen
+    state.chosen, state.unkept, state.model_budget_bytes = None, frozenset(), state.target_bytes
+    _repair(run, from_floor=True)
+    lowest = state.lowest_built
+    state.chosen = chosen
+    if lowest is not None and lowest.peak_bytes < chosen.peak_bytes:
+        state.chosen = lowest
+        state.notes.append("the rounds from the floor plan built a lower plan; taken")
+    if state.floor_plan is not None and lowest is not None and lowest.peak_bytes < state.floor_plan.peak_bytes:
+        state.floor_plan = lowest
+
+
+def _at_floor(run: _Run) -> bool:
+    """Whether a fraction's target resolved to the model's smallest peak (the floor solution is solved)."""
+    return (run.inputs.budget_fraction is not None and run.state.floor_solution is not None
+            and run.state.floor_solution.feasible and run.state.target_bytes == _floor_bytes(run))
+
+
+def _repair(run: _Run, *, from_floor: bool = False) -> None:
+    """Solve at the model budget, verify, and re-solve for less while the simulated peak is over the target.
+
+    ``from_floor``: every round takes the smallest-peak plan (the first the floor solution itself, later
+    ones without the storages kept at the simulated peaks) rather than the fastest plan at the model
+    budget: at the floor many plans tie in the model, and the fastest is the one that recomputes most of
+    what the model under-counts (docs/planner.md)."""
     state, problem = run.state, run.inputs.problem
+    if from_floor:
+        state.pending = _floor_solution(run)
     for _ in range(tuning.REPAIR_ROUNDS):
         unkept = state.unkept
         if unkept:
             # the smallest peak without those storages first: when it meets the budget, the time
             # solve starts from it (lossy problems), else it is the plan
             low = _solve(run, None, PEAK, unkept)
-            fits = low.feasible and low.predicted_peak_bytes <= state.model_budget_bytes
+            fits = low.feasible and low.predicted_peak_bytes <= state.model_budget_bytes and not from_floor
             sol = _solve(run, state.model_budget_bytes, TIME, unkept, start=low) if fits else low
         else:
             sol = state.pending if state.pending is not None else _solve(run, state.model_budget_bytes, TIME)
@@ -378,7 +414,8 @@ def _repair(run: _Run) -> None:
             sol = _floor_solution(run)
         if not sol.feasible:
             return
-        sol = _lower_peak_at_same_time(run, sol, max(state.model_budget_bytes, sol.predicted_peak_bytes), unkept)
+        if not from_floor:
+            sol = _lower_peak_at_same_time(run, sol, max(state.model_budget_bytes, sol.predicted_peak_bytes), unkept)
         built = _verify(run, sol)
         over = built.peak_bytes - state.target_bytes - state.slack_bytes
         if over <= 0:

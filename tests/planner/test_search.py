@@ -312,3 +312,34 @@ def test_every_solve_is_bounded_by_nodes_and_refining_ones_by_fewer(fraction):
     assert {nodes for _, refine, nodes, _ in seen if not refine} == {5000}
     refining = [nodes for _, refine, nodes, _ in seen if refine]
     assert refining and set(refining) == {min(5000, tuning.REFINE_NODES)}
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.8])
+def test_the_floor_runs_the_rounds_from_the_floor_plan_as_well_and_never_higher(monkeypatch, fraction):
+    """A fraction that resolves to the floor runs the repair rounds every budget runs (unchanged: every
+    plan they build is built), then once more from the model's smallest-peak plan, and takes the lowest
+    plan built: never higher than without those rounds. A fraction above the floor runs the rounds once."""
+    import memcompile.passes.planner.search as search_module
+
+    problem = _chain()
+    passes = []
+    repair = search_module._repair
+
+    def counting(run, *, from_floor=False):
+        passes.append(from_floor)
+        return repair(run, from_floor=from_floor)
+
+    monkeypatch.setattr(search_module, "_repair", counting)
+    seen_with = _ChainBlind()
+    with_pass = search(_inputs(problem, budget_fraction=fraction), verify=seen_with)
+    at_floor = with_pass.target_bytes == with_pass.floor_solution.predicted_peak_bytes
+    assert at_floor == (fraction < 0.5)  # on this chain 0.3 resolves to the floor as well, 0.8 does not
+    assert passes[0] is False and passes.count(True) == at_floor and (passes[-1] is True) == at_floor
+    passes.clear()
+    monkeypatch.setattr(search_module, "_at_floor", lambda run: False)
+    seen_without = _ChainBlind()
+    without = search(_inputs(problem, budget_fraction=fraction), verify=seen_without)
+    assert True not in passes
+    assert set(seen_without.built) <= set(seen_with.built)
+    assert with_pass.chosen.peak_bytes <= without.chosen.peak_bytes
+    assert with_pass.min_peak_bytes <= without.min_peak_bytes
