@@ -120,6 +120,30 @@ def test_no_horizontal_fusion_across_an_extern_kernel():
     assert not choices.extern_between(scheduler, _group(4, 6), _group(7, 7))
 
 
+def _kernel(name, order, reads=()):
+    node = types.SimpleNamespace(min_order=order, max_order=order, read_writes=types.SimpleNamespace(
+        reads=[types.SimpleNamespace(name=r) for r in reads]))
+    node.get_name = lambda: name
+    node.get_nodes = lambda: [node]
+    return node
+
+
+@pytest.mark.skipif(not choices.supported(), reason="this Inductor has no pluggable horizontal-fusion choice")
+def test_no_producer_is_moved_into_a_late_consumer_across_an_extern_kernel():
+    """A fused pair runs after the consumer's latest input: a recomputed softmax (at 2) fused into its
+    backward (at 7), which reads the matmul's output (at 5), would run at 7 and hold the scores until
+    then (hf-bert at 0.0). A consumer whose inputs are ready at the producer's place is fused there."""
+    scheduler, _ = _scheduler({5}, 10)
+    producer = _kernel("softmax", 2)
+    defs = {"probs": producer, "grad": _kernel("bmm", 5), "early": _kernel("early", 1), "before": _kernel("before", 4)}
+    scheduler.name_to_buf = {name: types.SimpleNamespace(defining_op=op) for name, op in defs.items()}
+    rule = choices.PlannedOrderChoices
+    assert not rule.can_fuse_vertical(scheduler, producer, _kernel("softmax_bw", 7, ("probs", "grad")), 1)
+    assert rule.can_fuse_vertical(scheduler, producer, _kernel("tanh_bw", 7, ("probs", "early")), 1)
+    assert rule.can_fuse_vertical(scheduler, producer, _kernel("c", 7, ("probs", "before")), 1)  # no extern crossed
+    assert rule.can_fuse_vertical(scheduler, producer, _kernel("c", 7, ("probs", "a_graph_input")), 1)
+
+
 @pytest.mark.skipif(not choices.supported(), reason="this Inductor has no pluggable horizontal-fusion choice")
 def test_the_rule_is_installed_only_inside_the_block():
     from torch._inductor.virtualized import V
