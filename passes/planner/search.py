@@ -207,9 +207,11 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
             state.notes.append(f"the {tuning.MONOTONE_ANCHOR} budget's plan runs lower; taken")
         if state.floor_plan is not None and anchor.chosen.peak_bytes < state.floor_plan.peak_bytes:
             state.floor_plan = anchor.chosen
-    if at_floor and rounds_from_floor:
-        # the smallest reachable peak is asked for: the rounds again, from the model's smallest-peak
-        # plan; the lowest plan built runs
+    missed = inputs.budget_bytes is not None and state.chosen.peak_bytes > state.target_bytes + state.slack_bytes
+    if (at_floor or missed) and rounds_from_floor:
+        # the smallest reachable peak is asked for (a fraction at the floor), or a byte budget was not
+        # met, so the smallest peak is what the error reports: the rounds again, from the model's
+        # smallest-peak plan; the lowest plan built runs
         _lowest_from_floor(run)
     if state.floor_plan is not None:
         min_peak = state.floor_plan.peak_bytes

@@ -343,3 +343,32 @@ def test_the_floor_runs_the_rounds_from_the_floor_plan_as_well_and_never_higher(
     assert set(seen_without.built) <= set(seen_with.built)
     assert with_pass.chosen.peak_bytes <= without.chosen.peak_bytes
     assert with_pass.min_peak_bytes <= without.min_peak_bytes
+
+
+@pytest.mark.parametrize("met", [True, False])
+def test_an_unmet_byte_budget_runs_the_rounds_from_the_floor_plan_so_its_error_reports_the_lowest_peak(
+        monkeypatch, met):
+    """A byte budget below every plan reports the smallest peak reached (MemoryBudgetError's figure): the
+    rounds from the floor plan run for it as for a fraction at the floor, and the reported peak is never
+    higher than without them. A byte budget that is met runs them not."""
+    import memcompile.passes.planner.search as search_module
+
+    problem = _chain()
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    budget = 10**12 if met else floor.predicted_peak_bytes - MB
+    passes = []
+    repair = search_module._repair
+
+    def counting(run, *, from_floor=False):
+        passes.append(from_floor)
+        return repair(run, from_floor=from_floor)
+
+    monkeypatch.setattr(search_module, "_repair", counting)
+    result = search(_inputs(problem, budget_bytes=budget), verify=_ChainBlind())
+    assert result.budget_met == met
+    assert (True in passes) == (not met)
+    if not met:
+        monkeypatch.setattr(search_module, "_lowest_from_floor", lambda run: None)
+        without = search(_inputs(problem, budget_bytes=budget), verify=_ChainBlind())
+        assert result.min_peak_bytes <= without.min_peak_bytes
+        assert result.chosen.peak_bytes <= without.chosen.peak_bytes
