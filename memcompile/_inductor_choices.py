@@ -41,21 +41,14 @@ def supported() -> bool:
 
 def extern_between(scheduler, node1, node2) -> bool:
     """An extern kernel of ``scheduler`` lies strictly between ``node1`` and ``node2`` in graph order."""
-    from torch._inductor.scheduler import ExternKernelSchedulerNode
-
-    externs = _extern_orders(scheduler, ExternKernelSchedulerNode)
-    lo = min(node1.max_order, node2.max_order)
-    hi = max(node1.min_order, node2.min_order)
-    i = bisect.bisect_right(externs, lo)
-    return i < len(externs) and externs[i] < hi
+    after = _first_extern_after(scheduler, min(node1.max_order, node2.max_order))
+    return after is not None and after < max(node1.min_order, node2.min_order)
 
 
 def moves_producer_across_extern(scheduler, producer, consumer) -> bool:
     """Fused, the pair runs after the consumer's latest input from outside the pair; whether an extern
     kernel lies after the producer and at or before that input's node, so the producer would move down
     across it (and hold its own inputs until then)."""
-    from torch._inductor.scheduler import ExternKernelSchedulerNode
-
     pair = {n.get_name() for group in (producer, consumer) for n in group.get_nodes()}
     latest = None
     for dep in consumer.read_writes.reads:
@@ -68,9 +61,17 @@ def moves_producer_across_extern(scheduler, producer, consumer) -> bool:
             latest = order
     if latest is None or latest <= producer.max_order:
         return False
+    after = _first_extern_after(scheduler, producer.max_order)
+    return after is not None and after <= latest
+
+
+def _first_extern_after(scheduler, order: int) -> int | None:
+    """The order of the first extern kernel of ``scheduler`` after ``order``, or None."""
+    from torch._inductor.scheduler import ExternKernelSchedulerNode
+
     externs = _extern_orders(scheduler, ExternKernelSchedulerNode)
-    i = bisect.bisect_right(externs, producer.max_order)
-    return i < len(externs) and externs[i] <= latest
+    i = bisect.bisect_right(externs, order)
+    return externs[i] if i < len(externs) else None
 
 
 def _extern_orders(scheduler, extern_type) -> list[int]:

@@ -376,10 +376,12 @@ def _lowest_from_floor(run: _Run) -> None:
     _repair(run, from_floor=True)
     lowest = state.lowest_built
     state.chosen = chosen
-    if lowest is not None and lowest.peak_bytes < chosen.peak_bytes:
+    if lowest is None:
+        return
+    if lowest.peak_bytes < chosen.peak_bytes:
         state.chosen = lowest
         state.notes.append("the rounds from the floor plan built a lower plan; taken")
-    if state.floor_plan is not None and lowest is not None and lowest.peak_bytes < state.floor_plan.peak_bytes:
+    if state.floor_plan is not None and lowest.peak_bytes < state.floor_plan.peak_bytes:
         state.floor_plan = lowest
 
 

@@ -314,6 +314,21 @@ def test_every_solve_is_bounded_by_nodes_and_refining_ones_by_fewer(fraction):
     assert refining and set(refining) == {min(5000, tuning.REFINE_NODES)}
 
 
+def _record_repair_passes(monkeypatch) -> list[bool]:
+    """Patch search._repair to record each call's ``from_floor``; the list fills as the search runs."""
+    import memcompile.passes.planner.search as search_module
+
+    passes: list[bool] = []
+    repair = search_module._repair
+
+    def counting(run, *, from_floor=False):
+        passes.append(from_floor)
+        return repair(run, from_floor=from_floor)
+
+    monkeypatch.setattr(search_module, "_repair", counting)
+    return passes
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.8])
 def test_the_floor_runs_the_rounds_from_the_floor_plan_as_well_and_never_higher(monkeypatch, fraction):
     """A fraction that resolves to the floor runs the repair rounds every budget runs (unchanged: every
@@ -322,14 +337,7 @@ def test_the_floor_runs_the_rounds_from_the_floor_plan_as_well_and_never_higher(
     import memcompile.passes.planner.search as search_module
 
     problem = _chain()
-    passes = []
-    repair = search_module._repair
-
-    def counting(run, *, from_floor=False):
-        passes.append(from_floor)
-        return repair(run, from_floor=from_floor)
-
-    monkeypatch.setattr(search_module, "_repair", counting)
+    passes = _record_repair_passes(monkeypatch)
     seen_with = _ChainBlind()
     with_pass = search(_inputs(problem, budget_fraction=fraction), verify=seen_with)
     at_floor = with_pass.target_bytes == with_pass.floor_solution.predicted_peak_bytes
@@ -356,14 +364,7 @@ def test_an_unmet_byte_budget_runs_the_rounds_from_the_floor_plan_so_its_error_r
     problem = _chain()
     floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
     budget = 10**12 if met else floor.predicted_peak_bytes - MB
-    passes = []
-    repair = search_module._repair
-
-    def counting(run, *, from_floor=False):
-        passes.append(from_floor)
-        return repair(run, from_floor=from_floor)
-
-    monkeypatch.setattr(search_module, "_repair", counting)
+    passes = _record_repair_passes(monkeypatch)
     result = search(_inputs(problem, budget_bytes=budget), verify=_ChainBlind())
     assert result.budget_met == met
     assert (True in passes) == (not met)
