@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import sympy
@@ -329,10 +329,15 @@ def inductor_order(nodes: list[fx.Node]) -> tuple[list[fx.Node], frozenset[fx.No
     (torch/_inductor/fx_passes/post_grad.py, ``addmm``: the mm's only reader is the add, equal dtypes,
     ``c`` broadcastable to the product), so ``a`` and ``b`` live until the add and the product gets no
     buffer of its own. A tied embedding's gradient is such an add: hf-gpt2's logits gradient (1 MB)
-    lived through the whole backward while the graph's order freed it at the first matmul."""
+    lived through the whole backward while the graph's order freed it at the first matmul.
+
+    Inductor's lowering computes a pointwise value lazily: it gets a kernel only when something needs
+    it in memory (``GraphLowering.run_node``). A pointwise value whose one reader (through views) is an
+    extern kernel (a matmul, a convolution, its backward) is realized when that kernel is lowered, so it
+    runs just before it, wherever the graph put it (``_realized_at``): what it reads lives until then
+    (resnet-bn at 0.5: a BatchNorm gradient the graph computes before a recomputed convolution runs
+    after it, holding the saved convolution output it reads across the recompute)."""
     folded = {add: mm for add in nodes if (mm := _addmm_product(add)) is not None}
-    if not folded:
-        return nodes, frozenset()
     moved = frozenset(folded.values())
     out: list[fx.Node] = []
     for node in nodes:
@@ -341,7 +346,46 @@ def inductor_order(nodes: list[fx.Node]) -> tuple[list[fx.Node], frozenset[fx.No
         if node in folded:
             out.append(folded[node])
         out.append(node)
-    return out, moved
+    present = set(out)
+    deferred: dict[fx.Node, list[fx.Node]] = {}  # extern reader -> the chains realized just before it
+    chained: set[fx.Node] = set()
+    for node in out:
+        chain = None if node in folded else _realized_at(node, present)  # a folded add is an addmm
+        if chain is not None:
+            *values, reader = chain
+            deferred.setdefault(reader, []).extend(values)
+            chained.update(values)
+    if not deferred:
+        return out, moved
+    order: list[fx.Node] = []
+    for node in out:
+        if node in chained:
+            continue
+        order.extend(deferred.get(node, ()))
+        order.append(node)
+    return order, moved
+
+
+def _realized_at(node: fx.Node, present: Collection[fx.Node]) -> list[fx.Node] | None:
+    """``[node, views..., reader]`` when ``node`` is a pointwise value Inductor realizes only at
+    ``reader``'s lowering: its one reader, through views that each have one reader, is an op that is
+    neither pointwise nor a reduction (an extern kernel). None otherwise (several readers: realized at
+    its own place when one of them needs it in memory; a pointwise or reduction reader inlines it)."""
+    if not is_pointwise(node) or len(node.users) != 1:
+        return None
+    chain = [node]
+    reader = next(iter(node.users))
+    while reader.op == "call_function" and alias_source(reader) is not None and not is_pointwise(reader):
+        if len(reader.users) != 1:
+            return None
+        chain.append(reader)
+        reader = next(iter(reader.users))
+    if reader.op != "call_function" or reader not in present or is_pointwise(reader) \
+            or str(reader.target) in _REDUCTIONS or alias_source(reader) is not None:
+        return None
+    if reader.target is operator.getitem:
+        return None
+    return [*chain, reader]
 
 
 def _addmm_product(add: fx.Node) -> fx.Node | None:
