@@ -28,7 +28,7 @@ import torch.fx as fx
 
 from .costs import CostTable
 from .lifetimes import LifetimeTable, size_hint, writes_in_place
-from .simulate import Timeline
+from .simulate import LAYOUT_PREFIX, Timeline
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -271,15 +271,24 @@ def build_candidates(
             )
         )
 
+    # Inductor's channels-last copies of graph inputs (simulate.layout_copies) live from the forward's
+    # start, in every plan: through the whole forward, and into the backward by the default timeline
+    layout = sum(iv.nbytes for iv in default_timeline.intervals if iv.root.startswith(LAYOUT_PREFIX))
     fw_base = _sweep(
         len(fw_steps),
-        default_timeline.held_bytes,
+        default_timeline.held_bytes + layout,
         (
             (fw_pos[r], fw_last(r), 0 if fused and table.tensors[r].fusible else table.tensors[r].nbytes_hint)
             for r in groups
             if r in fw_pos and table.tensors[r].kind == "tensor" and r in runs_anyway
         ),
     )
+    # what an op holds only while it runs (oneDNN scratch: a depthwise convolution's backward on convnext
+    # holds 6.5 MB) at the step of every op that runs in every plan: the default timeline's steps
+    transient = default_timeline.transient_bytes
+    if transient:
+        at = {name: transient[i] for i, name in enumerate(default_timeline.steps[: default_timeline.backward_start])}
+        fw_base = tuple(b + at.get(name, 0) for b, name in zip(fw_base, fw_steps))
     start = default_timeline.backward_start
     bw_base = _sweep(
         len(bw_steps),
@@ -291,6 +300,8 @@ def build_candidates(
             if iv.free_step >= start and iv.root.removeprefix("bw:") not in fw_pos
         ),
     )
+    if transient:
+        bw_base = tuple(b + transient[start + i] for i, b in enumerate(bw_base))
     offload: dict[str, Any] = {}
     if "offload" in modes:
         candidates, offload = _offload_prices(
