@@ -101,6 +101,11 @@ class CandidateSet:
     """rewrite.offload.OffloadSchedule per offloadable storage (by owner name): what the rewrite inserts."""
     offload_skipped: tuple[tuple[str, str], ...] = ()
     """(storage, reason) for each storage the backward reads that may not be offloaded (with "offload")."""
+    switch_bytes: tuple[int, ...] = ()
+    """Per backward step: the scratch its op adds (negative: saves) when a recomputed convolution turns the
+    backward channels-last (costs.layout_switch_bytes); empty where no plan switches it."""
+    switch_candidates: tuple[str, ...] = ()
+    """The convolutions whose recomputation switches the backward's layout (when ``switch_bytes`` is set)."""
 
     def by_name(self) -> Mapping[str, Candidate]:
         return {c.name: c for c in self.candidates}
@@ -167,6 +172,7 @@ def build_candidates(
     modes: Collection[str] = ("keep", "recompute"),
     fused: bool = True,
     offload_device_check: bool = True,
+    layout_switch: Mapping[str, int] | None = None,
 ) -> CandidateSet:
     """Candidates of a joint graph.
 
@@ -302,6 +308,14 @@ def build_candidates(
     )
     if transient:
         bw_base = tuple(b + transient[start + i] for i, b in enumerate(bw_base))
+    switch_bytes: tuple[int, ...] = ()
+    switch_candidates: tuple[str, ...] = ()
+    if layout_switch:
+        convs = tuple(c.name for c in candidates if c.can_recompute
+                      and nodes[c.name].target is torch.ops.aten.convolution.default)
+        if convs:
+            switch_bytes = tuple(int(layout_switch.get(name, 0)) for name in bw_steps)
+            switch_candidates = convs
     offload: dict[str, Any] = {}
     if "offload" in modes:
         candidates, offload = _offload_prices(
@@ -314,6 +328,8 @@ def build_candidates(
         bw_steps=bw_steps,
         fw_base_bytes=fw_base,
         bw_base_bytes=bw_base,
+        switch_bytes=switch_bytes,
+        switch_candidates=switch_candidates,
         **offload,
     )
 

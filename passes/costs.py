@@ -153,13 +153,16 @@ def scratch_bytes(gm: fx.GraphModule | fx.Graph, *, model: str = "eager") -> dic
     accumulators per thread, a blocked copy of the output or gradient) go through PyTorch's allocator
     for the op's duration. Their size is oneDNN's blocking choice, so it is measured by running the op
     once per shape, layout, dtype and thread count; so are memcompile's own quantize and few-bit ops
-    (``_OWN_OPS``). fp32 matmuls (MKL) and every other op allocate no scratch here. Through Inductor (``model="inductor"``) convolutions are measured channels-last: on a
-    CPU with oneDNN Inductor always runs them so (``GraphLowering.decide_layout_opt``), which the graph's
-    strides do not show (convnext measured in the graph's layout: predicted 37% over the measured peak).
+    (``_OWN_OPS``). fp32 matmuls (MKL) and every other op allocate no scratch here. Through Inductor (``model="inductor"``) convolutions are measured in the
+    layout Inductor gives the graph (``layout_optimized``), which the graph's strides do not show: channels-last
+    where it optimizes the layout (convnext measured in the graph's layout: predicted 37% over the measured
+    peak), contiguous where it does not (a backward that recomputes no convolution: measured channels-last,
+    convnext's default partition was predicted 40% over).
     """
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
     out: dict[str, int] = {}
     own = _own_ops()
+    layout = _UNSET  # decided once, at the graph's first convolution
     for node in graph.nodes:
         if node.op != "call_function":
             continue
@@ -168,7 +171,12 @@ def scratch_bytes(gm: fx.GraphModule | fx.Graph, *, model: str = "eager") -> dic
         elif node.target in _ONEDNN_MATMULS:
             key = _op_key(node, dtypes=_REDUCED)
         elif node.target in _ONEDNN_CONVOLUTIONS:
-            key = _op_key(node, dtypes=None, channels_last=model == "inductor")
+            # through Inductor, 4-d operands in the layout Inductor gives this graph: channels-last where it
+            # optimizes the graph's layout, its default (contiguous) layout where it does not
+            if layout is _UNSET:
+                layout = (("channels_last" if layout_optimized(graph) else "contiguous") if model == "inductor"
+                          else None)
+            key = _op_key(node, dtypes=None, layout=layout)
         else:
             continue
         if key is not None:
@@ -176,6 +184,57 @@ def scratch_bytes(gm: fx.GraphModule | fx.Graph, *, model: str = "eager") -> dic
             if nbytes:
                 out[node.name] = nbytes  # a tuple's parts the simulator counts at the op's step itself
     return out
+
+
+_UNSET = object()
+
+
+def layout_switch_bytes(fw: fx.GraphModule | fx.Graph, bw: fx.GraphModule | fx.Graph) -> dict[str, int]:
+    """Per ``convolution_backward`` of ``bw``: how much more scratch it holds (negative: less) than
+    ``scratch_bytes``'s figure when the backward runs channels-last, which Inductor does as soon as the
+    backward contains a convolution (a plan that recomputes one), where the forward is layout-optimized and
+    ``bw`` itself is not. Empty otherwise. On convnext a depthwise convolution's backward holds 6.4 MB
+    more channels-last than contiguous; on resnet-bn a 3x3 convolution's up to 1 MB less."""
+    if not layout_optimized(fw) or layout_optimized(bw):
+        return {}
+    graph = bw.graph if isinstance(bw, fx.GraphModule) else bw
+    out: dict[str, int] = {}
+    threads = torch.get_num_threads()
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target is not torch.ops.aten.convolution_backward.default:
+            continue
+        switched = _op_key(node, dtypes=None, layout="channels_last")
+        plain = _op_key(node, dtypes=None, layout="contiguous")
+        if switched is None or plain is None:
+            continue
+        extra = _measured_scratch(*switched, threads) - _measured_scratch(*plain, threads)
+        if extra:
+            out[node.name] = extra
+    return out
+
+
+def layout_optimized(gm: fx.GraphModule | fx.Graph) -> bool:
+    """Whether Inductor runs this graph's 2-d convolutions channels-last (``GraphLowering.decide_layout_opt``,
+    decided per graph: always on a CPU with oneDNN when the graph has a convolution, by a FLOP heuristic on
+    CUDA). A backward graph qualifies only when it recomputes a convolution: its ``convolution_backward``
+    nodes do not count. The layout decides oneDNN's scratch: a depthwise convolution's backward on
+    channels-last operands holds 6.4 MB where the contiguous ones hold 0.1 MB (convnext's last stage)."""
+    graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
+    if not any(n.op == "call_function" and n.target is torch.ops.aten.convolution.default for n in graph.nodes):
+        return False
+    try:
+        from torch._inductor.graph import GraphLowering
+
+        return bool(GraphLowering.decide_layout_opt(_GraphHolder(graph), is_inference=False))
+    except Exception:  # noqa: BLE001 - a torch without this hook, or a graph it cannot read
+        return False
+
+
+class _GraphHolder:
+    """What ``GraphLowering.decide_layout_opt`` reads of a GraphModule: ``.graph``."""
+
+    def __init__(self, graph: fx.Graph):
+        self.graph = graph
 
 
 class _TensorSpec(NamedTuple):
@@ -190,9 +249,10 @@ def _scalar_arg(value) -> bool:
     return isinstance(value, (int, float, bool, str)) or value is None
 
 
-def _op_key(node: fx.Node, *, dtypes, channels_last: bool = False):
+def _op_key(node: fx.Node, *, dtypes, layout: str | None = None):
     """(op, ((size, stride, dtype) | scalars, ...), kwargs) of a CPU op with static shapes whose tensors
-    have one of ``dtypes`` (None: any), else None. ``channels_last``: 4-d tensors in that layout."""
+    have one of ``dtypes`` (None: any), else None. ``layout``: "channels_last" or "contiguous" for 4-d
+    tensors (None: the graph's strides)."""
     args = []
     for a in node.args:
         val = a.meta.get("val") if isinstance(a, fx.Node) else a
@@ -204,9 +264,9 @@ def _op_key(node: fx.Node, *, dtypes, channels_last: bool = False):
                 stride = tuple(int(s) for s in val.stride())
             except (TypeError, ValueError, RuntimeError):  # a symbolic size: not measurable before it is known
                 return None
-            if channels_last and len(shape) == 4:
+            if layout is not None and len(shape) == 4:
                 n, c, h, w = shape
-                stride = (h * w * c, 1, w * c, c)
+                stride = (h * w * c, 1, w * c, c) if layout == "channels_last" else (c * h * w, h * w, w, 1)
             args.append(_TensorSpec(shape, stride, val.dtype))
         elif _scalar_arg(val):
             args.append(tuple(val) if isinstance(val, list) else val)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from .costs import scratch_bytes
+from .costs import layout_optimized, scratch_bytes
 from .lifetimes import BACKWARD, FORWARD, LifetimeTable, analyse, size_hint
 
 OFFLOAD_META = "memcompile_offload"
@@ -114,14 +114,7 @@ def layout_copies(gm: fx.GraphModule | fx.Graph) -> dict[str, int]:
     graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
     aten = torch.ops.aten
     convs = [n for n in graph.nodes if n.op == "call_function" and n.target is aten.convolution.default]
-    if not convs:
-        return {}
-    try:
-        from torch._inductor.graph import GraphLowering
-
-        if not GraphLowering.decide_layout_opt(_GraphHolder(graph), is_inference=False):
-            return {}
-    except Exception:  # noqa: BLE001 - a torch without this hook, or a graph it cannot read: no copies
+    if not convs or not layout_optimized(graph):
         return {}
     out: dict[str, int] = {}
     for conv in convs:
@@ -135,13 +128,6 @@ def layout_copies(gm: fx.GraphModule | fx.Graph) -> dict[str, int]:
                 continue
             out[arg.name] = size_hint(val.numel()) * val.element_size()
     return out
-
-
-class _GraphHolder:
-    """What ``GraphLowering.decide_layout_opt`` reads of a GraphModule: ``.graph``."""
-
-    def __init__(self, graph: fx.Graph):
-        self.graph = graph
 
 
 def fused_values(table: LifetimeTable) -> tuple[frozenset[str], frozenset[str]]:

@@ -146,6 +146,9 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
             add(bw, opt.bw_first, opt.bw_last, opt.expanded_bytes)
         if opt.held_bytes:
             add(fw, opt.fw_from, opt.fw_until, opt.held_bytes)
+    if problem.switch_bytes and problem.switched(recompute):
+        for t, extra in enumerate(problem.switch_bytes):
+            add(bw, t, t, extra)
     return ChainAccount(fw_live=_summed(fw, problem.fw_base_bytes), bw_live=_summed(bw, problem.bw_base_bytes),
                         built_at=built, backward=tuple(spans))
 

@@ -185,13 +185,27 @@ def solve_ilp(
                 model += pulp.LpAffineExpression(terms) >= 0, f"in{i}_{j}"
                 n_rows += 1
 
+    # switched: the backward runs channels-last, as soon as one convolution is recomputed in it
+    # (Inductor decides the layout per graph), which adds the constraints' switch_bytes
+    switched: dict[int, pulp.LpVariable] = {}
+    if problem.switch_candidates and any(c.switch_bytes for c in problem.constraints):
+        switched[0] = new_var("z_layout", cat="Binary")
+        convs = [rec[i] for i in problem.switch_candidates if i in rec]
+        # z = OR(recompute of each convolution): at least each, at most their sum (the bytes may be negative)
+        for i in problem.switch_candidates:
+            if i in rec:
+                model += switched[0] - rec[i] >= 0, f"layout{i}"
+                n_rows += 1
+        model += pulp.lpSum(convs) - switched[0] >= 0, "layout_any"
+        n_rows += 1
+
     def var(key: tuple[str, int]) -> pulp.LpVariable:
-        return {"k": kept, "r": rec, "o": option}[key[0]][key[1]]
+        return {"k": kept, "r": rec, "o": option, "z": switched}[key[0]][key[1]]
 
     running: pulp.LpVariable | None = None
     row_total: dict[int, pulp.LpVariable] = {}
     for k, row in enumerate(memory_rows if memory_rows is not None else build_memory_rows(problem)):
-        total = new_var(f"e{k}", lowBound=0)
+        total = new_var(f"e{k}", lowBound=None if switched else 0)  # a layout switch may save bytes: < 0
         terms = [(var(key), w) for key, w in row.terms]
         if row.incremental:
             terms = [(running, 1.0), *terms]
@@ -395,6 +409,8 @@ def build_memory_rows(problem: PlanProblem) -> tuple[MemoryRow, ...]:
             terms[("o", o)] = terms.get(("o", o), 0.0) + problem.options[o].expanded_bytes / _MIB
         for o in c.option_held:
             terms[("o", o)] = terms.get(("o", o), 0.0) + problem.options[o].held_bytes / _MIB
+        if c.switch_bytes and problem.switch_candidates:
+            terms[("z", 0)] = c.switch_bytes / _MIB
         return terms
 
     rows = []

@@ -69,6 +69,9 @@ class MemoryConstraint:
     """Mode options whose expanded bytes (dequantized copy, extended output, prefetched copy) count here when chosen."""
     option_held: tuple[int, ...] = ()
     """Mode options whose forward-held bytes (an offloaded storage before its copy is waited for) count here."""
+    switch_bytes: int = 0
+    """Bytes that count here (negative: are saved) when any of ``PlanProblem.switch_candidates`` is
+    recomputed: the scratch a channels-last backward adds at this step's convolution backward."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +148,15 @@ class PlanProblem:
     """The subset of ``fused`` Inductor computes again in each reader's kernel."""
     bw_row_of_step: tuple[int, ...] = ()
     """Per backward step: the index of the constraint that covers it (its terms are the step's)."""
+    switch_candidates: tuple[int, ...] = ()
+    """Convolutions whose recomputation turns the whole backward channels-last (Inductor decides the layout
+    per graph): recomputing any of them adds the constraints' ``switch_bytes``."""
+    switch_bytes: tuple[int, ...] = ()
+    """Per backward step: those bytes (empty: none)."""
+
+    def switched(self, recompute: Collection[int]) -> bool:
+        """Whether a plan recomputing ``recompute`` runs its backward channels-last."""
+        return any(i in recompute for i in self.switch_candidates)
 
     def quantize_options(self) -> dict[int, int]:
         """Storage -> index of its quantize option."""
@@ -269,23 +281,35 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
     bounds = sorted(c for c in cuts if 0 <= c <= n_bw)
     seen: dict[tuple, int] = {}
     row_of_step = [-1] * n_bw
+    switch = cset.switch_bytes if cset.switch_bytes and cset.switch_candidates else ()
     for a, b in zip(bounds, bounds[1:]):
         if a >= b:
             continue
-        step = max(range(a, b), key=bw_base.__getitem__)
         kept = tuple(s for s in range(n_storage) if last[s] >= a)
         recomputed = tuple(s for s in range(n_storage) if first[s] is not None and first[s] <= a <= last[s])
         stored = tuple(o for o, opt in enumerate(options) if opt.packed_bytes and opt.bw_last >= a)
         expanded = tuple(o for o, opt in enumerate(options) if opt.expanded_bytes and opt.bw_first <= a <= opt.bw_last)
-        key = (kept, recomputed, stored, expanded)
-        row = MemoryConstraint(side=BACKWARD, step=step, base_bytes=bw_base[step], kept=kept, recomputed=recomputed,
-                               option_stored=stored, option_expanded=expanded)
-        if key not in seen:
-            seen[key] = len(constraints)
-            constraints.append(row)
-        elif constraints[seen[key]].base_bytes < bw_base[step]:
-            constraints[seen[key]] = row
-        row_of_step[a:b] = [seen[key]] * (b - a)
+        # a step where a channels-last backward changes its op's scratch gets its own row with that term;
+        # the segment's row covers the other steps
+        plain = [t for t in range(a, b) if not (switch and switch[t])]
+        if plain:
+            step = max(plain, key=bw_base.__getitem__)
+            key = (kept, recomputed, stored, expanded)
+            row = MemoryConstraint(side=BACKWARD, step=step, base_bytes=bw_base[step], kept=kept,
+                                   recomputed=recomputed, option_stored=stored, option_expanded=expanded)
+            if key not in seen:
+                seen[key] = len(constraints)
+                constraints.append(row)
+            elif constraints[seen[key]].base_bytes < bw_base[step]:
+                constraints[seen[key]] = row
+            for t in plain:
+                row_of_step[t] = seen[key]
+        for t in range(a, b):
+            if switch and switch[t]:
+                row_of_step[t] = len(constraints)
+                constraints.append(MemoryConstraint(
+                    side=BACKWARD, step=t, base_bytes=bw_base[t], kept=kept, recomputed=recomputed,
+                    option_stored=stored, option_expanded=expanded, switch_bytes=switch[t]))
 
     return PlanProblem(
         names=tuple(c.name for c in cands),
@@ -308,6 +332,8 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         keep_from=tuple(keep_from),
         storage_window=tuple((first[s], last[s]) if first[s] is not None else (-1, -1) for s in range(n_storage)),
         bw_row_of_step=tuple(row_of_step),
+        switch_candidates=tuple(index[n] for n in cset.switch_candidates) if any(cset.switch_bytes) else (),
+        switch_bytes=tuple(cset.switch_bytes) if any(cset.switch_bytes) else (),
     )
 
 
@@ -444,9 +470,10 @@ def evaluate(
     kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
     rec_storage = {problem.storage_of[i] for i in recompute if problem.storage_of[i] >= 0 and problem.storage_owner[problem.storage_of[i]] == i}
     options = set(options)
+    switched = problem.switched(recompute)
     peak = 0
     for c in problem.constraints:
-        total = c.base_bytes
+        total = c.base_bytes + (c.switch_bytes if switched else 0)
         total += sum(problem.storage_bytes[s] for s in c.kept if s in kept_storage)
         total += sum(problem.storage_bytes[s] for s in c.recomputed if s in rec_storage)
         total += sum(problem.options[o].packed_bytes for o in c.option_stored if o in options)

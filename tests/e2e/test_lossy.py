@@ -358,9 +358,11 @@ def test_recompute_from_a_dequantized_copy_keeps_gradients_within_bounds(no_comp
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny"])
 def test_fewbit_predicted_peak_within_5_percent_of_measured(name, budget, dtype, no_compile_cache, one_thread,
                                                             monkeypatch):
-    """fp32 and bf16 models, inner="eager", keep + recompute + fewbit: the plan's predicted peak is within
-    5% of the measured one, the forward computes each few-bit GELU/SiLU once (the op's own f(x), not a
-    second aten call), and the gradients stay within the few-bit bounds.
+    """fp32 and bf16 models, inner="eager", keep + recompute + fewbit (gpt-tiny in bf16: keep + fewbit): the plan's
+    predicted peak is within 5% of the measured one, the forward computes each few-bit GELU/SiLU once (the
+    op's own f(x), not a second aten call), and the gradients stay within the few-bit bounds. gpt-tiny's
+    recompute floor in bf16 is set by oneDNN's matmul scratch, which the ILP counts and few-bit codes cannot
+    lower, so with recompute its search takes no few-bit; without recompute they are the way down.
 
     Before, gpt-tiny measured +8.0% at both budgets: the CPU reference of fewbit_backward held int32
     codes and fp32 factors per element (about 9 bytes per element) inside the op, unseen by the
@@ -377,7 +379,9 @@ def test_fewbit_predicted_peak_within_5_percent_of_measured(name, budget, dtype,
     clear_plans()
     model, inputs = make(name, dtype=dtype)
     compiled = torch.compile(model, backend="memcompile",
-                             options={"inner": "eager", "memory_budget": budget, "modes": ("keep", "recompute", "fewbit")})
+                             options={"inner": "eager", "memory_budget": budget,
+                                      "modes": ("keep", "fewbit") if (name, dtype) == ("gpt-tiny", torch.bfloat16)
+                                      else ("keep", "recompute", "fewbit")})
     _, got = grads_of(compiled, inputs)
     (plan,) = last_plans()
     assert plan.solution is not None and plan.solution.fewbit, "the plan used no fewbit"
