@@ -314,7 +314,7 @@ def build_candidates(
         convs = tuple(c.name for c in candidates if c.can_recompute
                       and nodes[c.name].target is torch.ops.aten.convolution.default)
         if convs:
-            switch_bytes = tuple(int(layout_switch.get(name, 0)) for name in bw_steps)
+            switch_bytes = tuple(layout_switch.get(name, 0) for name in bw_steps)
             switch_candidates = convs
     offload: dict[str, Any] = {}
     if "offload" in modes:

@@ -281,7 +281,8 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
     bounds = sorted(c for c in cuts if 0 <= c <= n_bw)
     seen: dict[tuple, int] = {}
     row_of_step = [-1] * n_bw
-    switch = cset.switch_bytes if cset.switch_bytes and cset.switch_candidates else ()
+    # per backward step, what a channels-last backward changes there (empty: no plan switches it)
+    switch = tuple(cset.switch_bytes) if cset.switch_candidates and any(cset.switch_bytes) else ()
     for a, b in zip(bounds, bounds[1:]):
         if a >= b:
             continue
@@ -291,7 +292,8 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         expanded = tuple(o for o, opt in enumerate(options) if opt.expanded_bytes and opt.bw_first <= a <= opt.bw_last)
         # a step where a channels-last backward changes its op's scratch gets its own row with that term;
         # the segment's row covers the other steps
-        plain = [t for t in range(a, b) if not (switch and switch[t])]
+        switching = [t for t in range(a, b) if switch and switch[t]]
+        plain = [t for t in range(a, b) if t not in switching]
         if plain:
             step = max(plain, key=bw_base.__getitem__)
             key = (kept, recomputed, stored, expanded)
@@ -304,12 +306,11 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
                 constraints[seen[key]] = row
             for t in plain:
                 row_of_step[t] = seen[key]
-        for t in range(a, b):
-            if switch and switch[t]:
-                row_of_step[t] = len(constraints)
-                constraints.append(MemoryConstraint(
-                    side=BACKWARD, step=t, base_bytes=bw_base[t], kept=kept, recomputed=recomputed,
-                    option_stored=stored, option_expanded=expanded, switch_bytes=switch[t]))
+        for t in switching:
+            row_of_step[t] = len(constraints)
+            constraints.append(MemoryConstraint(
+                side=BACKWARD, step=t, base_bytes=bw_base[t], kept=kept, recomputed=recomputed,
+                option_stored=stored, option_expanded=expanded, switch_bytes=switch[t]))
 
     return PlanProblem(
         names=tuple(c.name for c in cands),
@@ -332,8 +333,8 @@ def build_problem(cset: CandidateSet) -> PlanProblem:
         keep_from=tuple(keep_from),
         storage_window=tuple((first[s], last[s]) if first[s] is not None else (-1, -1) for s in range(n_storage)),
         bw_row_of_step=tuple(row_of_step),
-        switch_candidates=tuple(index[n] for n in cset.switch_candidates) if any(cset.switch_bytes) else (),
-        switch_bytes=tuple(cset.switch_bytes) if any(cset.switch_bytes) else (),
+        switch_candidates=tuple(index[n] for n in cset.switch_candidates) if switch else (),
+        switch_bytes=switch,
     )
 
 

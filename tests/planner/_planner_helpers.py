@@ -16,13 +16,24 @@ def decision(problem, sol):
             option_indices(problem, sol))
 
 
+def decisions(problem):
+    """Every (keep, recompute) pair of a small problem: each candidate none, kept or recomputed."""
+    for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
+        yield {i for i, m in enumerate(modes) if m == 1}, {i for i, m in enumerate(modes) if m == 2}
+
+
+def valid_plans(problem):
+    """Every valid (keep, recompute) decision of a small problem, without options."""
+    for keep, rec in decisions(problem):
+        if is_valid(problem, keep, rec):
+            yield keep, rec
+
+
 def brute_force(problem, budget):
     """(seconds, peak) of the cheapest valid plan within ``budget`` (the lower peak among equally fast
     ones), or None: every candidate none/keep/recompute, every option on or off."""
     best = None
-    for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
-        keep = {i for i, m in enumerate(modes) if m == 1}
-        rec = {i for i, m in enumerate(modes) if m == 2}
+    for keep, rec in decisions(problem):
         for chosen in itertools.product((0, 1), repeat=len(problem.options)):
             options = {o for o, on in enumerate(chosen) if on}
             if not is_valid(problem, keep, rec, options):

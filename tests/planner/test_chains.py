@@ -1,8 +1,6 @@
 """Recompute chains (planner/chains.py): the exact account of a plan under the extraction's placement,
 and the lazy chain rows the ILP gets from it, on synthetic problems."""
 
-import itertools
-
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.chains import (
     ChainCache,
@@ -13,8 +11,9 @@ from memcompile.passes.planner.chains import (
     solve_with_chains,
 )
 from memcompile.passes.planner.ilp import solve_ilp
-from memcompile.passes.planner.problem import build_problem, evaluate, is_valid
+from memcompile.passes.planner.problem import build_problem, evaluate
 from memcompile.passes.planner.solution import PEAK
+from _planner_helpers import valid_plans
 from test_ilp import MB, chain
 
 
@@ -73,7 +72,7 @@ def test_chain_terms_hold_for_every_plan():
                       time_limit_seconds=10)
     assert cache.known, "the floor of a chain recomputes a chain: some term must be found"
     checked = 0
-    for keep, rec in _valid_plans(problem):
+    for keep, rec in valid_plans(problem):
         account = live_bytes(problem, keep, rec)
         live = {s: (lo, hi) for s, lo, hi, _ in account.backward}
         for term in cache.known.values():
@@ -157,7 +156,7 @@ def test_hold_terms_hold_for_every_plan():
 
 def _check_holds(problem, holds) -> int:
     checked = 0
-    for keep, rec in _valid_plans(problem):
+    for keep, rec in valid_plans(problem):
         account = live_bytes(problem, keep, rec)
         if set(account.built_at) != rec:
             continue  # a recompute nothing reads: the ILP pays its time for no bytes, never chooses it
@@ -172,10 +171,3 @@ def _check_holds(problem, holds) -> int:
     return checked
 
 
-def _valid_plans(problem):
-    """Every valid (keep, recompute) decision of a small problem."""
-    for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
-        keep = {i for i, m in enumerate(modes) if m == 1}
-        rec = {i for i, m in enumerate(modes) if m == 2}
-        if is_valid(problem, keep, rec):
-            yield keep, rec

@@ -11,7 +11,7 @@ from memcompile.passes.planner.ilp import solve_ilp
 from memcompile.passes.planner.problem import build_problem, evaluate
 from memcompile.passes.planner.solution import PEAK, TIME
 
-from _planner_helpers import brute_force, decision
+from _planner_helpers import brute_force, decision, valid_plans
 
 MB = 2**20
 N = 4  # a0 (input) -> a1 (the convolution) -> a2 -> a3
@@ -46,12 +46,10 @@ def test_evaluate_and_the_exact_account_count_the_switch_only_when_the_convoluti
     for rec in (set(), {1}, {2}, {1, 2}):
         keep = everything - rec
         switched = 1 in rec
-        expected = max(b + (s if switched else 0) for b, s in zip(chains.live_bytes(plain, keep, rec).bw_live, switch))
-        assert chains.live_bytes(problem, keep, rec).bw_live == tuple(
-            b + (s if switched else 0) for b, s in zip(chains.live_bytes(plain, keep, rec).bw_live, switch))
-        assert max(chains.live_bytes(problem, keep, rec).bw_live) == expected
+        expected = tuple(b + (s if switched else 0) for b, s in zip(chains.live_bytes(plain, keep, rec).bw_live, switch))
+        assert chains.live_bytes(problem, keep, rec).bw_live == expected
         assert problem.switched(rec) == switched
-        assert evaluate(problem, keep, rec)[0] >= expected
+        assert evaluate(problem, keep, rec)[0] >= max(expected)
 
 
 @pytest.mark.parametrize("switch", [(0, 3 * MB, 0, 0), (0, -MB // 2, 0, -MB // 2), (0, 2 * MB, 0, -MB)])
@@ -60,7 +58,7 @@ def test_the_ilp_prices_the_switch_as_the_brute_force_optimum_does(switch, objec
     problem = _problem(switch)
     if objective == PEAK:
         sol = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
-        best = min(evaluate(problem, keep, rec)[0] for keep, rec in _plans(problem))
+        best = min(evaluate(problem, keep, rec)[0] for keep, rec in valid_plans(problem))
         assert sol.feasible and sol.predicted_peak_bytes == best
     else:
         budget = 4 * MB
@@ -81,18 +79,6 @@ def test_a_saving_switch_is_taken_only_with_a_recomputed_convolution():
     keep, rec, _ = decision(problem, sol)
     assert evaluate(problem, keep, rec)[0] == sol.predicted_peak_bytes
     assert (1 in rec) == problem.switched(rec)
-
-
-def _plans(problem):
-    import itertools
-
-    from memcompile.passes.planner.problem import is_valid
-
-    for modes in itertools.product((0, 1, 2), repeat=problem.n_candidates):
-        keep = {i for i, m in enumerate(modes) if m == 1}
-        rec = {i for i, m in enumerate(modes) if m == 2}
-        if is_valid(problem, keep, rec):
-            yield keep, rec
 
 
 mkldnn = pytest.mark.skipif(not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()),
