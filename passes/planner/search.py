@@ -208,11 +208,22 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         if state.floor_plan is not None and anchor.chosen.peak_bytes < state.floor_plan.peak_bytes:
             state.floor_plan = anchor.chosen
     missed = inputs.budget_bytes is not None and state.chosen.peak_bytes > state.target_bytes + state.slack_bytes
-    if (at_floor or missed) and rounds_from_floor:
-        # the smallest reachable peak is asked for (a fraction at the floor), or a byte budget was not
-        # met, so the smallest peak is what the error reports: the rounds again, from the model's
-        # smallest-peak plan; the lowest plan built runs
+    if at_floor and rounds_from_floor:
+        # the smallest reachable peak is asked for (a fraction at the floor): the rounds again, from the
+        # model's smallest-peak plan; the lowest plan built runs
         _lowest_from_floor(run)
+    elif missed and rounds_from_floor:
+        # a byte budget not met: the smallest reachable peak is what a fraction of 0.0 runs (its search
+        # adds the anchor's rounds and the rounds from the floor plan); it runs if it meets the budget,
+        # else it is the peak the error reports, so a budget at that peak is never refused
+        lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None), verify=verify,
+                         solve=solve, fallback=fallback,
+                         floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None)
+        if lowest.chosen.peak_bytes < state.chosen.peak_bytes:
+            state.chosen = lowest.chosen
+            state.notes.append("the smallest-peak search's plan runs lower; taken")
+        if state.floor_plan is None or lowest.chosen.peak_bytes < state.floor_plan.peak_bytes:
+            state.floor_plan = lowest.chosen
     if state.floor_plan is not None:
         min_peak = state.floor_plan.peak_bytes
     else:
