@@ -39,7 +39,8 @@ class Plan:
     """Smallest peak a plan reaches: simulated when that plan was built, else the planner model's figure."""
     planning_seconds: float
     source: str
-    """"default" (Inductor's partition), "ilp", "greedy" or "fallback" (an error; see notes)."""
+    """"default" (Inductor's partition), "ilp", "ilp+local" (an ILP plan the local moves improved,
+    planner/local.py), "greedy" or "fallback" (an error; see notes)."""
     notes: tuple[str, ...] = ()
     forward_code: str = ""
     backward_code: str = ""

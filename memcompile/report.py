@@ -530,6 +530,7 @@ def _describe_source(plan: Plan) -> str:
     return {
         "default": "Inductor's default partition",
         "ilp": "ILP plan",
+        "ilp+local": "ILP plan, improved against the exact memory account",
         "greedy": "greedy plan",
         "fallback": "fallback to the default partition",
     }.get(plan.source, plan.source)

@@ -18,6 +18,7 @@ from typing import Any
 from ..simulate import Timeline
 from . import tuning
 from .greedy import solve_greedy
+from .local import improve
 from .ilp import solve_ilp
 from .problem import INPLACE, PlanProblem, without_modes
 from .repeat import candidate_ties
@@ -34,7 +35,7 @@ class Verified:
     solution: PlanSolution | None
     timeline: Timeline
     source: str
-    """"default", or the solver that made the plan ("ilp", "greedy")."""
+    """"default", or the solver that made the plan ("ilp", "ilp+local", "greedy")."""
     artifact: Any = None
     """What the verifier built (the adapter's forward and backward graphs); opaque here."""
 
@@ -224,6 +225,17 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
             state.notes.append("the smallest-peak search's plan runs lower; taken")
         if state.floor_plan is None or lowest.chosen.peak_bytes < state.floor_plan.peak_bytes:
             state.floor_plan = lowest.chosen
+    if at_floor and rounds_from_floor and tuning.LOCAL_MOVES and state.chosen.solution is not None:
+        # the lowest plan built, improved against the exact account where moves find a lower one (a byte
+        # budget not met gets this from the fraction 0.0 search above)
+        better = improve(inputs.problem, state.chosen.solution)
+        if better is not None:
+            built = _verify(run, better)
+            if built.peak_bytes < state.chosen.peak_bytes:
+                state.chosen = built
+                state.notes.append("a plan the exact account rates lower runs lower; taken")
+                if state.floor_plan is not None and built.peak_bytes < state.floor_plan.peak_bytes:
+                    state.floor_plan = built
     if state.floor_plan is not None:
         min_peak = state.floor_plan.peak_bytes
     else:
@@ -356,6 +368,11 @@ def _floor_plan(run: _Run) -> Verified:
         return state.floor_plan
     sol = _floor_solution(run)
     built = _verify(run, sol) if sol.feasible else inputs.default
+    if sol.feasible and tuning.LOCAL_MOVES:
+        # the plan whose exact account peaks lower than the floor solution's, when moves find one
+        better = improve(inputs.problem, sol)
+        if better is not None:
+            _verify(run, better)
     if sol.feasible and sol.inplace and built.peak_bytes > sol.predicted_peak_bytes:
         # inplace costs nothing, so it must not leave a higher floor than the plan without it
         plain_problem = without_modes(inputs.problem, (INPLACE,))

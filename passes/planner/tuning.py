@@ -66,3 +66,10 @@ REPEAT_GROUPS = 4
 """Runs of consecutive layers per class that keep their own decision: a budget between two uniform plans
 is then met by recomputing a value in a quarter, half or three quarters of the layers, so tying costs at
 most a quarter of one value's recompute time over the stack, and the binaries stay 4 per class."""
+
+LOCAL_MOVES = 50
+"""Moves of the local search against the exact account (local.py) on a smallest-peak plan; 0 turns it off.
+A bound on time, not a tuned figure: a move tries each storage live at the account's peak (one account,
+about 2 ms on hf-gpt2, each), and the search stops as soon as no move lowers the peak; on the zoo 50 moves
+found plans equal to or lower than 20 moves with a 0.1% minimum gain did (docs/BENCHMARKS.md, "Local
+moves"), at under a second per search."""

@@ -1,0 +1,132 @@
+"""Local improvement of a plan against the exact account of its memory (chains.live_bytes).
+
+The ILP optimizes static rows plus the chain rows it has found so far, so the plan it rates lowest may hold
+more than it says (kept storages held by recomputed readers, values a burst holds: docs/planner.md). The
+exact account of a decision is linear in the graph's size, so many decisions can be tried where one build
+and simulation costs a second: at the account's peak step each move below is tried, the one that lowers
+the account's peak most is taken, and so on until none does (or ``max_moves``).
+
+A decision here is its recompute set R: the build (rewrite/recompute.saved_for) saves whatever the backward
+reads that R does not rebuild, so the kept set follows from R (``closure``). Moves, for a storage live at
+the peak:
+- a kept storage: recompute it (its owner and the aliases the backward reads), keeping its inputs;
+- a recomputed storage: keep it instead, and drop the recomputation nothing needs any more;
+- a kept storage held by recomputed readers: keep what those readers build instead.
+The plan's mode options stay as chosen; a plan with a quantized or offloaded storage is left as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+
+from . import tuning
+from .chains import live_bytes, readers_of
+from .problem import PlanProblem, evaluate, is_valid, option_indices
+from .solution import PlanSolution
+
+
+def closure(problem: PlanProblem, recompute: Collection[int], served: Collection[int] = (),
+            readers: list[list[int]] | None = None) -> tuple[set[int], set[int]] | None:
+    """(keep, recompute) of a plan that recomputes ``recompute``: every value the backward reads (unless a
+    chosen option serves it: ``served``) or a recomputed value reads is kept unless rebuilt (a value that
+    cannot be saved is rebuilt too), and a rebuilt value that nothing needs is dropped. None if some value
+    can be neither. ``readers``: ``chains.readers_of(problem)``, when the caller has it."""
+    readers = readers if readers is not None else readers_of(problem)
+    rec = set(recompute)
+    served = set(served)
+    # drop rebuilt values that neither the backward (unserved) nor another rebuilt value reads, outermost first
+    wanted = lambda i: (problem.needed[i] and i not in served) or any(k in rec for k in readers[i])  # noqa: E731
+    stack = [i for i in rec if not wanted(i)]
+    while stack:
+        i = stack.pop()
+        if i in rec and not wanted(i):
+            rec.discard(i)
+            stack.extend(j for j in problem.inputs[i] if j in rec)
+    keep: set[int] = set()
+    stack = [i for i in range(problem.n_candidates) if problem.needed[i] and i not in served] + list(rec)
+    seen: set[int] = set()
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        if i in rec:
+            if not problem.can_recompute[i]:
+                return None
+            stack.extend(problem.inputs[i])
+        elif problem.can_save[i]:
+            keep.add(i)
+        elif problem.can_recompute[i]:
+            rec.add(i)
+            stack.extend(problem.inputs[i])
+        else:
+            return None
+    return keep, rec
+
+
+def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = None) -> PlanSolution | None:
+    """A plan whose exact account peaks lower than ``sol``'s, found by at most ``max_moves`` moves above
+    (default ``tuning.LOCAL_MOVES``), or None."""
+    max_moves = tuning.LOCAL_MOVES if max_moves is None else max_moves
+    if not sol.feasible:
+        return None
+    options = option_indices(problem, sol)
+    if any(problem.options[o].whole_storage for o in options):
+        return None  # a quantized or offloaded storage: its copies' lifetimes are the rewrite's, left as they are
+    served = {i for o in options for i in problem.options[o].serves}
+    index = {name: i for i, name in enumerate(problem.names)}
+    readers = readers_of(problem)
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(problem.storage_of):
+        if s >= 0:
+            members.setdefault(s, []).append(i)
+
+    def account(rec: set[int]):
+        closed = closure(problem, rec, served, readers)
+        if closed is None:
+            return None
+        keep, rec = closed
+        if not is_valid(problem, keep, rec, options):
+            return None
+        acc = live_bytes(problem, keep, rec, options, fused=problem.fused, inlined=problem.inlined, readers=readers)
+        seconds = sum(problem.recompute_seconds[i] for i in rec) + sum(problem.options[o].seconds for o in options)
+        return acc.peak_bytes, seconds, keep, rec, acc
+
+    start = account({index[n] for n in sol.recompute})
+    if start is None:
+        return None
+    best = start
+    for _ in range(max_moves):
+        peak, _, keep, rec, acc = best
+        side, tau = acc.peak_step
+        live = [s for s, lo, hi, _ in acc.backward if side == "backward" and lo <= tau <= hi] if side == "backward" \
+            else sorted({problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0})
+        tried: list[set[int]] = []
+        kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
+        for s in live:
+            owner = problem.storage_owner[s]
+            if s in kept_storage:
+                if problem.can_recompute[owner]:
+                    tried.append(rec | {owner} | {i for i in members[s] if i in keep or problem.needed[i]})
+                held_by = {k for i in members[s] for k in readers[i] if k in rec and problem.storage_of[k] != s}
+                if held_by:
+                    tried.append(rec - {j for k in held_by for j in members.get(problem.storage_of[k], [k])})
+            elif owner in rec:
+                tried.append(rec - set(members[s]))
+        found = None
+        for candidate in tried:
+            result = account(candidate)
+            if result is not None and result[0] < (found or best)[0]:
+                found = result
+        if found is None:
+            break
+        best = found
+    if best is start or best[0] >= start[0]:
+        return None
+    peak, seconds, keep, rec, _ = best
+    return dataclasses.replace(
+        sol, solver=f"{sol.solver}+local", keep=frozenset(problem.names[i] for i in keep),
+        recompute=frozenset(problem.names[i] for i in rec), predicted_peak_bytes=evaluate(problem, keep, rec, options)[0],
+        added_seconds=seconds,
+    )
