@@ -101,5 +101,5 @@ def test_zoo_model_plans_at_half_budget_with_eager_gradients(name, no_compile_ca
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=lambda m, k=key: f"{name} {k}: {m}")
     plans = memcompile.last_plans()
     assert len(plans) == 1, f"{name}: {len(plans)} graphs (a graph break or recompile)"
-    assert plans[0].source == "ilp", plans[0].notes
+    assert plans[0].source in ("ilp", "ilp+local"), plans[0].notes
     assert plans[0].predicted_peak_bytes < plans[0].baseline_peak_bytes, "budget 0.5 planned nothing below the default"

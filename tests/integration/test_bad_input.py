@@ -143,7 +143,7 @@ def test_custom_op_without_flop_formula_is_planned(no_compile_cache):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert_same_grads(got, ref)
     (plan,) = memcompile.last_plans()
-    assert plan.source == "ilp" and plan.predicted_peak_bytes < plan.baseline_peak_bytes, plan.notes
+    assert plan.source in ("ilp", "ilp+local") and plan.predicted_peak_bytes < plan.baseline_peak_bytes, plan.notes
 
 
 def test_custom_op_without_fake_impl_is_refused_by_torch_before_memcompile():
@@ -240,4 +240,4 @@ def test_non_tensor_outputs_pass_through(no_compile_cache):
     model_grads = train_step(compiled, lambda m: m(x)["loss"])[1]
     assert_same_grads(model_grads, ref)
     plans = memcompile.last_plans()
-    assert plans and all(p.source == "ilp" for p in plans), [(p.source, p.notes) for p in plans]
+    assert plans and all(p.source in ("ilp", "ilp+local") for p in plans), [(p.source, p.notes) for p in plans]

@@ -25,7 +25,7 @@ def test_bfloat16_autocast_plans_with_real_dtype_sizes(no_compile_cache):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert_same_grads(got, ref)
     (plan,) = memcompile.last_plans()
-    assert plan.source == "ilp", plan.notes
+    assert plan.source in ("ilp", "ilp+local"), plan.notes
     owning = [d for d in plan.decisions if d.bytes]  # views own no bytes
     dtypes = {d.dtype for d in owning}
     assert {"bfloat16", "float32"} <= dtypes, dtypes  # matmuls in bf16; layer norms, softmax stats in fp32

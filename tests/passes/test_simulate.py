@@ -84,7 +84,7 @@ def test_the_simulated_peak_of_a_recomputing_plan_is_measured_on_hf_gpt2(no_comp
     step()
     model.zero_grad(set_to_none=True)
     (plan,) = memcompile.last_plans()
-    assert plan.source == "ilp", plan.notes
+    assert plan.source in ("ilp", "ilp+local"), plan.notes
     measured = measure_peak(step, live_before_bytes=live_bytes_of(model, inputs)).peak_bytes
     # 3%: issue 15's bound (the buffer rule over-counts values Inductor inlines into both readers: docs/planner.md)
     assert abs(plan.predicted_peak_bytes - measured) <= 0.03 * measured, (plan.predicted_peak_bytes, measured)
