@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Collection
 
 from . import tuning
-from .chains import live_bytes, readers_of
+from .chains import _storage_members, live_bytes, readers_of
 from .problem import PlanProblem, evaluate, is_valid, option_indices
 from .solution import PlanSolution
 
@@ -77,10 +77,7 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
     served = {i for o in options for i in problem.options[o].serves}
     index = {name: i for i, name in enumerate(problem.names)}
     readers = readers_of(problem)
-    members: dict[int, list[int]] = {}
-    for i, s in enumerate(problem.storage_of):
-        if s >= 0:
-            members.setdefault(s, []).append(i)
+    members = _storage_members(problem)
 
     def account(rec: set[int]):
         closed = closure(problem, rec, served, readers)
@@ -98,12 +95,12 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
         return None
     best = start
     for _ in range(max_moves):
-        peak, _, keep, rec, acc = best
+        _, _, keep, rec, acc = best
         side, tau = acc.peak_step
-        live = [s for s, lo, hi, _ in acc.backward if side == "backward" and lo <= tau <= hi] if side == "backward" \
-            else sorted({problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0})
-        tried: list[set[int]] = []
         kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
+        live = ([s for s, lo, hi, _ in acc.backward if lo <= tau <= hi] if side == "backward"
+                else sorted(kept_storage))
+        tried: list[set[int]] = []
         for s in live:
             owner = problem.storage_owner[s]
             if s in kept_storage:

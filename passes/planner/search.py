@@ -213,6 +213,8 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         # the smallest reachable peak is asked for (a fraction at the floor): the rounds again, from the
         # model's smallest-peak plan; the lowest plan built runs
         _lowest_from_floor(run)
+        if tuning.LOCAL_MOVES:
+            _polish(run)
     elif missed and rounds_from_floor:
         # a byte budget not met: the smallest reachable peak is what a fraction of 0.0 runs (its search
         # adds the anchor's rounds and the rounds from the floor plan); it runs if it meets the budget,
@@ -225,17 +227,6 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
             state.notes.append("the smallest-peak search's plan runs lower; taken")
         if state.floor_plan is None or lowest.chosen.peak_bytes < state.floor_plan.peak_bytes:
             state.floor_plan = lowest.chosen
-    if at_floor and rounds_from_floor and tuning.LOCAL_MOVES and state.chosen.solution is not None:
-        # the lowest plan built, improved against the exact account where moves find a lower one (a byte
-        # budget not met gets this from the fraction 0.0 search above)
-        better = improve(inputs.problem, state.chosen.solution)
-        if better is not None:
-            built = _verify(run, better)
-            if built.peak_bytes < state.chosen.peak_bytes:
-                state.chosen = built
-                state.notes.append("a plan the exact account rates lower runs lower; taken")
-                if state.floor_plan is not None and built.peak_bytes < state.floor_plan.peak_bytes:
-                    state.floor_plan = built
     if state.floor_plan is not None:
         min_peak = state.floor_plan.peak_bytes
     else:
@@ -411,6 +402,23 @@ def _lowest_from_floor(run: _Run) -> None:
         state.notes.append("the rounds from the floor plan built a lower plan; taken")
     if state.floor_plan is not None and lowest.peak_bytes < state.floor_plan.peak_bytes:
         state.floor_plan = lowest
+
+
+def _polish(run: _Run) -> None:
+    """The chosen plan improved against the exact account (local.py), built, and taken where it runs lower
+    (a byte budget not met gets this from the fraction 0.0 search it runs)."""
+    state = run.state
+    if state.chosen.solution is None:
+        return
+    better = improve(run.inputs.problem, state.chosen.solution)
+    if better is None:
+        return
+    built = _verify(run, better)
+    if built.peak_bytes < state.chosen.peak_bytes:
+        state.chosen = built
+        state.notes.append("a plan the exact account rates lower runs lower; taken")
+        if state.floor_plan is not None and built.peak_bytes < state.floor_plan.peak_bytes:
+            state.floor_plan = built
 
 
 def _at_floor(run: _Run) -> bool:
