@@ -269,6 +269,23 @@ class MemPartitioner(CustomPartitionerFn):
                 tl = simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
             return Verified(solution=sol, timeline=tl, source=sol.solver, artifact=(fw, bw))
 
+        references: dict[float, Verified | None] = {}
+
+        def torch_reference(fraction: float) -> Verified | None:
+            """torch's own partition at ``fraction`` (its activation_memory_budget), built and simulated once
+            (the search's ``reference``: a fraction's plan never runs above it); None where it is the default."""
+            if fraction in references:
+                return references[fraction]
+            with stages("reference"):
+                saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=fraction)
+                ref = None
+                if {n.name for n in saved} != {n.name for n in default_saved}:
+                    fw_ref, bw_ref = extract(saved)
+                    tl = simulate_step(fw_ref, bw_ref, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
+                    ref = Verified(solution=None, timeline=tl, source="torch", artifact=(fw_ref, bw_ref))
+            references[fraction] = ref
+            return ref
+
         memory_rows = []  # the problem's memory constraints, written for its first solve and reused
         chain_caches: dict[int, tuple] = {}  # per problem solved: the recompute chains its solves found
 
@@ -299,6 +316,7 @@ class MemPartitioner(CustomPartitionerFn):
                 warm_start_time_solves=bool(tuning.CHAIN_ROUNDS) or any(opt.mode != INPLACE for opt in problem.options),
                 label=f"graph {graph_index}",
                 colours=colours,
+                reference=torch_reference if cfg.budget_fraction is not None and cfg.budget_fraction < 1.0 else None,
             )
         result = search(inputs, verify=realize, solve=timed_solve)
         notes.extend(result.notes)

@@ -533,6 +533,7 @@ def _describe_source(plan: Plan) -> str:
         "ilp+local": "ILP plan, improved against the exact memory account",
         "greedy": "greedy plan",
         "fallback": "fallback to the default partition",
+        "torch": "torch's own partition at this activation_memory_budget (it ran lower than memcompile's plans)",
     }.get(plan.source, plan.source)
 
 

@@ -74,6 +74,12 @@ class SearchInputs:
     colours: Mapping[str, int] | None = None
     """Per node name, its structural colour (passes/repeats.py), when ``decomposes(problem)``: candidates
     of one colour are the same value in repeated layers and share a decision (planner/repeat.py)."""
+    reference: Callable[[float], Verified | None] | None = None
+    """torch's own plan at a fraction (what its ``activation_memory_budget`` partitions), built and simulated
+    when called; None where there is none. A fraction's plan never runs above torch's plan at that fraction,
+    nor, below ``tuning.MONOTONE_ANCHOR``, above torch's plan at the anchor: torch's knapsack may drop more
+    peak than the fraction's share of saved bytes promises (``_resolve_fraction``), and a user who asks for a
+    fraction expects no more memory than torch's own budget gives."""
 
     def __post_init__(self) -> None:
         if (self.budget_fraction is None) == (self.budget_bytes is None):
@@ -174,8 +180,10 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
     ``rounds_from_floor``: False for the anchor search (its rounds from the floor are the caller's)."""
     run = _Run(inputs, solve, verify, fallback, SearchState(floor_solution=floor_solution))
     state = run.state
+    reference = None
     if inputs.budget_fraction is not None:
         _resolve_fraction(run)
+        reference = _apply_reference(run)
     else:
         state.target_bytes = int(inputs.budget_bytes)
         if inputs.default.peak_bytes <= state.target_bytes:
@@ -199,7 +207,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         # The model under-counted this plan, so plans a higher fraction builds may run lower: a lower
         # budget never runs above the anchor fraction's plan (monotone there by construction)
         # same problem: its floor and the plans built so far serve the anchor search as they are
-        anchor = _search(dataclasses.replace(inputs, budget_fraction=tuning.MONOTONE_ANCHOR), verify=verify,
+        anchor = _search(dataclasses.replace(inputs, budget_fraction=tuning.MONOTONE_ANCHOR, reference=None), verify=verify,
                          solve=solve, fallback=fallback,
                          floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None,
                          rounds_from_floor=False)
@@ -219,7 +227,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         # a byte budget not met: the smallest reachable peak is what a fraction of 0.0 runs (its search
         # adds the anchor's rounds and the rounds from the floor plan); it runs if it meets the budget,
         # else it is the peak the error reports, so a budget at that peak is never refused
-        lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None), verify=verify,
+        lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None, reference=None), verify=verify,
                          solve=solve, fallback=fallback,
                          floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None)
         if lowest.chosen.peak_bytes < state.chosen.peak_bytes:
@@ -227,6 +235,8 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
             state.notes.append("the smallest-peak search's plan runs lower; taken")
         if state.floor_plan is None or lowest.chosen.peak_bytes < state.floor_plan.peak_bytes:
             state.floor_plan = lowest.chosen
+    if inputs.reference is not None and inputs.budget_fraction is not None and inputs.budget_fraction < 1.0:
+        _take_reference(run, reference)
     if state.floor_plan is not None:
         min_peak = state.floor_plan.peak_bytes
     else:
@@ -274,6 +284,45 @@ def _resolve_fraction(run: _Run) -> None:
         state.chosen = inputs.default
     else:
         state.target_bytes = int(max(_floor_bytes(run), wanted))
+
+
+def _apply_reference(run: _Run) -> Verified | None:
+    """torch's plan at the fraction (``SearchInputs.reference``); where the target lies above the floor and
+    torch's plan simulates under the target's bound (target plus slack), its peak becomes that bound, so the
+    search looks for the fastest plan at or under torch's peak (``_take_reference`` runs torch's plan if it
+    finds none)."""
+    inputs, state = run.inputs, run.state
+    if inputs.reference is None or inputs.budget_fraction >= 1.0:
+        return None
+    ref = inputs.reference(inputs.budget_fraction)
+    if ref is None or state.chosen is not None or (state.floor_solution is not None and state.floor_solution.feasible
+                       and state.target_bytes == _floor_bytes(run)):
+        return ref  # at the floor the smallest peak is asked for already
+    bound = state.target_bytes + state.slack_bytes
+    if ref.peak_bytes < bound:
+        state.target_bytes = min(state.target_bytes, ref.peak_bytes)
+        state.slack_bytes = min(bound, ref.peak_bytes) - state.target_bytes
+        if state.pending is not None and state.pending.predicted_peak_bytes > state.target_bytes:
+            state.pending = None  # the probe was solved for a higher target
+        state.notes.append(f"torch's plan at this budget simulates {_fmt(ref.peak_bytes)}: the plan must not run above it")
+    return ref
+
+
+def _take_reference(run: _Run, reference: Verified | None) -> None:
+    """torch's plan at the fraction, and below ``tuning.MONOTONE_ANCHOR`` torch's plan at the anchor too (so
+    a lower budget never runs above the anchor's plan), where it simulates lower than the chosen plan."""
+    inputs, state = run.inputs, run.state
+    refs = [reference]
+    if inputs.budget_fraction < tuning.MONOTONE_ANCHOR:
+        refs.append(inputs.reference(tuning.MONOTONE_ANCHOR))
+    for ref in refs:
+        if ref is None or ref.peak_bytes >= state.chosen.peak_bytes:
+            continue
+        state.chosen = ref
+        state.notes.append(f"torch's plan at this budget (or the {tuning.MONOTONE_ANCHOR} one) simulates lower "
+                           f"({_fmt(ref.peak_bytes)}); taken")
+        if state.floor_plan is not None and ref.peak_bytes < state.floor_plan.peak_bytes:
+            state.floor_plan = ref
 
 
 # ------------------------------------------------------------------ solve

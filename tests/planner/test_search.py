@@ -404,3 +404,77 @@ def test_a_byte_budget_at_the_smallest_peak_is_met_and_one_below_reports_that_pe
     below = search(_inputs(problem, budget_bytes=floor - MB), verify=_Scrambled(seed))
     # its own rounds may find a plan lower still (a search, not a proof): then it runs
     assert below.chosen.peak_bytes <= floor - MB if below.budget_met else below.min_peak_bytes <= floor
+
+
+# ------------------------------------------------------------------ torch's plan at the fraction (reference)
+class _Reference:
+    """torch's plan at the fraction, as the adapter hands it: a simulated partition with no solution; counts calls."""
+
+    def __init__(self, peak, anchor_peak=None):
+        self.peak, self.anchor_peak, self.calls = peak, anchor_peak, []
+
+    def __call__(self, fraction) -> Verified:
+        self.calls.append(fraction)
+        peak = self.anchor_peak if fraction == 0.5 and self.anchor_peak is not None else self.peak
+        return Verified(solution=None, timeline=_timeline(peak), source="torch")
+
+
+def _fraction_target(problem, fraction):
+    """The search's own target at ``fraction`` (no reference), and the floor's peak."""
+    result = search(_inputs(problem, budget_fraction=fraction), verify=FakeVerifier())
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10).predicted_peak_bytes
+    return result.target_bytes, floor
+
+
+def test_a_fraction_whose_torch_plan_runs_lower_than_its_target_gets_a_plan_at_or_under_torchs_peak():
+    problem = _chain()
+    target, floor = _fraction_target(problem, 0.8)
+    assert target > floor + 8 * MB  # room for a reference between them
+    ref = _Reference(target - 8 * MB)
+    result = search(dataclasses.replace(_inputs(problem, budget_fraction=0.8), reference=ref), verify=FakeVerifier())
+    assert ref.calls == [0.8]
+    assert result.target_bytes == ref.peak and result.budget_met
+    assert result.chosen.peak_bytes <= ref.peak and result.chosen.source == "ilp"
+    assert any("torch's plan" in n for n in result.notes)
+
+
+def test_torchs_plan_runs_where_no_plan_the_search_builds_is_as_low():
+    problem = _chain()
+    target, floor = _fraction_target(problem, 0.8)
+    ref = _Reference(target - 8 * MB)
+    # every plan simulates 64 MB above the model: nothing the search builds reaches torch's peak
+    verify = FakeVerifier(under={f"a{i}" for i in range(6)}, error_bytes=64 * MB)
+    result = search(dataclasses.replace(_inputs(problem, budget_fraction=0.8), reference=ref), verify=verify)
+    assert result.chosen.source == "torch" and result.chosen.peak_bytes == ref.peak and result.budget_met
+
+
+def test_a_torch_plan_above_the_target_changes_nothing():
+    problem = _chain()
+    plain = search(_inputs(problem, budget_fraction=0.8), verify=FakeVerifier())
+    ref = _Reference(plain.target_bytes + 32 * MB)
+    result = search(dataclasses.replace(_inputs(problem, budget_fraction=0.8), reference=ref), verify=FakeVerifier())
+    assert ref.calls == [0.8]
+    assert result.target_bytes == plain.target_bytes and plan_key(result.chosen.solution) == plan_key(plain.chosen.solution)
+
+
+def test_at_the_floor_torchs_plan_runs_only_where_it_is_lower_than_the_floor_plan():
+    problem = _chain()
+    plain = search(_inputs(problem, budget_fraction=0.0), verify=FakeVerifier())
+    higher = _Reference(plain.chosen.peak_bytes + MB)
+    result = search(dataclasses.replace(_inputs(problem, budget_fraction=0.0), reference=higher), verify=FakeVerifier())
+    assert higher.calls == [0.0, 0.5]  # the fraction's, and below the anchor the anchor's
+    assert result.chosen.source == plain.chosen.source and result.target_bytes == plain.target_bytes
+    # a torch plan lower than the floor plan (at the anchor only: a lower budget never runs above it)
+    lower = _Reference(plain.chosen.peak_bytes + MB, anchor_peak=plain.chosen.peak_bytes - MB)
+    result = search(dataclasses.replace(_inputs(problem, budget_fraction=0.0), reference=lower), verify=FakeVerifier())
+    assert result.chosen.source == "torch" and result.chosen.peak_bytes == plain.chosen.peak_bytes - MB
+    assert result.min_peak_bytes == result.chosen.peak_bytes
+
+
+def test_torchs_plan_is_not_built_for_a_byte_budget_or_the_whole_budget():
+    problem = _chain()
+    ref = _Reference(1)
+    result = search(dataclasses.replace(_inputs(problem, budget_bytes=40 * MB), reference=ref), verify=FakeVerifier())
+    assert ref.calls == [] and result.chosen.source != "torch"
+    result = search(dataclasses.replace(_inputs(problem, budget_fraction=1.0), reference=ref), verify=FakeVerifier())
+    assert ref.calls == [] and result.chosen.source == "default"

@@ -1,0 +1,79 @@
+"""torch's own plan at a fraction (search.SearchInputs.reference), built by the adapter: it is the partition torch's
+``activation_memory_budget`` makes of the same joint graph, and a fraction's plan never simulates above it. The
+partitioner is called on a traced joint graph directly (no Inductor compile)."""
+
+import pytest
+import torch
+from memcompile.passes.lifetimes import partition_saved
+from memcompile.passes.planner import search as search_module
+from torch import fx
+from torch._functorch import config as functorch_config
+from torch._functorch import partitioners as tp
+
+from memcompile import partitioner as partitioner_module
+from memcompile.config import MemConfig
+from memcompile.models import make
+from memcompile.partitioner import MemPartitioner, _copy_graph
+
+
+@pytest.fixture(scope="module")
+def gpt_tiny_joint():
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    captured = {}
+
+    def partition(joint, inputs, **kw):
+        captured.update(joint=fx.GraphModule(joint, _copy_graph(joint.graph)), inputs=inputs, kw=kw)
+        return tp.default_partition(joint, inputs, **kw)
+
+    model, inputs = make("gpt-tiny")
+    torch._dynamo.reset()
+    run = lambda g, _: make_boxed_func(g.forward)
+    torch.compile(model, backend=aot_autograd(fw_compiler=run, bw_compiler=run, partition_fn=partition))(*inputs)
+    torch._dynamo.reset()
+    kw = dict(captured["kw"])
+    kw.pop("compiler", None)
+    return captured["joint"], captured["inputs"], kw
+
+
+def _copy(joint):
+    return fx.GraphModule(joint, _copy_graph(joint.graph))
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.5])
+def test_the_reference_is_torchs_partition_and_the_plan_never_simulates_above_it(gpt_tiny_joint, monkeypatch, fraction):
+    joint, inputs, kw = gpt_tiny_joint
+    seen = {}
+
+    def recording_search(search_inputs, **kwargs):
+        seen["inputs"] = search_inputs
+        return search_module.search(search_inputs, **kwargs)
+
+    monkeypatch.setattr(partitioner_module, "search", recording_search)
+    plans = []
+    MemPartitioner(MemConfig.from_options({"memory_budget": fraction, "inner": "eager"}), on_plan=plans.append)(
+        _copy(joint), inputs, compiler="inductor", **kw)
+    reference = seen["inputs"].reference
+    assert reference is not None
+    built = reference(fraction)
+    assert built is not None and built.source == "torch" and built.solution is None
+
+    with functorch_config.patch(activation_memory_budget=fraction):
+        fw, bw = tp.min_cut_rematerialization_partition(_copy(joint), inputs, compiler="inductor", **kw)
+    assert sorted(partition_saved(*built.artifact)) == sorted(partition_saved(fw, bw))
+    assert plans[-1].planned.peak_bytes <= built.peak_bytes
+
+
+def test_no_reference_without_a_fraction(gpt_tiny_joint, monkeypatch):
+    joint, inputs, kw = gpt_tiny_joint
+    seen = {}
+
+    def recording_search(search_inputs, **kwargs):
+        seen["inputs"] = search_inputs
+        return search_module.search(search_inputs, **kwargs)
+
+    monkeypatch.setattr(partitioner_module, "search", recording_search)
+    MemPartitioner(MemConfig.from_options({"memory_budget": "1MB", "inner": "eager", "on_infeasible": "best_effort"}))(
+        _copy(joint), inputs, compiler="inductor", **kw)
+    assert seen["inputs"].reference is None
