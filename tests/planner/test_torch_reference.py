@@ -77,3 +77,21 @@ def test_no_reference_without_a_fraction(gpt_tiny_joint, monkeypatch):
     MemPartitioner(MemConfig.from_options({"memory_budget": "1MB", "inner": "eager", "on_infeasible": "best_effort"}))(
         _copy(joint), inputs, compiler="inductor", **kw)
     assert seen["inputs"].reference is None
+
+
+def test_a_torch_partition_that_fails_leaves_the_plan_and_says_so(gpt_tiny_joint, monkeypatch):
+    joint, inputs, kw = gpt_tiny_joint
+    choose = tp.choose_saved_values_set
+
+    def failing(graph, node_info, memory_budget=1.0):
+        if memory_budget != 1.0:
+            raise RuntimeError("knapsack broke")
+        return choose(graph, node_info, memory_budget=memory_budget)
+
+    monkeypatch.setattr(partitioner_module.tp, "choose_saved_values_set", failing)
+    plans = []
+    MemPartitioner(MemConfig.from_options({"memory_budget": 0.8, "inner": "eager"}), on_plan=plans.append)(
+        _copy(joint), inputs, compiler="inductor", **kw)
+    (plan,) = plans
+    assert plan.source in ("ilp", "ilp+local")
+    assert any("could not be built (RuntimeError: knapsack broke)" in n for n in plan.notes)
