@@ -201,7 +201,23 @@ def is_pointwise(node: fx.Node) -> bool:
     return node.op == "call_function" and torch.Tag.pointwise in getattr(node.target, "tags", ())
 
 
+_CONSTANTS = frozenset({"aten.full.default", "aten.zeros.default", "aten.ones.default", "aten.scalar_tensor.default"})
+"""Factories of a constant: Inductor lowers one to an expression that loads nothing, which it never realizes on
+reuse (``StorageBox.should_realize_on_reuse`` counts loads), so a scatter (``_INDEXED``) reading it computes it."""
+
+_INDEXED = frozenset({"aten.slice_scatter.default", "aten.select_scatter.default"})
+"""Ops Inductor lowers to a pointwise expression over their inputs (an index test picks which input each
+element reads), so a constant they read is inlined into them: a rotary embedding's backward scatters into
+zeros made once and read by every layer (hf-qwen2-gqa: 320 KiB the simulator held through the backward)."""
+
+
 def _fusible(node: fx.Node) -> bool:
+    if str(node.target) in _CONSTANTS and node.op == "call_function":
+        # read only by scatters (what was checked against Inductor's code); a constant a pointwise op reads
+        # (an attention mask's where) joins that op's expression, whose realization follows the usual rule
+        # only if the constant counts as the load it was before (hf-mistral-gqa's mask is realized)
+        users = list(node.users)
+        return bool(users) and all(u.op == "call_function" and str(u.target) in _INDEXED for u in users)
     if not is_pointwise(node):
         return False
     users = list(node.users)

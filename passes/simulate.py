@@ -25,6 +25,7 @@ Model (what Inductor's generated code and AOT autograd's boxed calling conventio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ import torch
 from torch import fx
 
 from .costs import layout_optimized, scratch_bytes
+from .lifetimes import _REDUCTIONS as REDUCTION_OPS
 from .lifetimes import BACKWARD, FORWARD, LifetimeTable, analyse, size_hint
 
 OFFLOAD_META = "memcompile_offload"
@@ -180,24 +182,32 @@ def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[
         if not (reused or len(read) > acc_max[cpu]):
             inlined.add(name)
             away.add(name)
-        elif not _readers_split(table, name, pos):
+        elif not _readers_split(table, name, pos, inputs):
             away.add(name)
     return frozenset(away), frozenset(inlined)
 
 
-def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int]) -> bool:
+def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int],
+                   inputs: Mapping[str, list[str]] | None = None) -> bool:
     """A reader of ``name`` waits for a non-fusible step (a matmul, an extern kernel) that itself depends on
     ``name``: no one kernel can hold that reader and the value's first readers, so Inductor's scheduler
     cannot fuse the value's buffer away (it does when all readers join its kernel, by dependence, not by
-    the graph's order: a reader the graph puts after the matmul but that does not wait for it joins)."""
+    the graph's order: a reader the graph puts after the matmul but that does not wait for it joins).
+    A reduction over the trailing dims of a value of ``name``'s size (``_row_reduction``: softmax's and a
+    norm's row sums) is no such step: Inductor puts it in one kernel with the pointwise ops before and
+    after it over the same rows. ``inputs``: ``_inputs_of(table)``, when the caller has it."""
     tensors = table.tensors
     readers = {u for u in tensors[name].users if u in pos}
     if len(readers) < 2:
         return False
+    inputs = inputs if inputs is not None else _inputs_of(table)
+    numel = _numel(tensors[name])
 
     def splits(node: str) -> bool:
         info = tensors[node]
-        return not info.fusible and info.kind == "tensor" and info.producer != "placeholder" and info.nbytes_hint > 0
+        if info.fusible or info.kind != "tensor" or info.producer == "placeholder" or info.nbytes_hint <= 0:
+            return False
+        return not (ROW_REDUCTIONS_FUSE and _row_reduction(tensors, node, inputs, numel))
 
     last = max(pos[r] for r in readers)
     # descendants up to the last reader, each with whether its path from the value passed a split
@@ -214,6 +224,49 @@ def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int]) -> b
             if state not in seen:
                 seen.add(state)
                 stack.append(state)
+    return False
+
+
+_MIN_UNSPLIT_ROWS = 512
+"""On a GPU Inductor splits a reduction with few rows into two kernels (``Reduction.num_splits``: fewer rows than
+about twice the SMs of a large GPU, 2 x 132 on an H100), which no pointwise joins; the C++ backend reduces each
+row in one kernel whatever the count. Above this many rows no GPU splits."""
+
+ROW_REDUCTIONS_FUSE = True
+"""Whether a reduction over trailing dims joins the kernels of the pointwise ops around it (``_readers_split``);
+off only to compare with the simulator before the rule."""
+
+
+def _numel(info) -> int | None:
+    if info.shape is None or not all(isinstance(d, int) for d in info.shape):
+        return None
+    return math.prod(info.shape)
+
+
+def _row_reduction(tensors, node: str, inputs: Mapping[str, list[str]], numel: int | None) -> bool:
+    """``node`` reduces the trailing dims of an input with ``numel`` elements: its output's shape (keepdim or
+    not) is the input's leading dims. Inductor's scheduler fuses a pointwise node whose size is the
+    reduction's rows times its reduced elements into the reduction's kernel (SIMDScheduling.can_fuse, the
+    C++ backend's outer-loop fusion), before it and after it: a softmax backward's ``g * p``, its row
+    sum and ``g * p - p * sum`` are one kernel. A reduction over leading dims (a bias gradient) is not."""
+    info = tensors[node]
+    if numel is None or info.producer not in REDUCTION_OPS or info.shape is None:
+        return False
+    rows = _numel(info)
+    if rows is None or (not (info.device or "cpu").startswith("cpu") and rows < _MIN_UNSPLIT_ROWS):
+        return False
+    for a in inputs.get(node, ()):
+        src = tensors.get(a)
+        if src is None or src.kind != "tensor" or src.shape is None or _numel(src) != numel:
+            continue
+        out = [d for d in info.shape]
+        lead = list(src.shape[:len(out)])
+        if len(out) == len(src.shape):  # keepdim: the reduced trailing dims are 1
+            k = len(out)
+            while k > 0 and out[k - 1] == 1 and src.shape[k - 1] != 1:
+                k -= 1
+            return k < len(out) and out[:k] == list(src.shape[:k])
+        return out == lead
     return False
 
 

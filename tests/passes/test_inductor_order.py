@@ -277,3 +277,89 @@ def test_these_pointwise_values_stay_where_the_graph_puts_them(case):
     nodes = [n for n in gm.graph.nodes if n.op != "output"]
     order, _ = inductor_order(nodes)
     assert order == nodes
+
+
+# ------------------------------------------------------------------ row reductions join their pointwise kernels
+def _softmax_backward(g, p, a, b, c):
+    """A softmax backward's pattern (a cross-entropy's too): ``gp`` is read by its row sum and by the pointwise
+    after it; it loads five buffers, more than Inductor inlines into two readers, so it is realized unless its
+    readers share its kernel."""
+    gp = g * p * a * b * c
+    return gp - p * gp.sum(dim=-1, keepdim=True)
+
+
+def _column_backward(g, p, a, b, c):
+    """The same, with the sum down the columns (a bias gradient's reduction), which Triton cannot put in one
+    kernel with a pointwise over the whole matrix."""
+    gp = g * p * a * b * c
+    return gp - p * gp.sum(dim=0, keepdim=True)
+
+
+def _gp(gm):
+    return next(n.name for n in gm.graph.nodes if n.op == "call_function" and len(n.users) == 2)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_a_row_reduction_joins_the_kernel_of_the_value_it_reduces(monkeypatch, fuse):
+    from memcompile.passes import simulate
+
+    monkeypatch.setattr(simulate, "ROW_REDUCTIONS_FUSE", fuse)
+    gm = _graph(_softmax_backward, *_args()[:5])
+    away, _ = simulate.fused_values(analyse(gm))
+    assert (_gp(gm) in away) == fuse
+
+
+def test_a_column_reduction_still_parts_its_readers():
+    from memcompile.passes import simulate
+
+    gm = _graph(_column_backward, *_args()[:5])
+    away, _ = simulate.fused_values(analyse(gm))
+    assert _gp(gm) not in away
+
+
+@pytest.mark.slow
+def test_inductor_gives_the_row_reduced_value_no_buffer():
+    """What the rule mirrors, read from Inductor's generated code: no N x N buffer besides the result."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, (code,) = run_and_get_code(torch.compile(_softmax_backward), *_args()[:5])
+    torch._dynamo.reset()
+    assert code.count(f"empty_strided_cpu(({N}, {N})") == 1
+
+
+# ------------------------------------------------------------------ constants read by scatters
+def _rotary_backward(a, b, c, d, e):
+    """A rotary embedding's backward: one zeros tensor, scattered into by every layer."""
+    z = torch.zeros(N, N)
+    outs = [torch.slice_scatter(z, t[:, : N // 2], 1, 0, N // 2) for t in (a, b, c, d, e)]
+    return sum(outs)
+
+
+def _constant_into_a_matmul(a):
+    z = torch.ones(N, N)
+    return torch.mm(a, z) + z
+
+
+def test_a_constant_read_only_by_scatters_and_pointwise_ops_has_no_buffer():
+    from memcompile.passes import simulate
+
+    gm = _graph(_rotary_backward, *_args()[:5])
+    table = analyse(gm)
+    zeros = next(n.name for n in gm.graph.nodes if n.target == aten.zeros.default)
+    assert len(table.tensors[zeros].users) == 5  # more readers than a pointwise value is inlined into
+    away, inlined = simulate.fused_values(table)
+    assert zeros in away and zeros in inlined
+    gm = _graph(_constant_into_a_matmul, *_args()[:1])
+    ones = next(n.name for n in gm.graph.nodes if n.target == aten.ones.default)
+    assert not analyse(gm).tensors[ones].fusible  # a matmul reads a buffer
+
+
+@pytest.mark.slow
+def test_inductor_gives_a_scattered_constant_no_buffer():
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, (code,) = run_and_get_code(torch.compile(_rotary_backward), *_args()[:5])
+    torch._dynamo.reset()
+    assert code.count(f"empty_strided_cpu(({N}, {N})") == 1  # the result only
