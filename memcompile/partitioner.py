@@ -321,7 +321,9 @@ class MemPartitioner(CustomPartitionerFn):
                 warm_start_time_solves=bool(tuning.CHAIN_ROUNDS) or any(opt.mode != INPLACE for opt in problem.options),
                 label=f"graph {graph_index}",
                 colours=colours,
-                reference=torch_reference if cfg.budget_fraction is not None and cfg.budget_fraction < 1.0 else None,
+                # torch's plan recomputes: offered only where the user's modes allow recompute
+                reference=(torch_reference if cfg.budget_fraction is not None and cfg.budget_fraction < 1.0
+                           and "recompute" in cfg.modes else None),
             )
         result = search(inputs, verify=realize, solve=timed_solve)
         notes.extend(result.notes)

@@ -95,3 +95,20 @@ def test_a_torch_partition_that_fails_leaves_the_plan_and_says_so(gpt_tiny_joint
     (plan,) = plans
     assert plan.source in ("ilp", "ilp+local")
     assert any("could not be built (RuntimeError: knapsack broke)" in n for n in plan.notes)
+
+
+def test_no_reference_where_the_modes_forbid_recompute(gpt_tiny_joint, monkeypatch):
+    """torch's plan recomputes: with modes ("keep",) (or keep and lossy modes only) it is never run."""
+    joint, inputs, kw = gpt_tiny_joint
+    seen = {}
+
+    def recording_search(search_inputs, **kwargs):
+        seen["inputs"] = search_inputs
+        return search_module.search(search_inputs, **kwargs)
+
+    monkeypatch.setattr(partitioner_module, "search", recording_search)
+    plans = []
+    MemPartitioner(MemConfig.from_options({"memory_budget": 0.0, "inner": "eager", "modes": ("keep", "inplace")}),
+                   on_plan=plans.append)(_copy(joint), inputs, compiler="inductor", **kw)
+    assert seen["inputs"].reference is None
+    assert not any(d.mode == "recompute" and d.added_seconds > 0 for d in plans[-1].decisions)
