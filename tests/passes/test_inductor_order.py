@@ -363,3 +363,14 @@ def test_inductor_gives_a_scattered_constant_no_buffer():
     _, (code,) = run_and_get_code(torch.compile(_rotary_backward), *_args()[:5])
     torch._dynamo.reset()
     assert code.count(f"empty_strided_cpu(({N}, {N})") == 1  # the result only
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_planned_graph_compiles_without_inductors_peak_memory_reordering(monkeypatch, keep):
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(choices, "KEEP_PLANNED_ORDER", keep)
+    before = inductor_config.reorder_for_peak_memory
+    with choices.planned_order():
+        assert inductor_config.reorder_for_peak_memory == (before and not keep)
+    assert inductor_config.reorder_for_peak_memory == before
