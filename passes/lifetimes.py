@@ -213,9 +213,8 @@ zeros made once and read by every layer (hf-qwen2-gqa: 320 KiB the simulator hel
 
 def _fusible(node: fx.Node) -> bool:
     if str(node.target) in _CONSTANTS and node.op == "call_function":
-        # read only by scatters (what was checked against Inductor's code); a constant a pointwise op reads
-        # (an attention mask's where) joins that op's expression, whose realization follows the usual rule
-        # only if the constant counts as the load it was before (hf-mistral-gqa's mask is realized)
+        # read only by scatters (checked against Inductor's code). A constant a pointwise op reads stays a
+        # load: counted so, an attention mask's where is realized as Inductor realizes it (hf-mistral-gqa)
         users = list(node.users)
         return bool(users) and all(u.op == "call_function" and str(u.target) in _INDEXED for u in users)
     if not is_pointwise(node):

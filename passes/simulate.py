@@ -259,14 +259,13 @@ def _row_reduction(tensors, node: str, inputs: Mapping[str, list[str]], numel: i
         src = tensors.get(a)
         if src is None or src.kind != "tensor" or src.shape is None or _numel(src) != numel:
             continue
-        out = [d for d in info.shape]
-        lead = list(src.shape[:len(out)])
+        out = list(info.shape)
         if len(out) == len(src.shape):  # keepdim: the reduced trailing dims are 1
             k = len(out)
             while k > 0 and out[k - 1] == 1 and src.shape[k - 1] != 1:
                 k -= 1
             return k < len(out) and out[:k] == list(src.shape[:k])
-        return out == lead
+        return out == list(src.shape[:len(out)])
     return False
 
 
