@@ -143,7 +143,8 @@ def memcompile_backend(
         return _eager(gm, example_inputs, partitioner)
     from torch._inductor.compile_fx import compile_fx
 
-    inner_compile = functools.partial(_inner_compile, planned=config.has_budget)
+    # a fraction of 1.0 always runs Inductor's default partition: compiled as Inductor compiles it
+    inner_compile = functools.partial(_inner_compile, planned=config.has_budget and config.budget_fraction != 1.0)
     return compile_fx(gm, example_inputs, inner_compile=inner_compile,
                       config_patches=_config_patches(config, partitioner), decompositions=_decompositions(config))
 

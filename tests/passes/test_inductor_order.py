@@ -374,3 +374,19 @@ def test_a_planned_graph_compiles_without_inductors_peak_memory_reordering(monke
     with choices.planned_order():
         assert inductor_config.reorder_for_peak_memory == (before and not keep)
     assert inductor_config.reorder_for_peak_memory == before
+
+
+@pytest.mark.parametrize("budget, planned", [(1.0, False), (0.5, True), ("1GB", True)])
+def test_a_fraction_of_one_compiles_as_inductor_does(monkeypatch, budget, planned):
+    """1.0 runs Inductor's default partition: no planned-order choices, Inductor's own reordering kept."""
+    import torch._inductor.compile_fx as compile_fx_module
+
+    from memcompile import backend
+
+    seen = {}
+    monkeypatch.setattr(compile_fx_module, "compile_fx", lambda gm, inputs, inner_compile, **kw: seen.update(
+        planned=inner_compile.keywords["planned"]))
+    x = torch.randn(4, 4, requires_grad=True)
+    gm = _graph(lambda a: (a * 2).sum(), x)
+    backend.memcompile_backend(gm, [x], options={"memory_budget": budget})
+    assert seen["planned"] is planned
