@@ -107,17 +107,20 @@ KEEP_PLANNED_ORDER = True
 nodes by Inductor's own estimate of memory, which does not see what the plan arranged: on hf-qwen2-gqa at 0.8
 it computed every layer's recomputed rotary and grouped-query copies in the backward's first kernel, four
 layers' 0.5 MB live from the backward's start (measured 16.92 MB, 5.9% over the plan's 15.93; 15.93 with the
-pass off). The plan's order is already chosen for memory and the simulator follows it."""
+pass off). The plan's order is already chosen for memory and the simulator follows it. Only where the modes
+allow recompute (``planned_order(keep_order=...)``): the pass moves recomputations, and without them it placed
+a keep-and-quantize plan's copies better than the plan did (gpt-small at 0.0: 68.1 MB of activations with it,
+78.7 without, tests/e2e/test_lossy.py)."""
 
 
 @contextlib.contextmanager
-def planned_order() -> Iterator[None]:
+def planned_order(*, keep_order: bool = True) -> Iterator[None]:
     """Inductor compiles under ``PlannedOrderChoices`` inside this block (where supported), with its
-    peak-memory reordering off (``KEEP_PLANNED_ORDER``)."""
+    peak-memory reordering off where ``keep_order`` (``KEEP_PLANNED_ORDER``)."""
     from torch._inductor import config as inductor_config
 
     with contextlib.ExitStack() as stack:
-        if KEEP_PLANNED_ORDER and hasattr(inductor_config, "reorder_for_peak_memory"):
+        if keep_order and KEEP_PLANNED_ORDER and hasattr(inductor_config, "reorder_for_peak_memory"):
             stack.enter_context(inductor_config.patch(reorder_for_peak_memory=False))
         if supported():
             from torch._inductor.virtualized import V

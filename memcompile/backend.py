@@ -144,7 +144,8 @@ def memcompile_backend(
     from torch._inductor.compile_fx import compile_fx
 
     # a fraction of 1.0 always runs Inductor's default partition: compiled as Inductor compiles it
-    inner_compile = functools.partial(_inner_compile, planned=config.has_budget and config.budget_fraction != 1.0)
+    inner_compile = functools.partial(_inner_compile, planned=config.has_budget and config.budget_fraction != 1.0,
+                                      keep_order="recompute" in config.modes)
     return compile_fx(gm, example_inputs, inner_compile=inner_compile,
                       config_patches=_config_patches(config, partitioner), decompositions=_decompositions(config))
 
@@ -170,7 +171,8 @@ def _decompositions(config: MemConfig) -> dict | None:
     return {op: fn for op, fn in select_decomp_table().items() if op not in removed}
 
 
-def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], *, planned: bool = False, **kwargs: Any):
+def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], *, planned: bool = False,
+                   keep_order: bool = True, **kwargs: Any):
     """Inductor's compile of one extracted graph, under the offload rewrite's INDUCTOR_CONFIG when
     that graph calls the offload ops (config.patch restores the config when it returns), and, for a
     planned graph, with fusion choices that keep the plan's order (memcompile/_inductor_choices.py).
@@ -189,7 +191,7 @@ def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], *, planned
     decompose_leftovers(gm)  # only present when the inplace mode kept them whole
     with contextlib.ExitStack() as stack:
         if planned:
-            stack.enter_context(planned_order())
+            stack.enter_context(planned_order(keep_order=keep_order))
         if has_offload(gm):
             stack.enter_context(inductor_config.patch(INDUCTOR_CONFIG))
         return compile_fx_inner(gm, example_inputs, **kwargs)

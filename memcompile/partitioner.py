@@ -282,8 +282,15 @@ class MemPartitioner(CustomPartitionerFn):
                     saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=fraction)
                     if {n.name for n in saved} != {n.name for n in default_saved}:
                         fw_ref, bw_ref = extract(saved)
+                        unsafe = _unsafe_recompute(bw_ref, forward_nodes)
+                        if unsafe:  # a random op rebuilt in the backward draws another sample: never run it
+                            notes.append(f"torch's partition at activation_memory_budget={fraction} recomputes "
+                                         f"{unsafe}, a random op; the plan is not compared with it")
+                            raise _NoReference
                         tl = simulate_step(fw_ref, bw_ref, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
                         ref = Verified(solution=None, timeline=tl, source="torch", artifact=(fw_ref, bw_ref))
+                except _NoReference:
+                    ref = None
                 except Exception as exc:  # a bound only: the plan stands without it, and says so
                     log.debug("torch's partition at %s failed", fraction, exc_info=True)
                     notes.append(f"torch's partition at activation_memory_budget={fraction} could not be built "
@@ -420,6 +427,26 @@ def _annotate_dist_from_bw(joint: fx.GraphModule, node_info) -> None:
                     node.dist_from_bw = min(node.dist_from_bw, user.dist_from_bw + 1)
         else:
             node.dist_from_bw = 0
+
+
+class _NoReference(Exception):
+    """torch's partition at a fraction is not offered to the search (its reason is in the plan's notes)."""
+
+
+def _unsafe_recompute(bw: fx.GraphModule, forward_nodes: set[str]) -> str | None:
+    """The first forward value ``bw`` computes again that draws random numbers (a dropout; attention only
+    with a nonzero dropout), or None: rebuilt, it would draw another sample than the forward's."""
+    for node in bw.graph.nodes:
+        if node.op != "call_function" or node.name not in forward_nodes:
+            continue
+        if torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ()):
+            continue
+        if "scaled_dot_product" in str(node.target):
+            p = node.kwargs.get("dropout_p", node.args[3] if len(node.args) > 3 else 0.0)
+            if isinstance(p, (int, float)) and p == 0:
+                continue
+        return node.name
+    return None
 
 
 def _model_peak_of(problem, saved: Sequence[fx.Node], bw: fx.GraphModule) -> int:

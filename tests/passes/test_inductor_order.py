@@ -390,3 +390,13 @@ def test_a_fraction_of_one_compiles_as_inductor_does(monkeypatch, budget, planne
     gm = _graph(lambda a: (a * 2).sum(), x)
     backend.memcompile_backend(gm, [x], options={"memory_budget": budget})
     assert seen["planned"] is planned
+
+
+def test_without_recompute_inductors_reordering_stays():
+    """A plan with no recompute (keep and lossy modes) leaves the reordering on: it placed the quantize
+    copies better than the plan (tests/e2e/test_lossy.py)."""
+    from torch._inductor import config as inductor_config
+
+    before = inductor_config.reorder_for_peak_memory
+    with choices.planned_order(keep_order=False):
+        assert inductor_config.reorder_for_peak_memory == before
