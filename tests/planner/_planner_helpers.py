@@ -1,5 +1,5 @@
-"""What the planner tests share: reading a solution back as index sets, and the brute-force optimum
-the ILP is checked against on small synthetic problems."""
+"""What the planner tests share: reading a solution back as index sets, the brute-force optimum
+the ILP is checked against on small synthetic problems, and a preset's traced joint graph."""
 
 import itertools
 
@@ -60,3 +60,31 @@ def assert_ilp_matches_brute_force(problem, budget):
     assert peak <= budget and peak == sol.predicted_peak_bytes
     assert seconds == pytest.approx(sol.added_seconds)
     assert seconds == pytest.approx(expected[0], rel=0.011, abs=1e-12)  # CBC stops at a 1% gap
+
+
+def traced_joint(name):
+    """(joint graph, inputs, partition keywords) of ``memcompile.models.make(name)``, captured at the partitioner
+    (no Inductor compile), for tests that call MemPartitioner directly."""
+    import torch
+    from torch import fx
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch import partitioners as tp
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    from memcompile.models import make
+    from memcompile.partitioner import _copy_graph
+
+    captured = {}
+
+    def partition(joint, inputs, **kw):
+        captured.update(joint=fx.GraphModule(joint, _copy_graph(joint.graph)), inputs=inputs, kw=kw)
+        return tp.default_partition(joint, inputs, **kw)
+
+    model, inputs = make(name)
+    torch._dynamo.reset()
+    run = lambda g, _: make_boxed_func(g.forward)  # noqa: E731
+    torch.compile(model, backend=aot_autograd(fw_compiler=run, bw_compiler=run, partition_fn=partition))(*inputs)
+    torch._dynamo.reset()
+    kw = dict(captured["kw"])
+    kw.pop("compiler", None)
+    return captured["joint"], captured["inputs"], kw

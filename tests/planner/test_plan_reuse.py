@@ -8,8 +8,8 @@ from memcompile.passes.planner import search as search_module
 from memcompile.passes.rewrite import _lossy as lossy
 from torch import fx
 
+from _planner_helpers import traced_joint
 from memcompile.config import MemConfig
-from memcompile.models import make
 from memcompile.partitioner import MemPartitioner, _copy_graph
 
 MODES = ("recompute", "quantize", "fewbit")  # "inplace" too doubled the test's time
@@ -17,24 +17,7 @@ MODES = ("recompute", "quantize", "fewbit")  # "inplace" too doubled the test's 
 
 @pytest.fixture(scope="module")
 def llama_tiny_joint():
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._functorch import partitioners as tp
-    from torch._functorch.aot_autograd import make_boxed_func
-
-    captured = {}
-
-    def partition(joint, inputs, **kw):
-        captured.update(joint=fx.GraphModule(joint, _copy_graph(joint.graph)), inputs=inputs, kw=kw)
-        return tp.default_partition(joint, inputs, **kw)
-
-    model, inputs = make("llama-tiny")
-    torch._dynamo.reset()
-    run = lambda g, _: make_boxed_func(g.forward)
-    torch.compile(model, backend=aot_autograd(fw_compiler=run, bw_compiler=run, partition_fn=partition))(*inputs)
-    torch._dynamo.reset()
-    kw = dict(captured["kw"])
-    kw.pop("compiler", None)
-    return captured["joint"], captured["inputs"], kw
+    return traced_joint("llama-tiny")
 
 
 def _plan(joint, inputs, kw, options):

@@ -3,7 +3,6 @@
 partitioner is called on a traced joint graph directly (no Inductor compile)."""
 
 import pytest
-import torch
 from memcompile.passes.lifetimes import partition_saved
 from memcompile.passes.planner import search as search_module
 from torch import fx
@@ -11,39 +10,19 @@ from torch._functorch import config as functorch_config
 from torch._functorch import partitioners as tp
 
 from memcompile import partitioner as partitioner_module
+from _planner_helpers import traced_joint
 from memcompile.config import MemConfig
-from memcompile.models import make
 from memcompile.partitioner import MemPartitioner, _copy_graph
 
 
 @pytest.fixture(scope="module")
 def gpt_tiny_joint():
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._functorch.aot_autograd import make_boxed_func
-
-    captured = {}
-
-    def partition(joint, inputs, **kw):
-        captured.update(joint=fx.GraphModule(joint, _copy_graph(joint.graph)), inputs=inputs, kw=kw)
-        return tp.default_partition(joint, inputs, **kw)
-
-    model, inputs = make("gpt-tiny")
-    torch._dynamo.reset()
-    run = lambda g, _: make_boxed_func(g.forward)
-    torch.compile(model, backend=aot_autograd(fw_compiler=run, bw_compiler=run, partition_fn=partition))(*inputs)
-    torch._dynamo.reset()
-    kw = dict(captured["kw"])
-    kw.pop("compiler", None)
-    return captured["joint"], captured["inputs"], kw
+    return traced_joint("gpt-tiny")
 
 
-def _copy(joint):
-    return fx.GraphModule(joint, _copy_graph(joint.graph))
-
-
-@pytest.mark.parametrize("fraction", [0.8, 0.5])
-def test_the_reference_is_torchs_partition_and_the_plan_never_simulates_above_it(gpt_tiny_joint, monkeypatch, fraction):
-    joint, inputs, kw = gpt_tiny_joint
+@pytest.fixture
+def searched(monkeypatch):
+    """The SearchInputs of the partitioner's last search, recorded as it calls the real search."""
     seen = {}
 
     def recording_search(search_inputs, **kwargs):
@@ -51,10 +30,20 @@ def test_the_reference_is_torchs_partition_and_the_plan_never_simulates_above_it
         return search_module.search(search_inputs, **kwargs)
 
     monkeypatch.setattr(partitioner_module, "search", recording_search)
+    return seen
+
+
+def _copy(joint):
+    return fx.GraphModule(joint, _copy_graph(joint.graph))
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.5])
+def test_the_reference_is_torchs_partition_and_the_plan_never_simulates_above_it(gpt_tiny_joint, searched, fraction):
+    joint, inputs, kw = gpt_tiny_joint
     plans = []
     MemPartitioner(MemConfig.from_options({"memory_budget": fraction, "inner": "eager"}), on_plan=plans.append)(
         _copy(joint), inputs, compiler="inductor", **kw)
-    reference = seen["inputs"].reference
+    reference = searched["inputs"].reference
     assert reference is not None
     built = reference(fraction)
     assert built is not None and built.source == "torch" and built.solution is None
@@ -65,18 +54,11 @@ def test_the_reference_is_torchs_partition_and_the_plan_never_simulates_above_it
     assert plans[-1].planned.peak_bytes <= built.peak_bytes
 
 
-def test_no_reference_without_a_fraction(gpt_tiny_joint, monkeypatch):
+def test_no_reference_without_a_fraction(gpt_tiny_joint, searched):
     joint, inputs, kw = gpt_tiny_joint
-    seen = {}
-
-    def recording_search(search_inputs, **kwargs):
-        seen["inputs"] = search_inputs
-        return search_module.search(search_inputs, **kwargs)
-
-    monkeypatch.setattr(partitioner_module, "search", recording_search)
     MemPartitioner(MemConfig.from_options({"memory_budget": "1MB", "inner": "eager", "on_infeasible": "best_effort"}))(
         _copy(joint), inputs, compiler="inductor", **kw)
-    assert seen["inputs"].reference is None
+    assert searched["inputs"].reference is None
 
 
 def test_a_torch_partition_that_fails_leaves_the_plan_and_says_so(gpt_tiny_joint, monkeypatch):
@@ -97,18 +79,11 @@ def test_a_torch_partition_that_fails_leaves_the_plan_and_says_so(gpt_tiny_joint
     assert any("could not be built (RuntimeError: knapsack broke)" in n for n in plan.notes)
 
 
-def test_no_reference_where_the_modes_forbid_recompute(gpt_tiny_joint, monkeypatch):
+def test_no_reference_where_the_modes_forbid_recompute(gpt_tiny_joint, searched):
     """torch's plan recomputes: with modes ("keep",) (or keep and lossy modes only) it is never run."""
     joint, inputs, kw = gpt_tiny_joint
-    seen = {}
-
-    def recording_search(search_inputs, **kwargs):
-        seen["inputs"] = search_inputs
-        return search_module.search(search_inputs, **kwargs)
-
-    monkeypatch.setattr(partitioner_module, "search", recording_search)
     plans = []
     MemPartitioner(MemConfig.from_options({"memory_budget": 0.0, "inner": "eager", "modes": ("keep", "inplace")}),
                    on_plan=plans.append)(_copy(joint), inputs, compiler="inductor", **kw)
-    assert seen["inputs"].reference is None
+    assert searched["inputs"].reference is None
     assert not any(d.mode == "recompute" and d.added_seconds > 0 for d in plans[-1].decisions)
