@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | budget | predicted (MB) | measured (MB) | error | source | re-solves | first step (s) |")
     print("|---|---:|---:|---:|---:|---|---:|---:|")
     for name in args.models.split(","):
-        for budget in (float(b) for b in args.budgets.split(",")):
+        for budget in (int(b) if b.isdigit() else float(b) for b in args.budgets.split(",")):
             r = _row(name, budget)
             err = (r["predicted"] - r["measured"]) / r["measured"]
             print(f"| {name} | {budget} | {r['predicted'] / 1e6:.2f} | {r['measured'] / 1e6:.2f} | {err:+.1%} "

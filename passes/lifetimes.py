@@ -211,18 +211,40 @@ element reads), so a constant they read is inlined into them: a rotary embedding
 zeros made once and read by every layer (hf-qwen2-gqa: 320 KiB the simulator held through the backward)."""
 
 
+_GATHERS = frozenset({"aten.gather.default"})
+"""Ops Inductor lowers to a pointwise expression that loads their first input at indices it reads from the
+second (``lowering.gather``): a pointwise value they gather from is computed inside their kernel, never
+realized, and the gather itself is a pointwise value for its readers. A cross-entropy's ``log_softmax`` output,
+read only by the loss's gather (toy-gpt, hf-llama, hf-qwen2-gqa at 1.0: 1 MiB the simulator held at the
+forward's end that Inductor's code never allocates)."""
+
+
+def _pointwise_like(node: fx.Node) -> bool:
+    return node.op == "call_function" and (is_pointwise(node) or str(node.target) in _GATHERS)
+
+
+def _inlines(user: fx.Node, value: fx.Node) -> bool:
+    """``user``'s kernel computes ``value`` inside itself when ``value`` is an unrealized expression: a
+    pointwise op, a reduction, or a gather from ``value`` (not one indexed by it)."""
+    if user.op != "call_function":
+        return False
+    if str(user.target) in _GATHERS:
+        return bool(user.args) and user.args[0] is value
+    return is_pointwise(user) or str(user.target) in _REDUCTIONS
+
+
 def _fusible(node: fx.Node) -> bool:
     if str(node.target) in _CONSTANTS and node.op == "call_function":
         # read only by scatters (checked against Inductor's code). A constant a pointwise op reads stays a
         # load: counted so, an attention mask's where is realized as Inductor realizes it (hf-mistral-gqa)
         users = list(node.users)
         return bool(users) and all(u.op == "call_function" and str(u.target) in _INDEXED for u in users)
-    if not is_pointwise(node):
+    if not _pointwise_like(node):
         return False
     users = list(node.users)
     if not users or len(users) > _INLINE_MAX_READERS:
         return False
-    return all(u.op == "call_function" and (is_pointwise(u) or str(u.target) in _REDUCTIONS) for u in users)
+    return all(_inlines(u, node) for u in users)
 
 
 def to_sympy(x) -> sympy.Expr:

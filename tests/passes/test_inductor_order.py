@@ -365,6 +365,48 @@ def test_inductor_gives_a_scattered_constant_no_buffer():
     assert code.count(f"empty_strided_cpu(({N}, {N})") == 1  # the result only
 
 
+# ------------------------------------------------------------------ a pointwise value read by a gather
+def _loss_of_logits(logits, index):
+    """A cross-entropy's forward: log_softmax's output is read only by the loss's gather."""
+    m = torch.amax(logits, 1, keepdim=True)
+    shifted = logits - m
+    lsm = shifted - torch.log(torch.exp(shifted).sum(1, keepdim=True))
+    return -torch.gather(lsm, 1, index).sum()
+
+
+def _index_by_value(x, w):
+    """A pointwise value used as the gather's index is a load of a buffer, not an expression."""
+    idx = (x * 3).long()
+    return torch.gather(w, 1, idx)
+
+
+def test_a_pointwise_value_only_a_gather_reads_has_no_buffer():
+    from memcompile.passes import simulate
+
+    logits = torch.randn(N, N)
+    index = torch.randint(0, N, (N, 1))
+    gm = _graph(_loss_of_logits, logits, index)
+    table = analyse(gm)
+    gather = next(n for n in gm.graph.nodes if n.target == aten.gather.default)
+    source = gather.args[0].name
+    assert table.tensors[source].fusible and table.tensors[gather.name].fusible
+    assert source in simulate.fused_values(table)[0]
+    gm = _graph(_index_by_value, torch.rand(N, 1), torch.randn(N, N))
+    gather = next(n for n in gm.graph.nodes if n.target == aten.gather.default)
+    assert not analyse(gm).tensors[gather.args[2].name].fusible  # an index is loaded, not inlined
+
+
+@pytest.mark.slow
+def test_inductor_gives_the_gathered_log_softmax_no_buffer():
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    logits = torch.randn(N, N)
+    _, (code,) = run_and_get_code(torch.compile(_loss_of_logits), logits, torch.randint(0, N, (N, 1)))
+    torch._dynamo.reset()
+    assert f"empty_strided_cpu(({N}, {N})" not in code
+
+
 @pytest.mark.parametrize("keep", [True, False])
 def test_a_planned_graph_compiles_without_inductors_peak_memory_reordering(monkeypatch, keep):
     from torch._inductor import config as inductor_config
