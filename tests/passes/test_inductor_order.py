@@ -380,15 +380,18 @@ def _index_by_value(x, w):
     return torch.gather(w, 1, idx)
 
 
-def test_a_pointwise_value_only_a_gather_reads_has_no_buffer():
-    from memcompile.passes import simulate
+def test_a_pointwise_value_only_a_gather_reads_has_no_buffer(monkeypatch):
+    from memcompile.passes import lifetimes, simulate
 
     logits = torch.randn(N, N)
     index = torch.randint(0, N, (N, 1))
     gm = _graph(_loss_of_logits, logits, index)
-    table = analyse(gm)
     gather = next(n for n in gm.graph.nodes if n.target == aten.gather.default)
     source = gather.args[0].name
+    monkeypatch.setattr(lifetimes, "GATHERS_FUSE", False)  # the default: a gather is an extern read
+    assert not analyse(gm).tensors[source].fusible
+    monkeypatch.setattr(lifetimes, "GATHERS_FUSE", True)
+    table = analyse(gm)
     assert table.tensors[source].fusible and table.tensors[gather.name].fusible
     assert source in simulate.fused_values(table)[0]
     gm = _graph(_index_by_value, torch.rand(N, 1), torch.randn(N, N))
@@ -418,20 +421,21 @@ def test_a_planned_graph_compiles_without_inductors_peak_memory_reordering(monke
     assert inductor_config.reorder_for_peak_memory == before
 
 
-@pytest.mark.parametrize("budget, planned", [(1.0, False), (0.5, True), ("1GB", True)])
-def test_a_fraction_of_one_compiles_as_inductor_does(monkeypatch, budget, planned):
-    """1.0 runs Inductor's default partition: no planned-order choices, Inductor's own reordering kept."""
+@pytest.mark.parametrize("budget, keep_order", [(1.0, False), (0.5, True), ("1GB", True)])
+def test_a_fraction_of_one_keeps_inductors_reordering(monkeypatch, budget, keep_order):
+    """1.0 runs Inductor's default partition: Inductor's own peak-memory reordering kept there, and the
+    planned-order fusion choices (which the simulator follows) everywhere a budget is set."""
     import torch._inductor.compile_fx as compile_fx_module
 
     from memcompile import backend
 
     seen = {}
     monkeypatch.setattr(compile_fx_module, "compile_fx", lambda gm, inputs, inner_compile, **kw: seen.update(
-        planned=inner_compile.keywords["planned"]))
+        inner_compile.keywords))
     x = torch.randn(4, 4, requires_grad=True)
     gm = _graph(lambda a: (a * 2).sum(), x)
     backend.memcompile_backend(gm, [x], options={"memory_budget": budget})
-    assert seen["planned"] is planned
+    assert seen["planned"] is True and seen["keep_order"] is keep_order
 
 
 def test_without_recompute_inductors_reordering_stays():
