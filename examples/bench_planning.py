@@ -222,14 +222,14 @@ def main(argv=None) -> int:
     print()
     off = "memcompile, reuse off (s) | ratio | same plan | " if args.compare_reuse else ""
     print(f"| budget | torch min-cut + knapsack (s) | torch, cyclic GC off (s) | {off}memcompile (s) | ratio | "
-          "ILP vars | memcompile stages (s) |")
-    print("|---:|---:|---:|" + ("---:|---:|---|" if args.compare_reuse else "") + "---:|---:|---:|---|")
+          "ILP vars | plan source | memcompile stages (s) |")
+    print("|---:|---:|---:|" + ("---:|---:|---|" if args.compare_reuse else "") + "---:|---:|---:|---|---|")
     for budget, torch_t, torch_nogc_t, ours_t, plan, off_t, same, _ in rows:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in plan.extra.get("stage_seconds", {}).items())
         n_vars = plan.solution.n_vars if plan.solution else 0
         off = f"{off_t:.2f} | {off_t / torch_t:.2f} | {'yes' if same else 'NO'} | " if args.compare_reuse else ""
         print(f"| {budget} | {torch_t:.2f} | {torch_nogc_t:.2f} | {off}{ours_t:.2f} | {ours_t / torch_t:.2f} | {n_vars} "
-              f"| {stages} |")
+              f"| {plan.source} | {stages} |")
     for budget, *_, plan_off in rows:
         if plan_off is not None:
             stages = ", ".join(f"{k} {v:.2f}" for k, v in plan_off.extra.get("stage_seconds", {}).items())
