@@ -14,6 +14,7 @@ from memcompile.passes.planner.search import (
     plan_key,
     search,
 )
+from memcompile.passes.planner import tuning
 from memcompile.passes.planner.solution import PEAK, PlanSolution
 from memcompile.passes.simulate import StorageInterval, Timeline
 
@@ -58,7 +59,8 @@ def _inputs(problem, **budget):
     default_peak = evaluate(problem, set(range(problem.n_candidates)), set())[0]
     default = Verified(solution=None, timeline=_timeline(default_peak), source="default")
     return SearchInputs(problem=problem, default=default, default_model_peak_bytes=default_peak,
-                        default_saved_bytes=problem.n_candidates * 8 * MB, time_limit_seconds=10, **budget)
+                        default_saved_bytes=problem.n_candidates * 8 * MB, time_limit_seconds=10,
+                        node_limit=tuning.SOLVE_NODES, **budget)  # as the adapter sets it
 
 
 def test_a_budget_the_default_meets_keeps_the_default_without_solving():
