@@ -224,7 +224,7 @@ GATHERS_FUSE = False
 code (tests/passes/test_inductor_order.py), and on it the default partitions of toy-gpt, hf-llama and
 hf-qwen2-gqa are predicted exactly (+3.1..3.6% without it), but it also moves the floor search onto other plans
 whose figures meet simulator gaps not yet modelled (a kernel writing in place into an input read through a
-reshape: hf-gpt2-deep's floor over-predicted by 5.5%, hf-qwen2-gqa's by 6.5%); on the whole zoo grid it cost
+reshape: hf-gpt2-deep's floor over-predicted by 5.3%, hf-qwen2-gqa's by 6.5%); on the whole zoo grid it cost
 more checks than it mended (docs/BENCHMARKS.md, "A gather's input has no buffer"). On once those are modelled."""
 
 
