@@ -435,11 +435,11 @@ class _NoReference(Exception):
 
 def _unsafe_recompute(bw: fx.GraphModule, forward_nodes: set[str]) -> str | None:
     """The first forward value ``bw`` computes again that draws random numbers (a dropout; attention only
-    with a nonzero dropout), or None: rebuilt, it would draw another sample than the forward's."""
+    with a nonzero dropout), or None: rebuilt, it would draw another sample than the forward's. The test is
+    candidates.draws_random, less its ban on attention without dropout (which the planner keeps, and
+    torch's plans recompute legitimately)."""
     for node in bw.graph.nodes:
-        if node.op != "call_function" or node.name not in forward_nodes:
-            continue
-        if torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ()):
+        if node.op != "call_function" or node.name not in forward_nodes or not cand_mod.draws_random(node):
             continue
         if "scaled_dot_product" in str(node.target):
             p = node.kwargs.get("dropout_p", node.args[3] if len(node.args) > 3 else 0.0)

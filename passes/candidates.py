@@ -115,6 +115,14 @@ _LOSSY = {"quantize", "fewbit"}
 _RANDOM_TARGET_NAMES = ("inductor_random", "inductor_seeds", "inductor_lookup_seed", "philox", "rng")
 
 
+def draws_random(node: fx.Node) -> bool:
+    """``node``'s op draws random numbers (its tag, or one of Inductor's and philox's random ops): rebuilt in
+    the backward, it would draw another sample than the forward's."""
+    target = node.target
+    return (torch.Tag.nondeterministic_seeded in getattr(target, "tags", ())
+            or any(s in str(target) for s in _RANDOM_TARGET_NAMES))
+
+
 def recompute_ban(node: fx.Node) -> str | None:
     """Why ``node`` must not be recomputed, or None.
 
@@ -123,9 +131,7 @@ def recompute_ban(node: fx.Node) -> str | None:
     argument (state updates such as ``copy_`` or BatchNorm's non-functional form: running them
     twice updates twice) and tagged must-save values.
     """
-    target = node.target
-    tags = getattr(target, "tags", ())
-    if torch.Tag.nondeterministic_seeded in tags or any(s in str(target) for s in _RANDOM_TARGET_NAMES):
+    if draws_random(node):
         return "random op"
     if node.is_impure() if hasattr(node, "is_impure") else False:
         return "side effect"

@@ -87,3 +87,21 @@ def test_no_reference_where_the_modes_forbid_recompute(gpt_tiny_joint, searched)
                    on_plan=plans.append)(_copy(joint), inputs, compiler="inductor", **kw)
     assert searched["inputs"].reference is None
     assert not any(d.mode == "recompute" and d.added_seconds > 0 for d in plans[-1].decisions)
+
+
+def test_a_reference_that_rebuilds_a_random_op_is_refused_and_attention_without_dropout_is_not():
+    """partitioner._unsafe_recompute: the planner's own test for random ops (candidates.draws_random), less its
+    ban on attention without dropout."""
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from memcompile.partitioner import _unsafe_recompute
+
+    x = torch.randn(2, 2, 4, 8)
+    dropped = make_fx(lambda a: torch.nn.functional.dropout(a, 0.1, training=True))(x)
+    names = {n.name for n in dropped.graph.nodes if n.op == "call_function"}
+    assert _unsafe_recompute(dropped, names) is not None
+    assert _unsafe_recompute(dropped, set()) is None  # computed in the backward only: nothing is rebuilt
+    attention = make_fx(lambda q: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, q, q, 0.0)[0])(x)
+    names = {n.name for n in attention.graph.nodes if n.op == "call_function"}
+    assert _unsafe_recompute(attention, names) is None
