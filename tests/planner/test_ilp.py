@@ -132,9 +132,31 @@ def test_cbc_log_says_why_a_solve_stopped(tmp_path):
     stops = {}
     for cap in (3, 3):
         log = tmp_path / f"cbc{len(stops)}.log"
-        model.solve(pulp.PULP_CBC_CMD(msg=False, maxNodes=cap, threads=1, timeLimit=60, logPath=str(log)))
+        model.solve(pulp.PULP_CBC_CMD(msg=False, maxNodes=cap, timeLimit=60, logPath=str(log)))
         stops[len(stops)] = (_read_cbc_log(str(log)), pulp.value(model.objective))
     (why, nodes), objective = stops[0]
     assert why == "nodes" and nodes == 3
     assert stops[1] == stops[0]  # the same stop, the same plan
     assert _read_cbc_log(str(tmp_path / "missing.log")) == (None, None)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # PuLP 3's notes on its 4.0 API
+def test_cbc_searches_in_its_main_thread(monkeypatch):
+    """CBC 2.10 asked for ``threads=1`` starts a worker thread that now and then never starts: the solve idles
+    until the time limit and returns its first heuristic plan (2% of the solves of a small problem did). Solves
+    ask for no threads, and a small problem solves well within its limit every time."""
+    import pulp
+
+    asked = []
+
+    class Recording(pulp.PULP_CBC_CMD):
+        def __init__(self, *args, **kwargs):
+            asked.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pulp, "PULP_CBC_CMD", Recording)
+    problem = build_problem(_repair_chain())
+    for _ in range(20):
+        sol = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=5)
+        assert sol.feasible and not sol.time_limit_hit and sol.solve_seconds < 5
+    assert len(asked) == 20 and not any(kwargs.get("threads") for kwargs in asked)
