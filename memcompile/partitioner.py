@@ -26,6 +26,7 @@ from torch import fx
 from torch._functorch import partitioners as tp
 from torch._inductor.custom_graph_pass import get_hash_for_files
 from torch.fx._lazy_graph_module import _LazyGraphModule
+from torch.utils._ordered_set import OrderedSet
 
 try:  # where the hook's base class lives moved between torch releases
     from torch._inductor.custom_graph_pass import CustomPartitionerFn
@@ -205,7 +206,9 @@ class MemPartitioner(CustomPartitionerFn):
         with stages("default_partition"):
             _annotate_dist_from_bw(joint, node_info)
             extract = Extractor(joint, node_info, num_fwd_outputs)
-            default_saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=1.0)
+            min_cuts: dict = {}  # torch's min-cuts of this graph, shared by its choose_saved_values_set calls
+            with _shared_min_cuts(min_cuts):
+                default_saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=1.0)
         with stages("extract"):
             fw_def, bw_def = extract(default_saved)
         with stages("simulate"):
@@ -279,7 +282,8 @@ class MemPartitioner(CustomPartitionerFn):
             ref = None
             with stages("reference"):
                 try:
-                    saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=fraction)
+                    with _shared_min_cuts(min_cuts):
+                        saved = tp.choose_saved_values_set(joint.graph, node_info, memory_budget=fraction)
                     if {n.name for n in saved} != {n.name for n in default_saved}:
                         fw_ref, bw_ref = extract(saved)
                         unsafe = _unsafe_recompute(bw_ref, forward_nodes)
@@ -427,6 +431,42 @@ def _annotate_dist_from_bw(joint: fx.GraphModule, node_info) -> None:
                     node.dist_from_bw = min(node.dist_from_bw, user.dist_from_bw + 1)
         else:
             node.dist_from_bw = 0
+
+
+@contextlib.contextmanager
+def _shared_min_cuts(cache: dict):
+    """``tp.solve_min_cut`` answered from ``cache`` (one joint graph's) while the block runs.
+
+    ``choose_saved_values_set`` below a budget of 1.0 solves three min-cuts that do not depend on the budget
+    (its default options, then two more aggressive ones) before the knapsack and a last cut; the default
+    partition and each torch reference of one graph (two below ``tuning.MONOTONE_ANCHOR``) would solve them
+    again. A min-cut reads the graph and writes nothing to it, so the answer for the same options and the
+    same nodes not banned is the same; each caller gets its own lists."""
+    original = tp.solve_min_cut
+    options_type = getattr(tp, "MinCutOptions", ())
+
+    def part(value):
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, options_type):
+            return dataclasses.astuple(value)
+        if isinstance(value, (list, tuple, set, frozenset, OrderedSet)) and all(isinstance(n, fx.Node) for n in value):
+            return tuple(sorted(n.name for n in value))  # dont_ban
+        return ("id", id(value))  # the graph and its NodeInfo: the same objects for the whole cache
+
+    def solve(*args, **kwargs):
+        key = (tuple(map(part, args)), tuple(sorted((k, part(v)) for k, v in kwargs.items())))
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = original(*args, **kwargs)
+        saved, banned = hit
+        return list(saved), type(banned)(banned)
+
+    tp.solve_min_cut = solve
+    try:
+        yield
+    finally:
+        tp.solve_min_cut = original
 
 
 class _NoReference(Exception):

@@ -105,3 +105,37 @@ def test_a_reference_that_rebuilds_a_random_op_is_refused_and_attention_without_
     attention = make_fx(lambda q: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, q, q, 0.0)[0])(x)
     names = {n.name for n in attention.graph.nodes if n.op == "call_function"}
     assert _unsafe_recompute(attention, names) is None
+
+
+def test_references_at_two_fractions_share_the_min_cuts_that_do_not_depend_on_the_fraction(gpt_tiny_joint, searched,
+                                                                                           monkeypatch):
+    """Below the anchor fraction the search builds torch's plan at the fraction and at the anchor; the min-cuts
+    torch solves before its knapsack (and the default partition's) are solved once per graph, and each reference
+    is still exactly torch's partition."""
+    from memcompile.passes.planner import tuning
+
+    joint, inputs, kw = gpt_tiny_joint
+    solve = tp.solve_min_cut
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(tp, "solve_min_cut", counting)
+    fraction, anchor = 0.1, tuning.MONOTONE_ANCHOR
+    MemPartitioner(MemConfig.from_options({"memory_budget": fraction, "inner": "eager"}))(
+        _copy(joint), inputs, compiler="inductor", **kw)
+    reference = searched["inputs"].reference
+    built = {f: reference(f) for f in (fraction, anchor)}  # both built during the search already
+    shared = len(calls)
+
+    unshared = []
+    for f in (1.0, fraction, anchor):  # what the default partition and the two references solve, each on its own
+        calls.clear()
+        with functorch_config.patch(activation_memory_budget=f):
+            fw, bw = tp.min_cut_rematerialization_partition(_copy(joint), inputs, compiler="inductor", **kw)
+        unshared.append(len(calls))
+        if f != 1.0:
+            assert sorted(partition_saved(*built[f].artifact)) == sorted(partition_saved(fw, bw))
+    assert shared < sum(unshared)
