@@ -396,10 +396,16 @@ class MemPartitioner(CustomPartitionerFn):
 
 # ---------------------------------------------------------------------- torch mirror
 def _copy_graph(graph: fx.Graph) -> fx.Graph:
+    """A copy of ``graph`` with its output node's meta: AOT autograd describes each output there (``desc``), and
+    lifetimes.mutated_inputs reads which inputs the forward mutates from it (without it, no value that reads a
+    graph input may be recomputed)."""
     new = fx.Graph()
     value_map: dict[fx.Node, fx.Node] = {}
     out = new.graph_copy(graph, value_map)
-    new.output(out)
+    output = new.output(out)
+    old_output = next(iter(graph.find_nodes(op="output")), None)
+    if old_output is not None:
+        output.meta.update(old_output.meta)
     return new
 
 

@@ -1,6 +1,6 @@
-"""Planning-time reuse changes no plan: the search's built-plan reuse (planner/search.py) and the lossy rewrites'
-fake-value memo (rewrite/_lossy.py), on and off, give the same plan on a toy model whose search runs repair
-rounds. The partitioner is called on a traced joint graph directly (no Inductor compile)."""
+"""Planning-time reuse changes no outcome: the search's built-plan reuse (planner/search.py) and the lossy rewrites'
+fake-value memo (rewrite/_lossy.py), on and off, give plans of the same simulated peak on a toy model whose search
+runs repair rounds. The partitioner is called on a traced joint graph directly (no Inductor compile)."""
 
 import pytest
 import torch
@@ -50,7 +50,7 @@ def _plan(joint, inputs, kw, options):
 # (with quantize too, the eager search meets its target at once since the ILP counts the custom ops' scratch:
 # no round to reuse). Neither compiles.
 @pytest.mark.parametrize("inner", ["inductor", "eager"])
-def test_reuse_changes_no_plan(llama_tiny_joint, monkeypatch, inner):
+def test_reuse_changes_no_simulated_peak(llama_tiny_joint, monkeypatch, inner):
     modes = MODES if inner == "inductor" else ("recompute", "fewbit")
     options = {"memory_budget": 0.0, "modes": modes, "inner": inner}
     got = {}
@@ -59,4 +59,9 @@ def test_reuse_changes_no_plan(llama_tiny_joint, monkeypatch, inner):
         monkeypatch.setattr(lossy, "MEMO_FAKE_VALUES", reuse)
         got[reuse] = _plan(*llama_tiny_joint, options)
     assert got[False]["rounds"] >= 2  # the search re-solved: the rounds rewrite the same storages again
-    assert got[True] == got[False]
+    # The same simulated peaks, budget and source. The plans themselves may differ: without reuse the anchor
+    # search solves the floor again, and that solve sees the recompute-chain rows the earlier solves added
+    # (partitioner.timed_solve's ChainCache), so it may land on another plan of the same peak (llama-tiny,
+    # eager: 331,780 B either way).
+    outcome = ("planned peak", "min peak", "budget", "source", "rounds")
+    assert {k: got[True][k] for k in outcome} == {k: got[False][k] for k in outcome}

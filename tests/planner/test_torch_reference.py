@@ -139,3 +139,15 @@ def test_references_at_two_fractions_share_the_min_cuts_that_do_not_depend_on_th
         if f != 1.0:
             assert sorted(partition_saved(*built[f].artifact)) == sorted(partition_saved(fw, bw))
     assert shared < sum(unshared)
+
+
+def test_a_copied_joint_graph_still_says_which_inputs_the_forward_mutates(gpt_tiny_joint):
+    """AOT autograd describes the joint graph's outputs in its output node's meta, and lifetimes.mutated_inputs
+    reads the mutated inputs from it; a copy without it would bar every value that reads a graph input from
+    recompute (80 of toy-gpt's 339 candidates)."""
+    from memcompile.passes.lifetimes import mutated_inputs
+
+    joint, _, _ = gpt_tiny_joint
+    copy = _copy_graph(joint.graph)
+    assert mutated_inputs(joint.graph) is not None
+    assert mutated_inputs(copy) == mutated_inputs(joint.graph)
