@@ -314,7 +314,9 @@ def solve_ilp(
             # No ``threads``: CBC's default (0) searches in the main thread. ``threads=1`` starts CBC 2.10's
             # threaded search with one worker, which now and then never starts ("Thread 0 used 0 times,
             # waiting to start 10.0" in its log): the solve idles to the time limit and returns the
-            # feasibility pump's plan (2% of solves of a small test problem, 0% serial).
+            # feasibility pump's plan (2% of solves of a small test problem, 0% serial; retrying did not help:
+            # under pytest the retries stalled again). Serial CBC walks another tree under the node cap, so
+            # some plans differ from the threaded mode's (docs/BENCHMARKS.md, "CBC's worker thread").
             solver = pulp.PULP_CBC_CMD(
                 msg=False, timeLimit=max(1, int(round(time_limit_seconds))), gapRel=_GAP_REL,
                 gapAbs=gap_abs or None, warmStart=start_point is not None, maxNodes=node_limit,

@@ -55,11 +55,16 @@ class FakeVerifier:
         return Verified(solution=sol, timeline=_timeline(peak, sol.keep), source=sol.solver)
 
 
+LIMIT = 2
+"""Seconds per solve: these problems solve in milliseconds, and a solve whose CBC worker thread never starts
+(ilp._cbc_stalled) idles this long before it is run again."""
+
+
 def _inputs(problem, **budget):
     default_peak = evaluate(problem, set(range(problem.n_candidates)), set())[0]
     default = Verified(solution=None, timeline=_timeline(default_peak), source="default")
     return SearchInputs(problem=problem, default=default, default_model_peak_bytes=default_peak,
-                        default_saved_bytes=problem.n_candidates * 8 * MB, time_limit_seconds=10,
+                        default_saved_bytes=problem.n_candidates * 8 * MB, time_limit_seconds=LIMIT,
                         node_limit=tuning.SOLVE_NODES, **budget)  # as the adapter sets it
 
 
@@ -75,7 +80,7 @@ def test_an_exact_model_gets_the_fastest_plan_under_a_byte_budget_in_one_verific
     result = search(_inputs(problem, budget_bytes=40 * MB), verify=verify)
     assert result.budget_met and result.chosen.peak_bytes <= 40 * MB
     assert verify.calls == 1
-    fastest = solve_ilp(problem, budget_bytes=40 * MB, objective="time", time_limit_seconds=10)
+    fastest = solve_ilp(problem, budget_bytes=40 * MB, objective="time", time_limit_seconds=LIMIT)
     assert result.chosen.solution.added_seconds == pytest.approx(fastest.added_seconds, rel=0.011)
 
 
@@ -89,7 +94,7 @@ def test_a_model_that_under_counts_is_repaired_until_the_simulated_peak_meets_th
 
 def test_an_impossible_byte_budget_returns_the_lowest_simulated_peak_and_says_so():
     problem = _chain()
-    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT)
     result = search(_inputs(problem, budget_bytes=floor.predicted_peak_bytes - MB), verify=FakeVerifier())
     assert not result.budget_met
     assert result.chosen.peak_bytes == result.min_peak_bytes == floor.predicted_peak_bytes
@@ -156,7 +161,7 @@ def test_a_byte_budget_below_the_model_floor_is_met_when_the_simulator_finds_a_l
     """The model's floor is an estimate: when a byte budget is below it, the search starts from the floor
     plan and re-solves by the simulated peaks, as a fraction's search does, instead of giving up."""
     problem = _chain()
-    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT)
     assert "a4" in floor.keep
 
     class OverCounting(FakeVerifier):  # the model over-counts every plan that recomputes a4
@@ -201,7 +206,7 @@ def test_a_fraction_at_the_floor_runs_the_lowest_simulated_peak_built_not_any_pl
 
     verify = KeepingA1Runs()
     result = search(inputs, verify=verify, solve=solve)
-    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT)
     assert "a1" in floor.recompute and verify.calls == 2  # the first plan kept a1 and was within the slack
     assert result.chosen.peak_bytes == floor.predicted_peak_bytes
 
@@ -276,7 +281,7 @@ def test_a_repeated_plan_gets_its_own_solution_with_the_built_graphs():
     from memcompile.passes.planner.search import _reusing
 
     problem = _chain()
-    first = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    first = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT)
     import dataclasses
 
     second = dataclasses.replace(first, keep=first.keep | {"a2"}, added_seconds=1.0)  # a keep row only
@@ -311,7 +316,7 @@ def test_every_solve_is_bounded_by_nodes_and_refining_ones_by_fewer(fraction):
     inputs = dataclasses.replace(_inputs(_chain(), budget_fraction=fraction), node_limit=5000,
                                  warm_start_time_solves=True)
     search(inputs, verify=_ChainBlind(), solve=solve)
-    assert seen and all(limit == 10 for *_, limit in seen)
+    assert seen and all(limit == LIMIT for *_, limit in seen)
     assert {nodes for _, refine, nodes, _ in seen if not refine} == {5000}
     refining = [nodes for _, refine, nodes, _ in seen if refine]
     assert refining and set(refining) == {min(5000, tuning.REFINE_NODES)}
@@ -365,7 +370,7 @@ def test_an_unmet_byte_budget_runs_the_rounds_from_the_floor_plan_so_its_error_r
     import memcompile.passes.planner.search as search_module
 
     problem = _chain()
-    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT)
     budget = 10**12 if met else floor.predicted_peak_bytes - MB
     passes = _record_repair_passes(monkeypatch)
     result = search(_inputs(problem, budget_bytes=budget), verify=_ChainBlind())
@@ -424,7 +429,7 @@ class _Reference:
 def _fraction_target(problem, fraction):
     """The search's own target at ``fraction`` (no reference), and the floor's peak."""
     result = search(_inputs(problem, budget_fraction=fraction), verify=FakeVerifier())
-    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10).predicted_peak_bytes
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT).predicted_peak_bytes
     return result.target_bytes, floor
 
 
