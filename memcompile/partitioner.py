@@ -400,12 +400,9 @@ def _copy_graph(graph: fx.Graph) -> fx.Graph:
     lifetimes.mutated_inputs reads which inputs the forward mutates from it (without it, no value that reads a
     graph input may be recomputed)."""
     new = fx.Graph()
-    value_map: dict[fx.Node, fx.Node] = {}
-    out = new.graph_copy(graph, value_map)
-    output = new.output(out)
-    old_output = next(iter(graph.find_nodes(op="output")), None)
-    if old_output is not None:
-        output.meta.update(old_output.meta)
+    # as fx.Graph.__deepcopy__ does: graph_copy hands back the output node it stopped at
+    out, old_output = new.graph_copy(graph, {}, return_output_node=True)
+    new.output(out).meta.update(old_output.meta)
     return new
 
 
