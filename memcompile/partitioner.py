@@ -303,22 +303,28 @@ class MemPartitioner(CustomPartitionerFn):
             return ref
 
         memory_rows = []  # the problem's memory constraints, written for its first solve and reused
-        chain_caches: dict[int, tuple] = {}  # per problem solved: the recompute chains its solves found
 
-        def timed_solve(*args, **kwargs) -> PlanSolution:
-            with stages("solve"):
-                if args and args[0] is problem:
-                    if not memory_rows:
-                        memory_rows.append(build_memory_rows(problem))
-                    kwargs.setdefault("memory_rows", memory_rows[0])
-                if tuning.CHAIN_ROUNDS:
-                    cache = chain_caches.setdefault(id(args[0]), (args[0], ChainCache({}, [])))[1]
-                    return solve_with_chains(solve_ilp, *args, rounds=tuning.CHAIN_ROUNDS, cache=cache, **kwargs)
-                return solve_ilp(*args, **kwargs)
+        def new_solve() -> Callable[..., PlanSolution]:
+            """A solve that learns the recompute chains its solves find (per problem solved) and has
+            learnt none yet; the search asks for a second one (``search``'s ``fresh_solve``)."""
+            chain_caches: dict[int, tuple] = {}
+
+            def timed_solve(*args, **kwargs) -> PlanSolution:
+                with stages("solve"):
+                    if args and args[0] is problem:
+                        if not memory_rows:
+                            memory_rows.append(build_memory_rows(problem))
+                        kwargs.setdefault("memory_rows", memory_rows[0])
+                    if tuning.CHAIN_ROUNDS:
+                        cache = chain_caches.setdefault(id(args[0]), (args[0], ChainCache({}, [])))[1]
+                        return solve_with_chains(solve_ilp, *args, rounds=tuning.CHAIN_ROUNDS, cache=cache, **kwargs)
+                    return solve_ilp(*args, **kwargs)
+
+            return timed_solve
 
         with stages("analyse"):
-            default_model_bytes = (min(_model_peak_of(problem, default_saved, bw_def), baseline.peak_bytes)
-                                   if cfg.budget_fraction is not None else baseline.peak_bytes)
+            # a byte budget needs it too: its smallest-peak search is a fraction's (search's fresh_solve)
+            default_model_bytes = min(_model_peak_of(problem, default_saved, bw_def), baseline.peak_bytes)
             inputs = SearchInputs(
                 problem=problem,
                 default=Verified(solution=None, timeline=baseline, source="default", artifact=(fw_def, bw_def)),
@@ -332,11 +338,12 @@ class MemPartitioner(CustomPartitionerFn):
                 warm_start_time_solves=bool(tuning.CHAIN_ROUNDS) or any(opt.mode != INPLACE for opt in problem.options),
                 label=f"graph {graph_index}",
                 colours=colours,
-                # torch's plan recomputes: offered only where the user's modes allow recompute
-                reference=(torch_reference if cfg.budget_fraction is not None and cfg.budget_fraction < 1.0
+                # torch's plan recomputes: offered only where the user's modes allow recompute; a byte
+                # budget's smallest-peak search (a fraction of 0.0's) reads it
+                reference=(torch_reference if (cfg.budget_fraction is None or cfg.budget_fraction < 1.0)
                            and "recompute" in cfg.modes else None),
             )
-        result = search(inputs, verify=realize, solve=timed_solve)
+        result = search(inputs, verify=realize, solve=new_solve(), fresh_solve=new_solve)
         notes.extend(result.notes)
         chosen, target = result.chosen, result.target_bytes
         if not result.budget_met and cfg.budget_bytes is not None:

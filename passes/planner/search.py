@@ -79,7 +79,8 @@ class SearchInputs:
     when called; None where there is none. A fraction's plan never runs above torch's plan at that fraction,
     nor, below ``tuning.MONOTONE_ANCHOR``, above torch's plan at the anchor: torch's knapsack may drop more
     peak than the fraction's share of saved bytes promises (``_resolve_fraction``), and a user who asks for a
-    fraction expects no more memory than torch's own budget gives."""
+    fraction expects no more memory than torch's own budget gives. A byte budget's search reads it only in the
+    smallest-peak search it runs when not met (a fraction of 0.0's)."""
 
     def __post_init__(self) -> None:
         if (self.budget_fraction is None) == (self.budget_bytes is None):
@@ -135,14 +136,24 @@ def decomposes(problem: PlanProblem) -> bool:
     return threshold is not None and problem.n_candidates >= threshold
 
 
-def search(inputs: SearchInputs, *, verify: Verify, solve: Solve = solve_ilp, fallback: Solve = solve_greedy) -> SearchResult:
+def search(inputs: SearchInputs, *, verify: Verify, solve: Solve = solve_ilp, fallback: Solve = solve_greedy,
+           fresh_solve: Callable[[], Solve] | None = None) -> SearchResult:
     """The plan for ``inputs``' budget: the fastest the solver finds whose simulated peak meets the
-    target, else the lowest simulated peak built (``budget_met`` False)."""
+    target, else the lowest simulated peak built (``budget_met`` False).
+
+    ``fresh_solve``: where ``solve`` learns from its earlier solves (the adapter's recompute-chain rows), a
+    factory of a solve that has learnt nothing yet. A byte budget not met runs the smallest-peak search with
+    one, so that search solves exactly what a fraction of 0.0 solves and the peak a refusal names is the
+    peak a budget of 0.0 runs; without it, that search follows the byte budget's own solves."""
     if inputs.colours is not None and decomposes(inputs.problem):
         ties = candidate_ties(inputs.problem, inputs.colours, tuning.REPEAT_GROUPS)
         if ties:
             solve = functools.partial(solve, tied=ties)
-    return _search(inputs, verify=_reusing(verify) if REUSE_BUILT_PLANS else verify, solve=solve, fallback=fallback)
+            if fresh_solve is not None:
+                untied = fresh_solve
+                fresh_solve = lambda: functools.partial(untied(), tied=ties)  # noqa: E731
+    return _search(inputs, verify=_reusing(verify) if REUSE_BUILT_PLANS else verify, solve=solve, fallback=fallback,
+                   fresh_solve=fresh_solve)
 
 
 REUSE_BUILT_PLANS = True
@@ -174,7 +185,8 @@ def _reusing(verify: Verify) -> Verify:
 
 
 def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Solve,
-            floor_solution: PlanSolution | None = None, rounds_from_floor: bool = True) -> SearchResult:
+            floor_solution: PlanSolution | None = None, rounds_from_floor: bool = True,
+            fresh_solve: Callable[[], Solve] | None = None) -> SearchResult:
     """``search`` with ties applied; ``floor_solution``: the model's smallest-peak plan of ``inputs.problem``
     when a search of the same problem solved it already (the anchor search), so it is not solved again;
     ``rounds_from_floor``: False for the anchor search (its rounds from the floor are the caller's)."""
@@ -226,10 +238,15 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
     elif missed and rounds_from_floor:
         # a byte budget not met: the smallest reachable peak is what a fraction of 0.0 runs (its search
         # adds the anchor's rounds and the rounds from the floor plan); it runs if it meets the budget,
-        # else it is the peak the error reports, so a budget at that peak is never refused
-        lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None, reference=None), verify=verify,
-                         solve=solve, fallback=fallback,
-                         floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None)
+        # else it is the peak the error reports, so a budget at that peak is never refused. With a fresh
+        # solve it is the search a fraction of 0.0 runs, torch's references included: the same plan
+        if fresh_solve is not None:
+            lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None), verify=verify,
+                             solve=fresh_solve(), fallback=fallback)
+        else:
+            lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None, reference=None),
+                             verify=verify, solve=solve, fallback=fallback,
+                             floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None)
         if lowest.chosen.peak_bytes < state.chosen.peak_bytes:
             state.chosen = lowest.chosen
             state.notes.append("the smallest-peak search's plan runs lower; taken")

@@ -15,7 +15,7 @@ from memcompile.passes.planner.search import (
     search,
 )
 from memcompile.passes.planner import tuning
-from memcompile.passes.planner.solution import PEAK, PlanSolution
+from memcompile.passes.planner.solution import PEAK, TIME, PlanSolution
 from memcompile.passes.simulate import StorageInterval, Timeline
 
 MB = 2**20
@@ -411,6 +411,39 @@ def test_a_byte_budget_at_the_smallest_peak_is_met_and_one_below_reports_that_pe
     below = search(_inputs(problem, budget_bytes=floor - MB), verify=_Scrambled(seed))
     # its own rounds may find a plan lower still (a search, not a proof): then it runs
     assert below.chosen.peak_bytes <= floor - MB if below.budget_met else below.min_peak_bytes <= floor
+
+
+
+def _learning_solve():
+    """A solve with a memory, as the adapter's is (the recompute-chain rows it learns): once it has solved
+    for time, its smallest-peak solves recompute nothing (a floor that depends on what was solved before)."""
+    seen = []
+
+    def solve(problem, **kw):
+        seen.append(kw.get("objective"))
+        if kw.get("objective") == PEAK and TIME in seen[:-1]:
+            kw["max_added_seconds"] = 0.0
+        return solve_ilp(problem, **kw)
+
+    return solve
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_refused_byte_budget_names_the_peak_a_fraction_of_0_runs_even_when_the_solve_learns(fresh):
+    """A byte budget under the smallest peak runs the smallest-peak search with a fresh solve (``fresh_solve``),
+    so the peak its refusal names is the one a fraction of 0.0 runs, whatever its own solves taught the solve.
+    Sharing the byte budget's solve (``fresh`` False, the search before this rule) names a higher peak."""
+    problem = _chain(8)
+    zero = search(_inputs(problem, budget_fraction=0.0), verify=FakeVerifier(), solve=_learning_solve())
+    assert zero.chosen.solution is not None and zero.chosen.solution.recompute  # the floor recomputes
+    inputs = _inputs(problem, budget_bytes=zero.chosen.peak_bytes - MB)
+    refused = search(inputs, verify=FakeVerifier(), solve=_learning_solve(),
+                     fresh_solve=_learning_solve if fresh else None)
+    assert not refused.budget_met
+    if fresh:
+        assert refused.min_peak_bytes == refused.chosen.peak_bytes == zero.chosen.peak_bytes
+    else:
+        assert refused.min_peak_bytes > zero.chosen.peak_bytes
 
 
 # ------------------------------------------------------------------ torch's plan at the fraction (reference)
