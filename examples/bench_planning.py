@@ -5,7 +5,8 @@
     python examples/bench_planning.py --model hf-gpt2-small --modes recompute,inplace,quantize,fewbit
     python examples/bench_planning.py --model hf-gpt2-small --budgets 0.0 --compare-reuse   # reuse on vs off
 
-The joint graph is traced once (AOT autograd); each partitioner then runs on a fresh copy of
+The joint graph is captured once where Inductor hands it to its partitioner (decomposed as Inductor
+decomposes it; the compile stops there); each partitioner then runs on a fresh copy of
 it, under the lazy GraphModule mode Inductor itself uses, alternating between the two so
 neither profits from warm caches the other paid for. One warm-up round on a small model
 comes first (imports, first-call caches). Times are medians over ``--repeat`` rounds.
@@ -59,28 +60,46 @@ def make_gpt2_small():
     return HFLoss(model, "input_ids"), (idx, idx.clone())
 
 
+class _Captured(Exception):
+    """Raised by the capturing partitioner once it holds the joint graph: the compile stops there."""
+
+
+try:  # where the hook's base class lives moved between torch releases (as in memcompile/partitioner.py)
+    from torch._inductor.custom_graph_pass import CustomPartitionerFn
+except ImportError:  # pragma: no cover - older torch
+    from torch._inductor.custom_partitioner_fn import CustomPartitionerFn
+
+
+class _Capture(CustomPartitionerFn):
+    """A partitioner that keeps a copy of the joint graph it is handed and stops the compile."""
+
+    def __init__(self):
+        self.captured = {}
+
+    def __call__(self, joint, inputs, **kw):
+        self.captured.update(joint=fx.GraphModule(joint, _copy_graph(joint.graph)), inputs=inputs, kw=kw)
+        raise _Captured
+
+    def uuid(self):
+        return None
+
+
 def capture_joint(name: str | int):
-    """(joint graph module, its inputs, the partition kwargs AOT autograd passed) of a preset, or of the
-    depth sweep's model with ``name`` layers."""
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._functorch import partitioners as tp
-    from torch._functorch.aot_autograd import make_boxed_func
-
-    captured = {}
-
-    def partition(joint, inputs, **kw):
-        captured.update(joint=fx.GraphModule(joint, _copy_graph(joint.graph)), inputs=inputs, kw=kw)
-        return tp.default_partition(joint, inputs, **kw)
-
+    """(joint graph module, its inputs, the partition kwargs) of a preset, or of the depth sweep's model with
+    ``name`` layers: the joint graph Inductor hands its partitioner (decomposed as Inductor decomposes it)."""
     model, inputs = (make_deep(name) if isinstance(name, int) else make_gpt2_small() if name == GPT2_SMALL
                      else make(name))
+    capture = _Capture()
     torch._dynamo.reset()
-    run = lambda g, _: make_boxed_func(g.forward)
-    backend = aot_autograd(fw_compiler=run, bw_compiler=run, partition_fn=partition)
-    torch.compile(model, backend=backend)(*inputs)
-    kw = dict(captured["kw"])
+    try:
+        torch.compile(model, options={"custom_partitioner_fn": capture})(*inputs)
+    except Exception:
+        if "joint" not in capture.captured:
+            raise
+    torch._dynamo.reset()
+    kw = dict(capture.captured["kw"])
     kw.pop("compiler", None)
-    return captured["joint"], captured["inputs"], kw
+    return capture.captured["joint"], capture.captured["inputs"], kw
 
 
 def time_torch(joint, inputs, kw, budget: float, *, gc_off: bool = False) -> float:
