@@ -85,10 +85,10 @@ def placement(problem: PlanProblem, recompute: Collection[int], readers: list[li
 
 def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collection[int],
                options: Collection[int] = (), *, fused: Collection[int] = (), inlined: Collection[int] = (),
-               readers: list[list[int]] | None = None) -> ChainAccount:
+               readers: list[list[int]] | None = None, members: dict[int, list[int]] | None = None) -> ChainAccount:
     """Live bytes per step of a decision (candidate and option indices) under the extraction's placement.
     ``fused``: recomputed values Inductor gives no buffer; ``inlined``: those of them it inlines;
-    ``readers``: ``readers_of(problem)``, when the caller has it."""
+    ``readers``, ``members``: ``readers_of(problem)`` and ``_storage_members(problem)``, when the caller has them."""
     readers = readers if readers is not None else readers_of(problem)
     built, rec_last = placement(problem, recompute, readers, inlined)
     fused, inlined = set(fused), set(inlined)
@@ -104,7 +104,7 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
             arr[lo] += nbytes
             arr[hi + 1] -= nbytes
 
-    members = _storage_members(problem)
+    members = members if members is not None else _storage_members(problem)
     kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
     spans: list[tuple[int, int, int, int]] = []
     for s in sorted(kept_storage):

@@ -26,22 +26,26 @@ from .problem import PlanProblem, evaluate, is_valid, option_indices
 from .solution import PlanSolution
 
 
-def closure(problem: PlanProblem, recompute: Collection[int], served: Collection[int] = (),
-            readers: list[list[int]] | None = None) -> tuple[set[int], set[int]] | None:
+def closure(problem: PlanProblem, recompute: Collection[int], served: Collection[int] = ()) -> tuple[set[int], set[int]] | None:
     """(keep, recompute) of a plan that recomputes ``recompute``: every value the backward reads (unless a
     chosen option serves it: ``served``) or a recomputed value reads is kept unless rebuilt (a value that
     cannot be saved is rebuilt too), and a rebuilt value that nothing needs is dropped. None if some value
-    can be neither. ``readers``: ``chains.readers_of(problem)``, when the caller has it."""
-    readers = readers if readers is not None else readers_of(problem)
+    can be neither."""
     rec = set(recompute)
     served = set(served)
     # drop rebuilt values that neither the backward (unserved) nor another rebuilt value reads, outermost first
-    wanted = lambda i: (problem.needed[i] and i not in served) or any(k in rec for k in readers[i])  # noqa: E731
+    rebuilt_readers: dict[int, int] = {}  # value -> how many rebuilt values read it
+    for k in rec:
+        for j in problem.inputs[k]:
+            rebuilt_readers[j] = rebuilt_readers.get(j, 0) + 1
+    wanted = lambda i: (problem.needed[i] and i not in served) or rebuilt_readers.get(i, 0) > 0  # noqa: E731
     stack = [i for i in rec if not wanted(i)]
     while stack:
         i = stack.pop()
         if i in rec and not wanted(i):
             rec.discard(i)
+            for j in problem.inputs[i]:
+                rebuilt_readers[j] -= 1
             stack.extend(j for j in problem.inputs[i] if j in rec)
     keep: set[int] = set()
     stack = [i for i in range(problem.n_candidates) if problem.needed[i] and i not in served] + list(rec)
@@ -65,6 +69,41 @@ def closure(problem: PlanProblem, recompute: Collection[int], served: Collection
     return keep, rec
 
 
+PRUNE = True
+"""Skip the moves whose lower bound (``_RecomputeBound``) shows they cannot be taken: the same moves are taken
+as without it (tests/planner/test_local.py checks both ways), at a fraction of the accounts."""
+
+
+class _RecomputeBound:
+    """A lower bound on the account's peak after recomputing kept storage ``s``: recomputing it removes its
+    bytes over its kept span (forward from ``keep_from``, backward to its last hold) and removes nothing
+    else (the closure only adds values, the placement only builds earlier and frees later, the bursts only
+    grow), so each step keeps at least its live bytes less, where the span covers it, the storage's bytes."""
+
+    def __init__(self, problem: PlanProblem, acc) -> None:
+        self.problem = problem
+        self.end = {s: hi for s, _, hi, _ in acc.backward}  # a kept storage's span is (s, 0, last hold, bytes)
+        self.fw_pre, self.fw_suf = _running_max(acc.fw_live)
+        self.bw_pre, self.bw_suf = _running_max(acc.bw_live)
+
+    def __call__(self, s: int) -> int:
+        b = self.problem.storage_bytes[s]
+        lo = min(max(self.problem.keep_from[s], 0), len(self.fw_pre) - 1)
+        end = min(self.end[s], len(self.bw_pre) - 2)  # -1: held by no backward step
+        return max(self.fw_pre[lo], self.fw_suf[lo] - b, self.bw_pre[end + 1] - b, self.bw_suf[end + 1])
+
+
+def _running_max(live: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """(pre, suf): pre[t] the largest of live[:t], suf[t] of live[t:] (0 where empty), t in 0..len(live)."""
+    n = len(live)
+    pre, suf = [0] * (n + 1), [0] * (n + 1)
+    for t in range(n):
+        pre[t + 1] = max(pre[t], live[t])
+    for t in range(n - 1, -1, -1):
+        suf[t] = max(suf[t + 1], live[t])
+    return pre, suf
+
+
 def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = None) -> PlanSolution | None:
     """A plan whose exact account peaks lower than ``sol``'s, found by at most ``max_moves`` moves above
     (default ``tuning.LOCAL_MOVES``), or None."""
@@ -80,13 +119,14 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
     members = _storage_members(problem)
 
     def account(rec: set[int]):
-        closed = closure(problem, rec, served, readers)
+        closed = closure(problem, rec, served)
         if closed is None:
             return None
         keep, rec = closed
         if not is_valid(problem, keep, rec, options):
             return None
-        acc = live_bytes(problem, keep, rec, options, fused=problem.fused, inlined=problem.inlined, readers=readers)
+        acc = live_bytes(problem, keep, rec, options, fused=problem.fused, inlined=problem.inlined, readers=readers,
+                         members=members)
         seconds = sum(problem.recompute_seconds[i] for i in rec) + sum(problem.options[o].seconds for o in options)
         return acc.peak_bytes, seconds, keep, rec, acc
 
@@ -100,22 +140,33 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
         kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
         live = ([s for s, lo, hi, _ in acc.backward if lo <= tau <= hi] if side == "backward"
                 else sorted(kept_storage))
-        tried: list[set[int]] = []
+        tried: list[tuple[set[int], int | None]] = []  # (recompute set, lower bound on its account's peak)
+        bound = _RecomputeBound(problem, acc) if PRUNE else None
         for s in live:
             owner = problem.storage_owner[s]
             if s in kept_storage:
                 if problem.can_recompute[owner]:
-                    tried.append(rec | {owner} | {i for i in members[s] if i in keep or problem.needed[i]})
+                    tried.append((rec | {owner} | {i for i in members[s] if i in keep or problem.needed[i]},
+                                  bound(s) if bound is not None else None))
                 held_by = {k for i in members[s] for k in readers[i] if k in rec and problem.storage_of[k] != s}
                 if held_by:
-                    tried.append(rec - {j for k in held_by for j in members.get(problem.storage_of[k], [k])})
+                    tried.append((rec - {j for k in held_by for j in members.get(problem.storage_of[k], [k])}, None))
             elif owner in rec:
-                tried.append(rec - set(members[s]))
-        found = None
-        for candidate in tried:
+                tried.append((rec - set(members[s]), None))
+        # the lowest account, ties to the move tried first; a move whose bound cannot beat the best found
+        # (or the plan itself) is not accounted: moves without a bound first, then by bound, lowest first
+        order = sorted(range(len(tried)), key=lambda t: (tried[t][1] is not None, tried[t][1] or 0, t))
+        found, found_at = None, -1
+        for t in order:
+            candidate, low = tried[t]
+            if low is not None:
+                limit = (found or best)[0]
+                if low > limit or (low == limit and (found is None or t > found_at)):
+                    break  # the rest are bounded no lower
             result = account(candidate)
-            if result is not None and result[0] < (found or best)[0]:
-                found = result
+            if result is not None and (result[0] < (found or best)[0]
+                                       or (found is not None and result[0] == found[0] and t < found_at)):
+                found, found_at = result, t
         if found is None:
             break
         best = found

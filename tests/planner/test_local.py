@@ -99,3 +99,72 @@ def test_the_floor_search_runs_the_plan_the_moves_find(monkeypatch, moves):
         assert result.chosen.peak_bytes == best and result.min_peak_bytes == best
     else:
         assert result.chosen.peak_bytes > best
+
+
+@pytest.fixture(scope="module")
+def floor_problems():
+    """(problem, solution) pairs the search hands the local moves on gpt-tiny (eager) at a fraction of 0.0."""
+    from memcompile.config import MemConfig
+    from memcompile.partitioner import MemPartitioner, _copy_graph
+    from memcompile.passes.planner import search as search_module
+    from torch import fx
+    from _planner_helpers import traced_joint
+
+    joint, inputs, kw = traced_joint("gpt-tiny")
+    seen = []
+    real = search_module.improve
+    search_module.improve = lambda problem, sol, **k: seen.append((problem, sol)) or real(problem, sol, **k)
+    try:
+        MemPartitioner(MemConfig.from_options({"memory_budget": 0.0, "inner": "eager"}))(
+            fx.GraphModule(joint, _copy_graph(joint.graph)), inputs, compiler="inductor", **kw)
+    finally:
+        search_module.improve = real
+    assert seen
+    return seen
+
+
+def test_the_recompute_bound_is_a_lower_bound_on_the_moved_plans_account(floor_problems):
+    """Recomputing a kept storage removes its bytes over its kept span and nothing else: the account after
+    the move is never below the bound, at the floor plan and at plans that recompute less."""
+    import random
+
+    from memcompile.passes.planner.chains import _storage_members
+    from memcompile.passes.planner.local import _RecomputeBound
+
+    problem, sol = floor_problems[0]
+    index = {name: i for i, name in enumerate(problem.names)}
+    members = _storage_members(problem)
+    rng = random.Random(0)
+    start = sorted(index[n] for n in sol.recompute)
+    checked = 0
+    for recompute in (set(start), *(set(rng.sample(start, len(start) // 2)) for _ in range(3))):
+        closed = closure(problem, recompute)
+        if closed is None:
+            continue
+        keep, rec = closed
+        acc = live_bytes(problem, keep, rec, fused=problem.fused, inlined=problem.inlined)
+        bound = _RecomputeBound(problem, acc)
+        for s in sorted({problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}):
+            owner = problem.storage_owner[s]
+            if not problem.can_recompute[owner]:
+                continue
+            moved = closure(problem, rec | {owner} | {i for i in members[s] if i in keep or problem.needed[i]})
+            if moved is None or not is_valid(problem, *moved):
+                continue
+            assert _account(problem, *moved) >= bound(s)
+            checked += 1
+    assert checked > 20
+
+
+def test_pruned_moves_take_the_same_plan_as_accounting_every_move(floor_problems, monkeypatch):
+    from memcompile.passes.planner import local
+
+    for problem, sol in floor_problems:
+        monkeypatch.setattr(local, "PRUNE", True)
+        pruned = improve(problem, sol)
+        monkeypatch.setattr(local, "PRUNE", False)
+        full = improve(problem, sol)
+        assert (pruned is None) == (full is None)
+        if full is not None:
+            assert (pruned.keep, pruned.recompute, pruned.predicted_peak_bytes) == \
+                (full.keep, full.recompute, full.predicted_peak_bytes)
