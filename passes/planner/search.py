@@ -255,9 +255,11 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
     if inputs.reference is not None and inputs.budget_fraction is not None and inputs.budget_fraction < 1.0:
         _take_reference(run, reference)
     if state.floor_plan is not None:
-        min_peak = state.floor_plan.peak_bytes
+        # the lowest simulated peak built: the floor plan's, or the plan that runs where it runs lower
+        min_peak = min(state.floor_plan.peak_bytes, state.chosen.peak_bytes)
     else:
-        min_peak = _floor_bytes(run) if state.floor_solution is not None else None
+        # the model's, where no floor plan was built; never above the plan that runs
+        min_peak = min(_floor_bytes(run), state.chosen.peak_bytes) if state.floor_solution is not None else None
     return SearchResult(
         chosen=state.chosen, target_bytes=state.target_bytes,
         budget_met=state.chosen.peak_bytes <= state.target_bytes + state.slack_bytes,

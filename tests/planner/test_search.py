@@ -518,3 +518,24 @@ def test_torchs_plan_is_not_built_for_a_byte_budget_or_the_whole_budget():
     assert ref.calls == [] and result.chosen.source != "torch"
     result = search(dataclasses.replace(_inputs(problem, budget_fraction=1.0), reference=ref), verify=FakeVerifier())
     assert ref.calls == [] and result.chosen.source == "default"
+
+
+class _OverCountedRecompute(FakeVerifier):
+    """Simulates every plan that recomputes something 4 MiB below its model peak (a model that over-counts)."""
+
+    def __call__(self, sol):
+        self.calls += 1
+        peak = sol.predicted_peak_bytes - (4 * MB if sol.recompute else 0)
+        return Verified(solution=sol, timeline=_timeline(peak, sol.keep), source=sol.solver)
+
+
+@pytest.mark.parametrize("above_floor", [-3 * MB, -MB, 0, MB])
+def test_the_smallest_peak_reported_is_never_above_the_plan_that_runs(above_floor):
+    """``min_peak_bytes`` is the lowest peak the search knows of: where the plan chosen for a byte budget
+    simulates below the model's floor (the model over-counts it), that plan's peak, not the model's floor.
+    (Before, a budget under the model's floor reported the model's floor, above the plan that ran.)"""
+    problem = _chain(8)
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT).predicted_peak_bytes
+    result = search(_inputs(problem, budget_bytes=floor + above_floor), verify=_OverCountedRecompute())
+    assert result.budget_met and result.chosen.peak_bytes < floor
+    assert result.min_peak_bytes is None or result.min_peak_bytes <= result.chosen.peak_bytes
