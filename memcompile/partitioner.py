@@ -344,6 +344,7 @@ class MemPartitioner(CustomPartitionerFn):
                            and "recompute" in cfg.modes else None),
             )
         result = search(inputs, verify=realize, solve=new_solve(), fresh_solve=new_solve)
+        stages.seconds["local"] = result.local_seconds
         notes.extend(result.notes)
         chosen, target = result.chosen, result.target_bytes
         if not result.budget_met and cfg.budget_bytes is not None:

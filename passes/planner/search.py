@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -107,6 +108,8 @@ class SearchState:
     lowest_built: Verified | None = None
     chosen: Verified | None = None
     notes: list[str] = field(default_factory=list)
+    local_seconds: float = 0.0
+    """Seconds spent in the local moves (local.improve), which no solve or build counts."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +121,8 @@ class SearchResult:
     min_peak_bytes: int | None
     """The smallest peak reachable, simulated where the floor was built, else the model's."""
     notes: tuple[str, ...]
+    local_seconds: float = 0.0
+    """Seconds the local moves took, nested searches included."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +228,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
                          solve=solve, fallback=fallback,
                          floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None,
                          rounds_from_floor=False)
+        state.local_seconds += anchor.local_seconds
         if anchor.chosen.peak_bytes < state.chosen.peak_bytes:
             state.chosen = anchor.chosen
             state.notes.append(f"the {tuning.MONOTONE_ANCHOR} budget's plan runs lower; taken")
@@ -247,6 +253,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
             lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None, reference=None),
                              verify=verify, solve=solve, fallback=fallback,
                              floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None)
+        state.local_seconds += lowest.local_seconds
         if lowest.chosen.peak_bytes < state.chosen.peak_bytes:
             state.chosen = lowest.chosen
             state.notes.append("the smallest-peak search's plan runs lower; taken")
@@ -264,6 +271,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         chosen=state.chosen, target_bytes=state.target_bytes,
         budget_met=state.chosen.peak_bytes <= state.target_bytes + state.slack_bytes,
         floor_solution=state.floor_solution, min_peak_bytes=min_peak, notes=tuple(state.notes),
+        local_seconds=state.local_seconds,
     )
 
 
@@ -429,7 +437,7 @@ def _floor_plan(run: _Run) -> Verified:
     built = _verify(run, sol) if sol.feasible else inputs.default
     if sol.feasible and tuning.LOCAL_MOVES:
         # the plan whose exact account peaks lower than the floor solution's, when moves find one
-        better = improve(inputs.problem, sol)
+        better = _improve(run, sol)
         if better is not None:
             _verify(run, better)
     if sol.feasible and sol.inplace and built.peak_bytes > sol.predicted_peak_bytes:
@@ -478,7 +486,7 @@ def _polish(run: _Run) -> None:
     state = run.state
     if state.chosen.solution is None:
         return
-    better = improve(run.inputs.problem, state.chosen.solution)
+    better = _improve(run, state.chosen.solution)
     if better is None:
         return
     built = _verify(run, better)
@@ -487,6 +495,15 @@ def _polish(run: _Run) -> None:
         state.notes.append("a plan the exact account rates lower runs lower; taken")
         if state.floor_plan is not None and built.peak_bytes < state.floor_plan.peak_bytes:
             state.floor_plan = built
+
+
+def _improve(run: _Run, sol: PlanSolution) -> PlanSolution | None:
+    """``local.improve``, timed."""
+    start = time.perf_counter()
+    try:
+        return improve(run.inputs.problem, sol)
+    finally:
+        run.state.local_seconds += time.perf_counter() - start
 
 
 def _at_floor(run: _Run) -> bool:
