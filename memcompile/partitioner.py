@@ -348,17 +348,22 @@ class MemPartitioner(CustomPartitionerFn):
         notes.extend(result.notes)
         chosen, target = result.chosen, result.target_bytes
         if not result.budget_met and cfg.budget_bytes is not None:
+            # a refusal names the peak memory_budget=0.0 runs: every budget at or above it is met; the
+            # best-effort plan is the lowest the search built, which may run lower still
+            reachable = result.reachable_bytes if result.reachable_bytes is not None else chosen.peak_bytes
             message = (
                 f"memory budget {_fmt(target)} cannot be met on graph {graph_index}: the smallest peak "
-                f"memcompile reaches is {_fmt(chosen.peak_bytes)} (Inductor's default partition peaks at "
-                f"{_fmt(baseline.peak_bytes)}, of which {_fmt(baseline.held_bytes)} are the graph's inputs). "
+                f"memcompile reaches is {_fmt(reachable)}, what memory_budget=0.0 runs (Inductor's default "
+                f"partition peaks at {_fmt(baseline.peak_bytes)}, of which {_fmt(baseline.held_bytes)} are the "
+                "graph's inputs). "
                 + ("Raise the budget to at least that, use a smaller batch, or pass "
                    "on_infeasible='best_effort' to run with the smallest-peak plan." if cfg.on_infeasible == "raise"
-                   else "Running with the smallest-peak plan (on_infeasible='best_effort'); to meet the budget, "
-                   "raise it to at least that or use a smaller batch.")
+                   else f"Running with the smallest-peak plan built ({_fmt(chosen.peak_bytes)}, "
+                   "on_infeasible='best_effort'); to meet the budget, raise it to at least that or use a "
+                   "smaller batch.")
             )
             if cfg.on_infeasible == "raise":
-                raise MemoryBudgetError(message, budget_bytes=target, min_peak_bytes=chosen.peak_bytes)
+                raise MemoryBudgetError(message, budget_bytes=target, min_peak_bytes=reachable)
             warnings.warn("memcompile: " + message, RuntimeWarning, stacklevel=2)
             notes.append(f"budget {_fmt(target)} not met; smallest-peak plan used")
         floor = result.floor_solution

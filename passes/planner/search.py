@@ -110,6 +110,8 @@ class SearchState:
     notes: list[str] = field(default_factory=list)
     local_seconds: float = 0.0
     """Seconds spent in the local moves (local.improve), which no solve or build counts."""
+    reachable_bytes: int | None = None
+    """``SearchResult.reachable_bytes``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +125,10 @@ class SearchResult:
     notes: tuple[str, ...]
     local_seconds: float = 0.0
     """Seconds the local moves took, nested searches included."""
+    reachable_bytes: int | None = None
+    """For a byte budget not met, searched with ``fresh_solve``: the peak of the plan a fraction of 0.0 runs.
+    Every byte budget at or above it is met (its search runs that same plan when its own rounds miss), so it
+    is the figure a refusal names; ``chosen`` may run lower (a plan the budget's own rounds built)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +255,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         if fresh_solve is not None:
             lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None), verify=verify,
                              solve=fresh_solve(), fallback=fallback)
+            state.reachable_bytes = lowest.chosen.peak_bytes
         else:
             lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None, reference=None),
                              verify=verify, solve=solve, fallback=fallback,
@@ -271,7 +278,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         chosen=state.chosen, target_bytes=state.target_bytes,
         budget_met=state.chosen.peak_bytes <= state.target_bytes + state.slack_bytes,
         floor_solution=state.floor_solution, min_peak_bytes=min_peak, notes=tuple(state.notes),
-        local_seconds=state.local_seconds,
+        local_seconds=state.local_seconds, reachable_bytes=state.reachable_bytes,
     )
 
 

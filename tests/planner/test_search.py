@@ -520,6 +520,24 @@ def test_torchs_plan_is_not_built_for_a_byte_budget_or_the_whole_budget():
     assert ref.calls == [] and result.chosen.source == "default"
 
 
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_refusal_names_the_peak_a_fraction_of_0_runs_and_a_budget_there_is_met(seed):
+    """With a fresh solve, a byte budget not met reports (``reachable_bytes``) the peak a fraction of 0.0 runs,
+    under a simulator the model does not predict and a solve that learns; a budget at that peak is met. The
+    plan it runs may be lower (its own rounds' lowest)."""
+    problem = _chain(8)
+    zero = search(_inputs(problem, budget_fraction=0.0), verify=_Scrambled(seed), solve=_learning_solve(),
+                  fresh_solve=_learning_solve).chosen.peak_bytes
+    below = search(_inputs(problem, budget_bytes=zero - MB), verify=_Scrambled(seed), solve=_learning_solve(),
+                   fresh_solve=_learning_solve)
+    if below.budget_met:  # its own rounds found a plan under the 0.0 plan: nothing to report
+        return
+    assert below.reachable_bytes == zero and below.chosen.peak_bytes <= zero
+    at = search(_inputs(problem, budget_bytes=zero), verify=_Scrambled(seed), solve=_learning_solve(),
+                fresh_solve=_learning_solve)
+    assert at.budget_met and at.chosen.peak_bytes <= zero
+
 class _OverCountedRecompute(FakeVerifier):
     """Simulates every plan that recomputes something 4 MiB below its model peak (a model that over-counts)."""
 

@@ -11,6 +11,7 @@ from torch._functorch import partitioners as tp
 
 from memcompile import partitioner as partitioner_module
 from _planner_helpers import traced_joint
+from memcompile import MemoryBudgetError
 from memcompile.config import MemConfig
 from memcompile.partitioner import MemPartitioner, _copy_graph
 
@@ -68,6 +69,15 @@ def test_a_byte_budget_under_the_floor_runs_what_a_fraction_of_0_runs(gpt_tiny_j
                        on_plan=low.append)(_copy(joint), inputs, compiler="inductor", **kw)
     assert searched["inputs"].budget_bytes is not None and searched["inputs"].reference is not None
     assert low[-1].planned.peak_bytes == zero[-1].planned.peak_bytes == low[-1].min_peak_bytes
+    # raised, it names that peak, and a budget of that peak is met
+    with pytest.raises(MemoryBudgetError) as info:
+        MemPartitioner(MemConfig.from_options({"memory_budget": budget, "inner": "eager"}))(
+            _copy(joint), inputs, compiler="inductor", **kw)
+    assert info.value.min_peak_bytes == zero[-1].planned.peak_bytes
+    at = []
+    MemPartitioner(MemConfig.from_options({"memory_budget": info.value.min_peak_bytes, "inner": "eager"}),
+                   on_plan=at.append)(_copy(joint), inputs, compiler="inductor", **kw)
+    assert at[-1].planned.peak_bytes <= info.value.min_peak_bytes
 
 
 def test_a_torch_partition_that_fails_leaves_the_plan_and_says_so(gpt_tiny_joint, monkeypatch):
