@@ -10,7 +10,8 @@ class MemcompileError(RuntimeError):
 class MemoryBudgetError(MemcompileError):
     """No plan meets the byte budget.
 
-    ``min_peak_bytes`` is the smallest predicted peak any plan of the enabled modes reaches.
+    ``min_peak_bytes`` is the predicted (simulated) peak of the plan ``memory_budget=0.0`` runs on that graph
+    with the same modes: a byte budget at or above it is met.
     """
 
     def __init__(self, message: str, *, budget_bytes: int, min_peak_bytes: int) -> None:
