@@ -190,6 +190,13 @@ def depth_sweep(depths: list[int], budget: float, repeat: int) -> int:
     return 0
 
 
+def _stages(plan) -> str:
+    """Seconds per planning stage, with how many times it ran where more than once: "solve 8.99 (3x)"."""
+    counts = plan.extra.get("stage_counts", {})
+    return ", ".join(f"{k} {v:.2f}" + (f" ({counts[k]}x)" if counts.get(k, 0) > 1 else "")
+                     for k, v in plan.extra.get("stage_seconds", {}).items())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt-24", choices=sorted(PRESETS) + [GPT2_SMALL])
@@ -244,14 +251,14 @@ def main(argv=None) -> int:
           "ILP vars | plan source | memcompile stages (s) |")
     print("|---:|---:|---:|" + ("---:|---:|---|" if args.compare_reuse else "") + "---:|---:|---:|---|---|")
     for budget, torch_t, torch_nogc_t, ours_t, plan, off_t, same, _ in rows:
-        stages = ", ".join(f"{k} {v:.2f}" for k, v in plan.extra.get("stage_seconds", {}).items())
+        stages = _stages(plan)
         n_vars = plan.solution.n_vars if plan.solution else 0
         off = f"{off_t:.2f} | {off_t / torch_t:.2f} | {'yes' if same else 'NO'} | " if args.compare_reuse else ""
         print(f"| {budget} | {torch_t:.2f} | {torch_nogc_t:.2f} | {off}{ours_t:.2f} | {ours_t / torch_t:.2f} | {n_vars} "
               f"| {plan.source} | {stages} |")
     for budget, *_, plan_off in rows:
         if plan_off is not None:
-            stages = ", ".join(f"{k} {v:.2f}" for k, v in plan_off.extra.get("stage_seconds", {}).items())
+            stages = _stages(plan_off)
             print(f"\nbudget {budget}, reuse off, stages of the last run (s): {stages}")
     print()
     print("memcompile pauses Python's cyclic GC while it plans (the column 'torch, cyclic GC off' gives torch "

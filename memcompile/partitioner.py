@@ -70,6 +70,8 @@ class _StageTimer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        """How many times each stage was entered (solves, extractions, ...)."""
         self._open: tuple[str, float] | None = None
 
     def start(self, name: str) -> None:
@@ -84,6 +86,7 @@ class _StageTimer:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        self.counts[name] = self.counts.get(name, 0) + 1
         t0 = time.perf_counter()
         try:
             yield
@@ -401,6 +404,7 @@ class MemPartitioner(CustomPartitionerFn):
             backward_code=bw.code,
             extra={
                 "stage_seconds": {**(stages.seconds if stages else {}), "record": time.perf_counter() - record_start},
+                "stage_counts": dict(stages.counts) if stages else {},
                 **({"min_solution": min_solution} if min_solution else {}),
             },
         )

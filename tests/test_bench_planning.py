@@ -30,3 +30,10 @@ def test_depth_sweep_model_changes_only_its_depth(bench_planning):
     assert len(deep.blocks) == 4 and len(shallow.blocks) == 2
     assert deep.args.dim == shallow.args.dim == bench_planning.DEPTH_ARGS.dim
     assert deep(*inputs).ndim == 0
+
+
+def test_stage_column_gives_seconds_and_repeats(bench_planning):
+    class Plan:
+        extra = {"stage_seconds": {"solve": 8.994, "extract": 0.37}, "stage_counts": {"solve": 3, "extract": 1}}
+
+    assert bench_planning._stages(Plan()) == "solve 8.99 (3x), extract 0.37"

@@ -170,3 +170,16 @@ def test_a_copied_joint_graph_still_says_which_inputs_the_forward_mutates(gpt_ti
     copy = _copy_graph(joint.graph)
     assert mutated_inputs(joint.graph) is not None
     assert mutated_inputs(copy) == mutated_inputs(joint.graph)
+
+
+def test_a_plan_records_its_stages_seconds_and_counts(gpt_tiny_joint):
+    """The Plan says where planning went: seconds per stage (the local moves included) and how many solves
+    and builds it took."""
+    joint, inputs, kw = gpt_tiny_joint
+    plans = []
+    MemPartitioner(MemConfig.from_options({"memory_budget": 0.0, "inner": "eager"}), on_plan=plans.append)(
+        _copy(joint), inputs, compiler="inductor", **kw)
+    seconds, counts = plans[-1].extra["stage_seconds"], plans[-1].extra["stage_counts"]
+    assert {"solve", "extract", "simulate", "local"} <= set(seconds)
+    assert counts["solve"] >= 1 and counts["extract"] >= 2  # the default partition, then at least one plan
+    assert counts["extract"] == counts["simulate"]
