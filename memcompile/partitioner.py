@@ -76,22 +76,27 @@ class _StageTimer:
 
     def start(self, name: str) -> None:
         self.stop()
-        self._open = (name, time.perf_counter())
+        self._open = (name, self._enter(name))
 
     def stop(self) -> None:
         if self._open is not None:
-            name, t0 = self._open
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            self._leave(*self._open)
             self._open = None
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        self.counts[name] = self.counts.get(name, 0) + 1
-        t0 = time.perf_counter()
+        t0 = self._enter(name)
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            self._leave(name, t0)
+
+    def _enter(self, name: str) -> float:
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return time.perf_counter()
+
+    def _leave(self, name: str, t0: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _source_files() -> tuple[str, ...]:

@@ -110,8 +110,6 @@ class SearchState:
     notes: list[str] = field(default_factory=list)
     local_seconds: float = 0.0
     """Seconds spent in the local moves (local.improve), which no solve or build counts."""
-    reachable_bytes: int | None = None
-    """``SearchResult.reachable_bytes``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,6 +239,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         if state.floor_plan is not None and anchor.chosen.peak_bytes < state.floor_plan.peak_bytes:
             state.floor_plan = anchor.chosen
     missed = inputs.budget_bytes is not None and state.chosen.peak_bytes > state.target_bytes + state.slack_bytes
+    reachable = None  # SearchResult.reachable_bytes
     if at_floor and rounds_from_floor:
         # the smallest reachable peak is asked for (a fraction at the floor): the rounds again, from the
         # model's smallest-peak plan; the lowest plan built runs
@@ -255,7 +254,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         if fresh_solve is not None:
             lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None), verify=verify,
                              solve=fresh_solve(), fallback=fallback)
-            state.reachable_bytes = lowest.chosen.peak_bytes
+            reachable = lowest.chosen.peak_bytes
         else:
             lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None, reference=None),
                              verify=verify, solve=solve, fallback=fallback,
@@ -278,7 +277,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         chosen=state.chosen, target_bytes=state.target_bytes,
         budget_met=state.chosen.peak_bytes <= state.target_bytes + state.slack_bytes,
         floor_solution=state.floor_solution, min_peak_bytes=min_peak, notes=tuple(state.notes),
-        local_seconds=state.local_seconds, reachable_bytes=state.reachable_bytes,
+        local_seconds=state.local_seconds, reachable_bytes=reachable,
     )
 
 
