@@ -103,6 +103,10 @@ class SearchState:
     """A solution already solved for the first round's budget (the fraction's probe)."""
     floor_solution: PlanSolution | None = None
     """The model's smallest-peak plan, once solved."""
+    floor_bound: PlanSolution | None = None
+    """A plan whose model peak lies far enough under a fraction's target to show the target is above the
+    floor's slack (``_certify_above_floor``); where it does, the floor itself is solved only if a later
+    stage needs it."""
     floor_plan: Verified | None = None
     """The lowest simulated peak reachable (the floor, or a lower plan built on the way), once built."""
     lowest_built: Verified | None = None
@@ -129,13 +133,16 @@ class SearchResult:
     is the figure a refusal names; ``chosen`` may run lower (a plan the budget's own rounds built)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Run:
     inputs: SearchInputs
     solve: Solve
+    """The search's solve; ``_certify_above_floor`` may replace it (before any other solve) with the solve that
+    made the certificate."""
     verify: Verify
     fallback: Solve
     state: SearchState
+    fresh_solve: Callable[[], Solve] | None = None
 
 
 def decomposes(problem: PlanProblem) -> bool:
@@ -199,7 +206,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
     """``search`` with ties applied; ``floor_solution``: the model's smallest-peak plan of ``inputs.problem``
     when a search of the same problem solved it already (the anchor search), so it is not solved again;
     ``rounds_from_floor``: False for the anchor search (its rounds from the floor are the caller's)."""
-    run = _Run(inputs, solve, verify, fallback, SearchState(floor_solution=floor_solution))
+    run = _Run(inputs, solve, verify, fallback, SearchState(floor_solution=floor_solution), fresh_solve)
     state = run.state
     reference = None
     if inputs.budget_fraction is not None:
@@ -229,7 +236,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         # budget never runs above the anchor fraction's plan (monotone there by construction)
         # same problem: its floor and the plans built so far serve the anchor search as they are
         anchor = _search(dataclasses.replace(inputs, budget_fraction=tuning.MONOTONE_ANCHOR, reference=None), verify=verify,
-                         solve=solve, fallback=fallback,
+                         solve=run.solve, fallback=fallback,
                          floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None,
                          rounds_from_floor=False)
         state.local_seconds += anchor.local_seconds
@@ -257,7 +264,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
             reachable = lowest.chosen.peak_bytes
         else:
             lowest = _search(dataclasses.replace(inputs, budget_fraction=0.0, budget_bytes=None, reference=None),
-                             verify=verify, solve=solve, fallback=fallback,
+                             verify=verify, solve=run.solve, fallback=fallback,
                              floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None)
         state.local_seconds += lowest.local_seconds
         if lowest.chosen.peak_bytes < state.chosen.peak_bytes:
@@ -298,16 +305,17 @@ def _resolve_fraction(run: _Run) -> None:
     if fraction >= 1.0 or wanted >= default_model:
         state.chosen = inputs.default
         return
-    # Every path below needs the floor; at or under it every probe outcome gives the floor as the
+    certified = _certify_above_floor(run, wanted)
+    # Every other path needs the floor; at or under it every probe outcome gives the floor as the
     # target, so the probe is solved only above it.
-    if _floor_solution(run).feasible and wanted <= _floor_bytes(run) < default_model:
+    if not certified and _floor_solution(run).feasible and wanted <= _floor_bytes(run) < default_model:
         state.target_bytes = _floor_bytes(run)
         return
     probe = None
     if wanted > 0:  # no greedy fallback: an unproven probe just means "solve the floor"
         probe = run.solve(inputs.problem, budget_bytes=wanted, objective=TIME, **_limits(inputs))
     if probe is not None and probe.feasible:
-        if _floor_solution(run).feasible and wanted - _floor_bytes(run) <= state.slack_bytes:
+        if not certified and _floor_solution(run).feasible and wanted - _floor_bytes(run) <= state.slack_bytes:
             # within the slack of the smallest reachable peak: plan for that peak, as every lower
             # fraction does, so they all get the same plan
             state.target_bytes = _floor_bytes(run)
@@ -317,6 +325,40 @@ def _resolve_fraction(run: _Run) -> None:
         state.chosen = inputs.default
     else:
         state.target_bytes = int(max(_floor_bytes(run), wanted))
+
+
+def _certify_above_floor(run: _Run, wanted: int) -> bool:
+    """Whether ``wanted`` lies more than the slack above the model's floor, shown by a plan whose model peak is
+    that far under it: CBC's root plan of the smallest-peak problem (``maxNodes`` 0) usually is one. The floor's
+    own solve, whose proof of its last percent takes most of its time on deep graphs, is then left until a stage
+    needs the floor itself (none does where the target is met). A root plan CBC proves optimal (within its gap)
+    is the floor. Not tried where no plan can show it: ``wanted`` within the slack of what every plan holds
+    (the problem's base bytes), or the floor solved already."""
+    inputs, state = run.inputs, run.state
+    if not tuning.CERTIFY_ABOVE_FLOOR or state.floor_solution is not None:
+        return False
+    problem = inputs.problem
+    base = max((*problem.fw_base_bytes, *problem.bw_base_bytes), default=0)
+    if wanted - base <= state.slack_bytes:
+        return False
+    limits = _limits(inputs)
+    limits["node_limit"] = 0
+    # With ``fresh_solve`` (a solve that learns, as the adapter's learns recompute-chain rows), a solve of its
+    # own: where no certificate comes of it, what it learnt is dropped and the search goes on exactly as without
+    # it; where one does, the search goes on with it (it is the first solve of the search, so it has learnt
+    # what the search's own solve would have learnt from that solve)
+    solve = run.fresh_solve() if run.fresh_solve is not None else run.solve
+    bound = solve(problem, budget_bytes=None, objective=PEAK, **limits)
+    if not bound.feasible or wanted - min(bound.predicted_peak_bytes, inputs.default.peak_bytes) <= state.slack_bytes:
+        return False
+    run.solve = solve
+    if not bound.node_limit_hit and not bound.time_limit_hit:
+        state.floor_solution = bound  # proved at the root: the floor itself
+        return True
+    state.floor_bound = bound
+    state.notes.append(f"a plan at {_fmt(bound.predicted_peak_bytes)} (model) shows the target is above the floor; "
+                       "the floor is not solved")
+    return True
 
 
 def _apply_reference(run: _Run) -> Verified | None:
@@ -363,7 +405,8 @@ def _solve(run: _Run, budget: int | None, objective: str, unkept: frozenset[int]
            start: PlanSolution | None = None) -> PlanSolution:
     """A solve with the greedy planner as the fallback when CBC proves nothing within the time limit."""
     inputs = run.inputs
-    start = start if start is not None else run.state.floor_solution
+    if start is None:
+        start = run.state.floor_solution if run.state.floor_solution is not None else run.state.floor_bound
     initial = start if inputs.warm_start_time_solves and objective == TIME else None
     refine = initial is not None and initial.feasible and (budget is None or initial.predicted_peak_bytes <= budget)
     sol = run.solve(inputs.problem, budget_bytes=budget, objective=objective, initial=initial,

@@ -50,6 +50,11 @@ FRACTION_SLACK = 0.02
 of the floor a fraction plans the floor itself (so low fractions share one plan). NOT principled either:
 it absorbs the simulator's error on the toy models; same condition for its removal."""
 
+CERTIFY_ABOVE_FLOOR = True
+"""A fraction's target far above the floor is shown so by CBC's root plan of the smallest-peak problem, and the
+floor's full solve is left until a stage needs it (search._certify_above_floor). A switch, not a figure: off,
+every fraction solves the floor first."""
+
 MONOTONE_ANCHOR = 0.5
 """A fraction below it whose plan the simulator finds above the model's figure also runs the search at
 this fraction and takes the lower of the two plans: the model's error grows with the recompute it

@@ -261,6 +261,7 @@ def test_reuse_builds_each_plan_once_and_changes_no_result(monkeypatch, fraction
 
     problem = _chain()
     runs = {}
+    monkeypatch.setattr(tuning, "CERTIFY_ABOVE_FLOOR", False)  # counted below: the floor's solves only
     for reuse in (False, True):
         monkeypatch.setattr(search_module, "REUSE_BUILT_PLANS", reuse)
         verify, calls = _ChainBlind(), []
@@ -317,6 +318,10 @@ def test_every_solve_is_bounded_by_nodes_and_refining_ones_by_fewer(fraction):
                                  warm_start_time_solves=True)
     search(inputs, verify=_ChainBlind(), solve=solve)
     assert seen and all(limit == LIMIT for *_, limit in seen)
+    # the certificate that a fraction lies above the floor is CBC's root plan (0 nodes), at most once
+    certificates = [call for call in seen if call[0] == PEAK and call[2] == 0]
+    assert len(certificates) <= 1
+    seen = [call for call in seen if call not in certificates]
     assert {nodes for _, refine, nodes, _ in seen if not refine} == {5000}
     refining = [nodes for _, refine, nodes, _ in seen if refine]
     assert refining and set(refining) == {min(5000, tuning.REFINE_NODES)}
@@ -557,3 +562,88 @@ def test_the_smallest_peak_reported_is_never_above_the_plan_that_runs(above_floo
     result = search(_inputs(problem, budget_bytes=floor + above_floor), verify=_OverCountedRecompute())
     assert result.budget_met and result.chosen.peak_bytes < floor
     assert result.min_peak_bytes is None or result.min_peak_bytes <= result.chosen.peak_bytes
+
+
+
+def _solve_log(calls, root_proves=True):
+    """solve_ilp, recording (objective, budget, node cap); ``root_proves`` False: a root-only solve (node cap 0)
+    returns its plan unproven, as CBC's root does on deep graphs (these problems it proves at the root)."""
+    def solve(problem, **kw):
+        calls.append((kw["objective"], kw["budget_bytes"], kw.get("node_limit")))
+        sol = solve_ilp(problem, **kw)
+        if kw.get("node_limit") == 0 and not root_proves and sol.feasible:
+            sol = dataclasses.replace(sol, node_limit_hit=True)
+        return sol
+    return solve
+
+
+@pytest.mark.parametrize("fraction", [0.6, 0.8])
+def test_a_fraction_far_above_the_floor_is_planned_without_proving_the_floor(monkeypatch, fraction):
+    """CBC's root plan of the smallest-peak problem, unproven, shows the target lies above the floor's slack:
+    the floor's full solve is not made, and the target and the plan's time are those found with the floor solved."""
+    problem = _chain()
+    runs = {}
+    for certify in (False, True):
+        monkeypatch.setattr(tuning, "CERTIFY_ABOVE_FLOOR", certify)
+        calls = []
+        result = search(_inputs(problem, budget_fraction=fraction), verify=FakeVerifier(),
+                        solve=_solve_log(calls, root_proves=False))
+        runs[certify] = (result, calls)
+    (plain, plain_calls), (certified, calls) = runs[False], runs[True]
+    assert (PEAK, None, tuning.SOLVE_NODES) in plain_calls  # the test would pass vacuously otherwise
+    assert calls[0] == (PEAK, None, 0)
+    assert (PEAK, None, tuning.SOLVE_NODES) not in calls
+    assert certified.target_bytes == plain.target_bytes > plain.min_peak_bytes
+    assert certified.chosen.solution.added_seconds == pytest.approx(plain.chosen.solution.added_seconds)
+    assert certified.budget_met
+    assert certified.min_peak_bytes is None  # not computed: the report says nothing rather than a bound
+    assert any("floor is not solved" in note for note in certified.notes)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_a_fraction_at_the_floor_solves_the_floor_whether_or_not_the_root_proves_it(monkeypatch, fraction):
+    """At the floor (0.5 resolves to it on this chain) no plan shows the target is above it: the root-only solve
+    (a fresh solve in the adapter, which learns nothing the search's solve reads) is all it adds, and the result
+    is the one without it, whether or not CBC proves its root plan."""
+    problem = _chain()
+    runs = {}
+    for certify, root_proves in ((False, True), (True, True), (True, False)):
+        monkeypatch.setattr(tuning, "CERTIFY_ABOVE_FLOOR", certify)
+        calls = []
+        result = search(_inputs(problem, budget_fraction=fraction), verify=FakeVerifier(),
+                        solve=_solve_log(calls, root_proves=root_proves))
+        runs[certify, root_proves] = (_outcome(result), calls)
+    plain, proved, unproved = runs[False, True], runs[True, True], runs[True, False]
+    assert proved[0] == unproved[0] == plain[0]
+    full = (PEAK, None, tuning.SOLVE_NODES)
+    assert plain[1][0] == full
+    if fraction == 0.0:  # the target is within the slack of the base bytes: nothing is tried
+        assert proved[1] == unproved[1] == plain[1]
+    else:
+        assert proved[1] == unproved[1] == [(PEAK, None, 0)] + plain[1]
+
+
+def test_the_certificate_solves_with_a_fresh_solve_and_a_proved_root_plan_is_the_reported_floor(monkeypatch):
+    """The root-only solve goes to ``fresh_solve``: where it certifies, the search goes on with that solve (what it
+    learnt from the root plan, as the search's own solve would have); where it does not, that solve is dropped.
+    A root plan CBC proves optimal is the floor, reported as the smallest peak, and not solved again."""
+    monkeypatch.setattr(tuning, "CERTIFY_ABOVE_FLOOR", True)
+    problem = _chain()
+    shared, fresh = [], []
+    result = search(_inputs(problem, budget_fraction=0.8), verify=FakeVerifier(), solve=_solve_log(shared),
+                    fresh_solve=lambda: _solve_log(fresh))
+    assert fresh[0] == (PEAK, None, 0) and len(fresh) > 1 and shared == []
+    assert all(objective != PEAK or budget is not None for objective, budget, _ in fresh[1:])  # no floor solve
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT).predicted_peak_bytes
+    assert result.min_peak_bytes == floor < result.target_bytes
+
+
+def test_a_certificate_that_fails_leaves_the_search_with_its_own_solve():
+    """At the floor the root-only solve shows nothing: the search's solves all go to its own solve, as without it."""
+    problem = _chain()
+    shared, fresh = [], []
+    result = search(_inputs(problem, budget_fraction=0.5), verify=FakeVerifier(), solve=_solve_log(shared),
+                    fresh_solve=lambda: _solve_log(fresh))
+    assert fresh == [(PEAK, None, 0)]
+    assert shared[0] == (PEAK, None, tuning.SOLVE_NODES)
+    assert result.target_bytes == result.min_peak_bytes
