@@ -46,7 +46,7 @@ import pulp
 
 from .chains import ChainRow
 from .greedy import solve_greedy
-from .problem import FORWARD, PlanProblem, conflicts, option_indices, option_names
+from .problem import FORWARD, PlanProblem, conflict_partners, option_indices, option_names
 from .solution import PEAK, TIME, PlanSolution
 
 # Bytes enter the model in MiB and time in milliseconds so CBC's tolerances see numbers of a sane size.
@@ -135,13 +135,14 @@ def solve_ilp(
             n_rows += 1
 
     # One mode per storage (quantize, offload) or value (few-bit, inplace); each group below is mutually exclusive.
+    partners = conflict_partners(problem.options)
     for o, opt in enumerate(problem.options):
         if opt.whole_storage:
             groups = [[kept[opt.storage]]] if opt.storage in kept else []
             groups += [[rec[opt.candidate]]] if opt.candidate in rec else []
         else:
             groups = [[v for v, _ in available(opt.candidate)]]
-        groups += [[option[p]] for p in range(o + 1, len(problem.options)) if conflicts(opt, problem.options[p])]
+        groups += [[option[p]] for p in partners[o]]
         for k, group in enumerate(g for g in groups if g):
             model += pulp.lpSum([option[o], *group]) <= 1, f"one{o}_{k}"
             n_rows += 1

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from ..candidates import CandidateSet
@@ -458,6 +458,44 @@ def conflicts(a: ModeOption, b: ModeOption) -> bool:
     return (a.whole_storage or b.whole_storage) and a.storage == b.storage >= 0
 
 
+def conflict_partners(options: Sequence[ModeOption]) -> tuple[tuple[int, ...], ...]:
+    """Per option o, the options p > o it ``conflicts`` with, ascending: the pairs of the pairwise test, found
+    through the values and storages they name (linear in the options and their partners, not quadratic)."""
+    by_value: dict[int, set[int]] = {}
+    by_storage: dict[int, list[int]] = {}
+    whole_by_storage: dict[int, list[int]] = {}
+    for o, opt in enumerate(options):
+        for v in opt.serves:
+            by_value.setdefault(v, set()).add(o)
+        if opt.storage >= 0:
+            by_storage.setdefault(opt.storage, []).append(o)
+            if opt.whole_storage:
+                whole_by_storage.setdefault(opt.storage, []).append(o)
+    out = []
+    for o, opt in enumerate(options):
+        found: set[int] = set()
+        for v in opt.serves:
+            found.update(by_value[v])
+        if opt.storage >= 0:
+            found.update((by_storage if opt.whole_storage else whole_by_storage).get(opt.storage, ()))
+        out.append(tuple(sorted(p for p in found if p > o)))
+    return tuple(out)
+
+
+def any_conflict(options: Sequence[ModeOption]) -> bool:
+    """Whether some two of ``options`` ``conflict`` (the pairwise test, in one pass)."""
+    served: set[int] = set()
+    storages: dict[int, list[bool]] = {}
+    for opt in options:
+        values = set(opt.serves)
+        if values & served:
+            return True
+        served |= values
+        if opt.storage >= 0:
+            storages.setdefault(opt.storage, []).append(opt.whole_storage)
+    return any(len(flags) > 1 and any(flags) for flags in storages.values())
+
+
 def _free_alias(i: int, s: int, storage_owner, can_recompute: bool, recompute_seconds: float) -> bool:
     """Candidate ``i`` shares storage ``s`` owned by another candidate and is rebuilt for free:
     recomputing it costs no time and no memory of its own, so keeping it never pays."""
@@ -496,7 +534,9 @@ def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], options:
         return False
     served = {i for o in options for i in problem.options[o].serves}
     kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
-    for k, o in enumerate(options):
+    if any_conflict([problem.options[o] for o in options]):
+        return False
+    for o in options:
         opt = problem.options[o]
         if opt.whole_storage:
             if opt.storage in kept_storage or problem.storage_owner[opt.storage] in recompute:
@@ -504,8 +544,6 @@ def is_valid(problem: PlanProblem, keep: set[int], recompute: set[int], options:
         elif opt.candidate in keep or opt.candidate in recompute:
             return False
         if opt.requires_kept >= 0 and opt.requires_kept not in kept_storage:
-            return False
-        if any(conflicts(opt, problem.options[other]) for other in options[k + 1:]):
             return False
     for i in range(problem.n_candidates):
         if problem.needed[i] and i not in keep and i not in recompute and i not in served:

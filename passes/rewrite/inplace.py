@@ -230,8 +230,10 @@ def output_form_values(
     op's output instead. ``backward``: names of the joint graph's backward nodes."""
     graph = gm.graph
     nodes = {n.name: n for n in graph.nodes}
+    order = {n: k for k, n in enumerate(graph.nodes)}  # graph order before any insertion (norm_output's first reader)
     mode = fake_mode_of(graph)
     applied, skipped, added = [], [], set()
+    inside = set(backward)  # the backward's nodes and the nodes rebuilt so far (``added``)
     for name in names:
         x = nodes.get(name)
         if x is None:
@@ -240,7 +242,10 @@ def output_form_values(
         y, why = output_form_source(x, backward)
         if y is None:
             # the nodes rebuilt for earlier names are backward nodes: no chain may run through them
-            why_norm = rebuild_from_output(graph, mode, x, set(backward) | added, added)
+            rebuilt: set[str] = set()
+            why_norm = rebuild_from_output(graph, mode, x, inside, rebuilt, order=order)
+            added |= rebuilt
+            inside |= rebuilt
             if why_norm:
                 skipped.append((name, f"{why}; {why_norm}"))
             else:
@@ -255,6 +260,7 @@ def output_form_values(
             with graph.inserting_before(user):
                 new = call(graph, mode, user.target, *args)
             added.add(new.name)
+            inside.add(new.name)
             user.replace_all_uses_with(new)
             graph.erase_node(user)
         applied.append(name)

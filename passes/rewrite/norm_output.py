@@ -40,7 +40,7 @@ would be saved), or where a link changes the dtype or the shape.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from numbers import Real
 
@@ -276,13 +276,19 @@ def rebuild(graph: fx.Graph, fake_mode, how: Rebuild, added: set[str]) -> fx.Nod
     return c
 
 
-def rebuild_from_output(graph: fx.Graph, fake_mode, v: fx.Node, backward: Collection[str], added: set[str]) -> str:
-    """Point every backward read of ``v`` at a copy rebuilt from the norm's output; "" or why not."""
+def rebuild_from_output(graph: fx.Graph, fake_mode, v: fx.Node, backward: Collection[str], added: set[str],
+                        order: Mapping[fx.Node, int] | None = None) -> str:
+    """Point every backward read of ``v`` at a copy rebuilt from the norm's output; "" or why not. ``order``:
+    the graph's nodes numbered in graph order before any insertion (insertions keep the others' order), so the
+    first reader is found without a walk of the graph."""
     y, how, why = norm_output_source(v, backward)
     if y is None:
         return why
     readers = [u for u in v.users if u.name in backward]
-    first = next(n for n in graph.nodes if n in readers)
+    if order is not None and all(u in order for u in readers):
+        first = min(readers, key=order.__getitem__)
+    else:
+        first = next(n for n in graph.nodes if n in readers)
     with graph.inserting_before(first):
         rebuilt = rebuild(graph, fake_mode, how, added)
     for user in readers:
