@@ -332,8 +332,8 @@ def _certify_above_floor(run: _Run, wanted: int) -> bool:
     that far under it: CBC's root plan of the smallest-peak problem (``maxNodes`` 0) usually is one. The floor's
     own solve, whose proof of its last percent takes most of its time on deep graphs, is then left until a stage
     needs the floor itself (none does where the target is met). A root plan CBC proves optimal (within its gap)
-    is the floor. Not tried where no plan can show it: ``wanted`` within the slack of what every plan holds
-    (the problem's base bytes), or the floor solved already."""
+    is the floor, certificate or not. Not tried where no plan can show it: ``wanted`` within the slack of what
+    every plan holds (the problem's base bytes), or the floor solved already."""
     inputs, state = run.inputs, run.state
     if not tuning.CERTIFY_ABOVE_FLOOR or state.floor_solution is not None:
         return False
@@ -344,21 +344,24 @@ def _certify_above_floor(run: _Run, wanted: int) -> bool:
     limits = _limits(inputs)
     limits["node_limit"] = 0
     # With ``fresh_solve`` (a solve that learns, as the adapter's learns recompute-chain rows), a solve of its
-    # own: where no certificate comes of it, what it learnt is dropped and the search goes on exactly as without
-    # it; where one does, the search goes on with it (it is the first solve of the search, so it has learnt
+    # own: where it neither certifies nor proves its plan, what it learnt is dropped and the search goes on
+    # exactly as without it; else the search goes on with it (it is the search's first solve, so it has learnt
     # what the search's own solve would have learnt from that solve)
     solve = run.fresh_solve() if run.fresh_solve is not None else run.solve
     bound = solve(problem, budget_bytes=None, objective=PEAK, **limits)
-    if not bound.feasible or wanted - min(bound.predicted_peak_bytes, inputs.default.peak_bytes) <= state.slack_bytes:
-        return False
-    run.solve = solve
-    if not bound.node_limit_hit and not bound.time_limit_hit:
-        state.floor_solution = bound  # proved at the root: the floor itself
-        return True
-    state.floor_bound = bound
-    state.notes.append(f"a plan at {_fmt(bound.predicted_peak_bytes)} (model) shows the target is above the floor; "
-                       "the floor is not solved")
-    return True
+    # proved at the root: the floor itself, as the floor's own solve (the same solve, stopped at the same root)
+    # finds it, with the same rows learnt
+    proved = bound.feasible and not bound.node_limit_hit and not bound.time_limit_hit
+    certified = bound.feasible and wanted - min(bound.predicted_peak_bytes, inputs.default.peak_bytes) > state.slack_bytes
+    if proved or certified:
+        run.solve = solve
+    if proved:
+        state.floor_solution = bound
+    elif certified:
+        state.floor_bound = bound
+        state.notes.append(f"a plan at {_fmt(bound.predicted_peak_bytes)} (model) shows the target is above the floor; "
+                           "the floor is not solved")
+    return certified
 
 
 def _apply_reference(run: _Run) -> Verified | None:

@@ -602,9 +602,9 @@ def test_a_fraction_far_above_the_floor_is_planned_without_proving_the_floor(mon
 
 @pytest.mark.parametrize("fraction", [0.0, 0.5])
 def test_a_fraction_at_the_floor_solves_the_floor_whether_or_not_the_root_proves_it(monkeypatch, fraction):
-    """At the floor (0.5 resolves to it on this chain) no plan shows the target is above it: the root-only solve
-    (a fresh solve in the adapter, which learns nothing the search's solve reads) is all it adds, and the result
-    is the one without it, whether or not CBC proves its root plan."""
+    """At the floor (0.5 resolves to it on this chain) no plan shows the target is above it, and the result is the
+    one without the root-only solve: a root plan CBC proves is the floor (not solved again), an unproven one is
+    dropped (in the adapter with the fresh solve that made it, and what it learnt) and the floor solved."""
     problem = _chain()
     runs = {}
     for certify, root_proves in ((False, True), (True, True), (True, False)):
@@ -620,7 +620,8 @@ def test_a_fraction_at_the_floor_solves_the_floor_whether_or_not_the_root_proves
     if fraction == 0.0:  # the target is within the slack of the base bytes: nothing is tried
         assert proved[1] == unproved[1] == plain[1]
     else:
-        assert proved[1] == unproved[1] == [(PEAK, None, 0)] + plain[1]
+        assert unproved[1] == [(PEAK, None, 0)] + plain[1]
+        assert proved[1] == [(PEAK, None, 0)] + plain[1][1:]  # the proved root in place of the floor's solve
 
 
 def test_the_certificate_solves_with_a_fresh_solve_and_a_proved_root_plan_is_the_reported_floor(monkeypatch):
@@ -638,12 +639,18 @@ def test_the_certificate_solves_with_a_fresh_solve_and_a_proved_root_plan_is_the
     assert result.min_peak_bytes == floor < result.target_bytes
 
 
-def test_a_certificate_that_fails_leaves_the_search_with_its_own_solve():
-    """At the floor the root-only solve shows nothing: the search's solves all go to its own solve, as without it."""
+@pytest.mark.parametrize("root_proves", [False, True])
+def test_a_certificate_that_fails_leaves_the_search_with_its_own_solve_unless_its_root_is_proved(root_proves):
+    """At the floor the root-only solve shows nothing. Unproven, it is dropped: the search's solves all go to its
+    own solve, as without it. Proved, it is the floor: the search goes on with the solve that found it."""
     problem = _chain()
     shared, fresh = [], []
-    result = search(_inputs(problem, budget_fraction=0.5), verify=FakeVerifier(), solve=_solve_log(shared),
-                    fresh_solve=lambda: _solve_log(fresh))
-    assert fresh == [(PEAK, None, 0)]
-    assert shared[0] == (PEAK, None, tuning.SOLVE_NODES)
+    result = search(_inputs(problem, budget_fraction=0.5), verify=FakeVerifier(),
+                    solve=_solve_log(shared, root_proves=root_proves),
+                    fresh_solve=lambda: _solve_log(fresh, root_proves=root_proves))
+    assert fresh[0] == (PEAK, None, 0)
+    if root_proves:
+        assert shared == [] and (PEAK, None, tuning.SOLVE_NODES) not in fresh
+    else:
+        assert fresh == [(PEAK, None, 0)] and shared[0] == (PEAK, None, tuning.SOLVE_NODES)
     assert result.target_bytes == result.min_peak_bytes
