@@ -352,7 +352,7 @@ def _certify_above_floor(run: _Run, wanted: int) -> bool:
     # proved at the root: the floor itself, as the floor's own solve (the same solve, stopped at the same root)
     # finds it, with the same rows learnt
     proved = bound.feasible and not bound.node_limit_hit and not bound.time_limit_hit
-    certified = bound.feasible and wanted - min(bound.predicted_peak_bytes, inputs.default.peak_bytes) > state.slack_bytes
+    certified = bound.feasible and wanted - _reachable_by(run, bound) > state.slack_bytes
     if proved or certified:
         run.solve = solve
     if proved:
@@ -465,7 +465,12 @@ def _floor_solution(run: _Run) -> PlanSolution:
 
 
 def _floor_bytes(run: _Run) -> int:
-    sol = _floor_solution(run)
+    return _reachable_by(run, _floor_solution(run))
+
+
+def _reachable_by(run: _Run, sol: PlanSolution) -> int:
+    """The peak reachable with ``sol`` to hand: its model peak, or the default's where that is lower (or ``sol``
+    is no plan)."""
     default_peak = run.inputs.default.peak_bytes
     return min(sol.predicted_peak_bytes, default_peak) if sol.feasible else default_peak
 

@@ -564,7 +564,6 @@ def test_the_smallest_peak_reported_is_never_above_the_plan_that_runs(above_floo
     assert result.min_peak_bytes is None or result.min_peak_bytes <= result.chosen.peak_bytes
 
 
-
 def _solve_log(calls, root_proves=True):
     """solve_ilp, recording (objective, budget, node cap); ``root_proves`` False: a root-only solve (node cap 0)
     returns its plan unproven, as CBC's root does on deep graphs (these problems it proves at the root)."""
