@@ -104,10 +104,14 @@ def _running_max(live: tuple[int, ...]) -> tuple[list[int], list[int]]:
     return pre, suf
 
 
-def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = None) -> PlanSolution | None:
+def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = None,
+            max_accounts: int | None = None, stats: dict | None = None) -> PlanSolution | None:
     """A plan whose exact account peaks lower than ``sol``'s, found by at most ``max_moves`` moves above
-    (default ``tuning.LOCAL_MOVES``), or None."""
+    (default ``tuning.LOCAL_MOVES``), or None. ``max_accounts``: stop once that many plans were accounted (the
+    best found so far is the result); ``stats``: where ``stats["accounts"]`` counts them."""
     max_moves = tuning.LOCAL_MOVES if max_moves is None else max_moves
+    counted = stats if stats is not None else {}
+    counted["accounts"] = 0
     if not sol.feasible:
         return None
     options = option_indices(problem, sol)
@@ -119,6 +123,7 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
     members = _storage_members(problem)
 
     def account(rec: set[int]):
+        counted["accounts"] += 1
         closed = closure(problem, rec, served)
         if closed is None:
             return None
@@ -158,6 +163,8 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
         order = sorted(range(len(tried)), key=lambda t: (tried[t][1] is not None, tried[t][1] or 0, t))
         found, found_at = None, -1
         for t in order:
+            if max_accounts is not None and counted["accounts"] >= max_accounts:
+                break
             candidate, low = tried[t]
             if low is not None:
                 limit = (found or best)[0]
@@ -170,6 +177,8 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
         if found is None:
             break
         best = found
+        if max_accounts is not None and counted["accounts"] >= max_accounts:
+            break
     if best is start or best[0] >= start[0]:
         return None
     peak, seconds, keep, rec, _ = best

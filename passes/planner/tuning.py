@@ -72,6 +72,14 @@ REPEAT_GROUPS = 4
 is then met by recomputing a value in a quarter, half or three quarters of the layers, so tying costs at
 most a quarter of one value's recompute time over the stack, and the binaries stay 4 per class."""
 
+POLISH_STARTS = 6
+"""Plans the local moves start from at the floor (search._polish): the chosen plan, then the lowest others the
+search built. The moves descend to the nearest plan no single move lowers, so the start decides the end; the
+later starts share as many accounts as the first spent, so they at most double its time. Six: as many plans as
+the repair rounds from the floor build (REPAIR_ROUNDS); on the zoo at 0.0 the bounded starts lowered two floors
+by 5-6% at the same planning time, and unbounded ones lowered seven at a third more (docs/BENCHMARKS.md, "More
+starts for the local moves")."""
+
 LOCAL_MOVES = 50
 """Moves of the local search against the exact account (local.py) on a smallest-peak plan; 0 turns it off.
 A bound on time, not a tuned figure: a move tries each storage live at the account's peak (one account,

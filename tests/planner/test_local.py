@@ -168,3 +168,32 @@ def test_pruned_moves_take_the_same_plan_as_accounting_every_move(floor_problems
         if full is not None:
             assert (pruned.keep, pruned.recompute, pruned.predicted_peak_bytes) == \
                 (full.keep, full.recompute, full.predicted_peak_bytes)
+
+
+def test_a_bound_on_accounts_stops_the_moves_with_the_best_plan_found_so_far():
+    """``max_accounts`` stops the moves once that many plans are accounted; what they found by then is the
+    result (a valid plan with a lower account) and ``stats`` counts the accounts."""
+    problem = build_problem(_held())
+    blind = solve_with_chains(solve_ilp, problem, rounds=6, hold_terms=False, budget_bytes=None, objective=PEAK,
+                              time_limit_seconds=10)
+    start = _account(problem, *closure(problem, decision(problem, blind)[1]))
+    free: dict = {}
+    assert improve(problem, blind, stats=free) is not None
+    assert free["accounts"] > 2  # the moves account the start and more than one move
+    for limit in range(1, free["accounts"] + 1):
+        stats: dict = {}
+        better = improve(problem, blind, max_accounts=limit, stats=stats)
+        assert stats["accounts"] <= max(limit, 1)
+        if better is not None:
+            keep, rec, _ = decision(problem, better)
+            assert is_valid(problem, keep, rec) and _account(problem, keep, rec) < start
+    assert better is not None  # with the whole count the moves end where they end unbounded
+
+
+def test_stats_count_no_account_where_the_moves_leave_a_plan_alone():
+    problem = build_problem(chain(4))
+    sol = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    import dataclasses
+    stats: dict = {}
+    assert improve(problem, dataclasses.replace(sol, status="Infeasible: test"), stats=stats) is None
+    assert stats == {"accounts": 0}

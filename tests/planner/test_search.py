@@ -653,3 +653,73 @@ def test_a_certificate_that_fails_leaves_the_search_with_its_own_solve_unless_it
     else:
         assert fresh == [(PEAK, None, 0)] and shared[0] == (PEAK, None, tuning.SOLVE_NODES)
     assert result.target_bytes == result.min_peak_bytes
+
+
+def _polish_recorder(monkeypatch, later_accounts):
+    """Patch search._polish and search.improve: the fake local moves find nothing, except from the second start,
+    where they find a plan the model rates 20 MB under the chosen one; the first start spends 10 accounts, every
+    later one ``later_accounts``. Returns (what _polish saw: the chosen plan and the distinct plans built, lowest
+    first; the starts the moves were given)."""
+    import memcompile.passes.planner.search as search_module
+
+    polishing, seen, starts_of = [False], {}, []
+    polish = search_module._polish
+
+    def recording_polish(run):
+        distinct = {}
+        for v in sorted(run.state.built, key=lambda v: v.peak_bytes):
+            distinct.setdefault(plan_key(v.solution), v)
+        seen.update(chosen=run.state.chosen, built=list(distinct.values()))
+        polishing[0] = True
+        try:
+            polish(run)
+        finally:
+            polishing[0] = False
+
+    def fake_improve(problem, sol, *, max_accounts=None, stats=None):
+        if not polishing[0]:
+            return None
+        starts_of.append((sol, max_accounts))
+        stats["accounts"] = 10 if len(starts_of) == 1 else later_accounts
+        if len(starts_of) < 2:
+            return None
+        return dataclasses.replace(sol, solver="ilp+local", recompute=sol.recompute | {"moved"},
+                                   predicted_peak_bytes=seen["chosen"].peak_bytes - 20 * MB)
+
+    monkeypatch.setattr(search_module, "_polish", recording_polish)
+    monkeypatch.setattr(search_module, "improve", fake_improve)
+    return seen, starts_of
+
+
+def _blind_floor_search():
+    """A fraction of 0.0 with a model blind to every kept storage: the rounds unkeep them one by one and build
+    a plan each time, so the floor has several plans to polish."""
+    blind = FakeVerifier(under=[f"a{i}" for i in range(8)], error_bytes=2 * MB)
+    return search(_inputs(_chain(8), budget_fraction=0.0), verify=blind)
+
+
+@pytest.mark.parametrize("starts", [1, 2, 3])
+def test_the_floor_polishes_the_lowest_plans_built_and_runs_the_lowest_result(monkeypatch, starts):
+    """At the floor the local moves start from the chosen plan and then from the lowest other plans built (by
+    simulated peak, each plan once), ``tuning.POLISH_STARTS`` in all; a plan they find from any start that runs
+    lower than the chosen one is taken."""
+    monkeypatch.setattr(tuning, "POLISH_STARTS", starts)
+    seen, starts_of = _polish_recorder(monkeypatch, later_accounts=4)
+    result = _blind_floor_search()
+    chosen, built = seen["chosen"], seen["built"]
+    others = [v.solution for v in built if plan_key(v.solution) != plan_key(chosen.solution)]
+    assert len(others) >= 2  # the rounds built enough plans for the test to say something
+    assert [sol for sol, _ in starts_of] == [chosen.solution, *others][:starts]
+    if starts >= 2:
+        assert "moved" in result.chosen.solution.recompute and result.chosen.peak_bytes < chosen.peak_bytes
+    else:
+        assert result.chosen.peak_bytes == chosen.peak_bytes and "moved" not in result.chosen.solution.recompute
+
+
+def test_the_other_starts_spend_together_at_most_the_accounts_of_the_first(monkeypatch):
+    """The first start's moves are not bounded; the later starts share as many accounts as it spent, each
+    bounded by what is left, and none starts once they are spent."""
+    monkeypatch.setattr(tuning, "POLISH_STARTS", 4)
+    _, starts_of = _polish_recorder(monkeypatch, later_accounts=6)
+    _blind_floor_search()
+    assert [limit for _, limit in starts_of] == [None, 10, 4]
