@@ -60,6 +60,14 @@ _GAP_REL = 0.01
 _GAP_FRACTION_OF_FORWARD = 0.01
 
 
+def pump_tune(rounds: int) -> int:
+    """CBC's ``pumpTune`` for a feasibility pump of ``rounds`` major rounds, its other settings CBC's default
+    (1005043: accumulate on, six rounds, 43); the thousands count the rounds after the first."""
+    if not 1 <= rounds <= 1000:
+        raise ValueError(f"rounds: expected 1 to 1000 major rounds of the feasibility pump, got {rounds}")
+    return 1_000_043 + 1000 * (rounds - 1)
+
+
 def solve_ilp(
     problem: PlanProblem,
     *,
@@ -74,6 +82,7 @@ def solve_ilp(
     memory_rows: tuple[MemoryRow, ...] | None = None,
     chain_rows: Sequence[ChainRow] = (),
     node_limit: int | None = None,
+    pump_rounds: int | None = None,
 ) -> PlanSolution:
     """``max_added_seconds``: a cap on the predicted added time, for a peak solve that looks for
     the lowest peak among plans about as fast as a given one. ``initial``: a plan CBC starts from
@@ -85,7 +94,8 @@ def solve_ilp(
     a chain term's bytes count when every candidate it names is recomputed. ``node_limit``: CBC's
     branch-and-bound nodes (its ``maxNodes``); unlike ``time_limit_seconds`` it stops a solve at the same
     plan on any machine and under any load, so it is how the search bounds its solves (tuning.SOLVE_NODES),
-    and the time limit is a backstop."""
+    and the time limit is a backstop. ``pump_rounds``: major rounds of CBC's feasibility pump (``pump_tune``);
+    None, CBC's default."""
     if objective not in (TIME, PEAK):
         raise ValueError(f"objective: expected {TIME!r} or {PEAK!r}, got {objective!r}")
     start = time.perf_counter()
@@ -321,7 +331,7 @@ def solve_ilp(
             solver = pulp.PULP_CBC_CMD(
                 msg=False, timeLimit=max(1, int(round(time_limit_seconds))), gapRel=_GAP_REL,
                 gapAbs=gap_abs or None, warmStart=start_point is not None, maxNodes=node_limit,
-                logPath=log_path,
+                logPath=log_path, options=[f"pumpTune {pump_tune(pump_rounds)}"] if pump_rounds is not None else None,
             )
             model.solve(solver)
             stop, nodes = _read_cbc_log(log_path)

@@ -345,6 +345,8 @@ def _certify_above_floor(run: _Run, wanted: int) -> bool:
         return False
     limits = _limits(inputs)
     limits["node_limit"] = 0
+    if tuning.CERTIFY_PUMP_ROUNDS is not None:
+        limits["pump_rounds"] = tuning.CERTIFY_PUMP_ROUNDS
     # With ``fresh_solve`` (a solve that learns, as the adapter's learns recompute-chain rows), a solve of its
     # own: where it neither certifies nor proves its plan, what it learnt is dropped and the search goes on
     # exactly as without it; else the search goes on with it (it is the search's first solve, so it has learnt

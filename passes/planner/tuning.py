@@ -55,6 +55,13 @@ CERTIFY_ABOVE_FLOOR = True
 floor's full solve is left until a stage needs it (search._certify_above_floor). A switch, not a figure: off,
 every fraction solves the floor first."""
 
+CERTIFY_PUMP_ROUNDS = 1
+"""Major rounds of CBC's feasibility pump in the certificate's root-only solve (``ilp.pump_tune``; CBC's default is
+six, None keeps it). After a round finds a plan the pump starts again with a tighter cutoff; a solve stopped at
+its root only has to show a plan far enough under the target, and where CBC proves the root plan it is within the
+solve's gap either way. The later rounds were most of that solve's CBC time on gpt-24 and on a 48-layer graph
+(docs/BENCHMARKS.md, "One round of the feasibility pump")."""
+
 MONOTONE_ANCHOR = 0.5
 """A fraction below it whose plan the simulator finds above the model's figure also runs the search at
 this fraction and takes the lower of the two plans: the model's error grows with the recompute it

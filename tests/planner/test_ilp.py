@@ -160,3 +160,29 @@ def test_cbc_searches_in_its_main_thread(monkeypatch):
         sol = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=5)
         assert sol.feasible and not sol.time_limit_hit and sol.solve_seconds < 5
     assert len(asked) == 20 and not any(kwargs.get("threads") for kwargs in asked)
+
+
+def test_a_solve_runs_the_feasibility_pump_rounds_it_asks_for(monkeypatch):
+    """``pump_rounds`` hands CBC ``pumpTune`` for that many major rounds; CBC's log names the value it replaced,
+    which is ``pump_tune(6)``: only the number of rounds differs from CBC's own default. Without it CBC keeps
+    its default."""
+    from memcompile.passes.planner import ilp
+
+    logs = []
+    read = ilp._read_cbc_log
+
+    def keeping(path):
+        with open(path) as f:
+            logs.append(f.read())
+        return read(path)
+
+    monkeypatch.setattr(ilp, "_read_cbc_log", keeping)
+    problem = build_problem(chain(6))
+    for rounds in (1, 3, None):
+        assert solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10,
+                         pump_rounds=rounds).feasible
+    assert f"pumpTune was changed from {ilp.pump_tune(6)} to {ilp.pump_tune(1)}" in logs[0]
+    assert f"pumpTune was changed from {ilp.pump_tune(6)} to {ilp.pump_tune(3)}" in logs[1]
+    assert "pumpTune" not in logs[2]
+    with pytest.raises(ValueError, match="major rounds"):
+        ilp.pump_tune(0)

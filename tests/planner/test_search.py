@@ -723,3 +723,20 @@ def test_the_other_starts_spend_together_at_most_the_accounts_of_the_first(monke
     _, starts_of = _polish_recorder(monkeypatch, later_accounts=6)
     _blind_floor_search()
     assert [limit for _, limit in starts_of] == [None, 10, 4]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.8])
+def test_only_the_certificates_root_solve_shortens_the_feasibility_pump(fraction):
+    """The root-only solve of the certificate asks for ``tuning.CERTIFY_PUMP_ROUNDS`` rounds of CBC's feasibility
+    pump; every other solve keeps CBC's default."""
+    asked = []
+
+    def solve(problem, **kw):
+        asked.append((kw.get("node_limit"), kw.get("pump_rounds")))
+        return solve_ilp(problem, **kw)
+
+    search(_inputs(_chain(), budget_fraction=fraction), verify=_ChainBlind(), solve=solve)
+    assert asked
+    assert all(rounds is None for cap, rounds in asked if cap != 0)
+    assert all(rounds == tuning.CERTIFY_PUMP_ROUNDS for cap, rounds in asked if cap == 0)
+    assert any(cap == 0 for cap, _ in asked) == (fraction > 0.0)  # no certificate at the floor itself
