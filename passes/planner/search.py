@@ -560,7 +560,7 @@ def _polish(run: _Run) -> None:
         if len(starts) >= tuning.POLISH_STARTS:
             break
     budget = None  # accounts the other starts may spend together: as many as the first spent
-    for k, start in enumerate(starts):
+    for start in starts:
         if budget is not None and budget <= 0:
             break
         stats: dict = {}

@@ -59,8 +59,8 @@ CERTIFY_PUMP_ROUNDS = 1
 """Major rounds of CBC's feasibility pump in the certificate's root-only solve (``ilp.pump_tune``; CBC's default is
 six, None keeps it). After a round finds a plan the pump starts again with a tighter cutoff; a solve stopped at
 its root only has to show a plan far enough under the target, and where CBC proves the root plan it is within the
-solve's gap either way. The later rounds were most of that solve's CBC time on gpt-24 and on a 48-layer graph
-(docs/BENCHMARKS.md, "One round of the feasibility pump")."""
+solve's gap either way. The later rounds took about half of that solve's time on gpt-24, and found no better
+plan there (docs/BENCHMARKS.md, "More starts for the local moves at the floor": why not every solve)."""
 
 MONOTONE_ANCHOR = 0.5
 """A fraction below it whose plan the simulator finds above the model's figure also runs the search at
