@@ -109,13 +109,17 @@ class SearchState:
     stage needs it."""
     floor_plan: Verified | None = None
     """The lowest simulated peak reachable (the floor, or a lower plan built on the way), once built."""
-    lowest_built: Verified | None = None
     built: list[Verified] = field(default_factory=list)
-    """Every plan the search built, in order (the starts of ``_polish``)."""
+    """Every plan the search built, in order (``lowest_built``, and the starts of ``_polish``)."""
     chosen: Verified | None = None
     notes: list[str] = field(default_factory=list)
     local_seconds: float = 0.0
     """Seconds spent in the local moves (local.improve), which no solve or build counts."""
+
+    @property
+    def lowest_built(self) -> Verified | None:
+        """The lowest simulated peak built so far (the first built, among equals)."""
+        return min(self.built, key=lambda v: v.peak_bytes, default=None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -484,8 +488,6 @@ def _verify(run: _Run, sol: PlanSolution) -> Verified:
     built = run.verify(sol)
     state = run.state
     state.built.append(built)
-    if state.lowest_built is None or built.peak_bytes < state.lowest_built.peak_bytes:
-        state.lowest_built = built
     return built
 
 
@@ -514,7 +516,9 @@ def _floor_plan(run: _Run) -> Verified:
                              **_limits(inputs))
             if fast.feasible and fast.recompute != plain.recompute:
                 _verify(run, fast)
-    lowest = state.lowest_built if state.lowest_built is not None else built
+    lowest = state.lowest_built
+    if lowest is None:
+        lowest = built
     if lowest.peak_bytes < built.peak_bytes:
         built = lowest
     if built.peak_bytes >= inputs.default.peak_bytes:
@@ -553,9 +557,10 @@ def _polish(run: _Run) -> None:
         return
     starts, seen = [], set()
     for v in [state.chosen, *sorted(state.built, key=lambda v: v.peak_bytes)]:
-        if v.solution is None or plan_key(v.solution) in seen:
+        key = plan_key(v.solution) if v.solution is not None else None
+        if key is None or key in seen:
             continue
-        seen.add(plan_key(v.solution))
+        seen.add(key)
         starts.append(v)
         if len(starts) >= tuning.POLISH_STARTS:
             break

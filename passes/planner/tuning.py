@@ -79,12 +79,12 @@ REPEAT_GROUPS = 4
 is then met by recomputing a value in a quarter, half or three quarters of the layers, so tying costs at
 most a quarter of one value's recompute time over the stack, and the binaries stay 4 per class."""
 
-POLISH_STARTS = 6
+POLISH_STARTS = REPAIR_ROUNDS
 """Plans the local moves start from at the floor (search._polish): the chosen plan, then the lowest others the
 search built. The moves descend to the nearest plan no single move lowers, so the start decides the end; the
-later starts share as many accounts as the first spent, so they at most double its time. Six: as many plans as
-the repair rounds from the floor build (REPAIR_ROUNDS); on the zoo at 0.0 the bounded starts lowered two floors
-by 5-6% at the same planning time, and unbounded ones lowered seven at a third more (docs/BENCHMARKS.md, "More
+later starts share as many accounts as the first spent, so they at most double its time. As many as the plans the
+repair rounds from the floor build, one per round; on the zoo at 0.0 six bounded starts lowered two floors by 5-6%
+at the same planning time, and six unbounded ones lowered eight at a third more (docs/BENCHMARKS.md, "More
 starts for the local moves")."""
 
 LOCAL_MOVES = 50
