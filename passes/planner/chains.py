@@ -17,6 +17,8 @@ under the placement above, against which the ILP's solutions are checked and its
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -69,14 +71,18 @@ def placement(problem: PlanProblem, recompute: Collection[int], readers: list[li
     inl = set(inlined)
     built: dict[int, int] = {}
     last: dict[int, int] = {}
+    need_window = problem.need_window
     for i in sorted(rec, reverse=True):
-        nf, nl = problem.need_window[i]
+        nf, l = need_window[i]
         f = nf if nf >= 0 else _NEVER
-        l = nl
         for k in readers[i]:
             if k in built:
-                f = min(f, built[k])
-                l = max(l, last[k] if k in inl else built[k])
+                b = built[k]
+                if b < f:
+                    f = b
+                e = last[k] if k in inl else b
+                if e > l:
+                    l = e
         if f < _NEVER:
             built[i] = f
             last[i] = max(l, f)
@@ -93,10 +99,73 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
     built, rec_last = placement(problem, recompute, readers, inlined)
     fused, inlined = set(fused), set(inlined)
     n_fw, n_bw = len(problem.fw_base_bytes), len(problem.bw_base_bytes)
-    # differences: each interval is two entries, summed once at the end (linear in steps + storages)
+    # differences: each interval is two entries, summed once at the end (linear in steps + storages); an
+    # interval [lo, hi] clipped to the steps adds at lo and takes away after hi
     fw = [0] * (n_fw + 1)
     bw = [0] * (n_bw + 1)
+    fw_top, bw_top = n_fw - 1, n_bw - 1
     served = {i for o in options for i in problem.options[o].serves}
+    storage_of, storage_owner, storage_bytes = problem.storage_of, problem.storage_owner, problem.storage_bytes
+    need_window = problem.need_window
+
+    members = members if members is not None else _storage_members(problem)
+    kept_storage = {storage_of[i] for i in keep if storage_of[i] >= 0}
+    spans: list[tuple[int, int, int, int]] = []
+    for s in sorted(kept_storage):
+        nbytes = storage_bytes[s]
+        end = -1
+        for i in members[s]:
+            if i in built:
+                continue
+            if i not in served:
+                w = need_window[i][1]
+                if w > end:
+                    end = w
+            for k in readers[i]:
+                if k in built:
+                    w = rec_last[k] if k in inlined else built[k]
+                    if w > end:
+                        end = w
+        lo = max(problem.keep_from[s], 0)
+        if lo <= fw_top:
+            fw[lo] += nbytes
+            fw[fw_top + 1] -= nbytes
+        hi = min(end, bw_top)
+        if hi >= 0:
+            bw[0] += nbytes
+            bw[hi + 1] -= nbytes
+        spans.append((s, 0, end, nbytes))
+    # Recomputed storages: live after their burst over (F, L]; at F they are part of the burst, the
+    # values the extraction builds just before that backward step, one after another (forward order),
+    # each freed after its last reader there unless something later reads it. In storage order (the
+    # order of their first members), as spans are read in that order.
+    rebuilt = sorted({s for i in built if (s := storage_of[i]) >= 0 and storage_owner[s] == i
+                      and s not in kept_storage and i not in fused}, key=lambda s: members[s][0])
+    for s in rebuilt:
+        group = [i for i in members[s] if i in built]
+        lo = min(built[i] for i in group)
+        hi = max(rec_last[i] for i in group)
+        nbytes = storage_bytes[s]
+        a, b = max(lo + 1, 0), min(hi, bw_top)
+        if a <= b:
+            bw[a] += nbytes
+            bw[b + 1] -= nbytes
+        spans.append((s, lo, hi, nbytes))
+    bursts: dict[int, list[int]] = {}
+    for i, f in built.items():
+        bursts.setdefault(f, []).append(i)
+    for tau, group in bursts.items():
+        if len(group) == 1:
+            # one value built: it holds its own storage's bytes (if it owns one that is neither kept nor fused)
+            i = group[0]
+            s = storage_of[i]
+            peak = storage_bytes[s] if s >= 0 and s not in kept_storage and storage_owner[s] == i \
+                and i not in fused else 0
+        else:
+            peak = _burst_peak(problem, sorted(group), tau, readers, rec_last, fused, inlined, kept_storage)
+        if 0 <= tau <= bw_top:
+            bw[tau] += peak
+            bw[tau + 1] -= peak
 
     def add(arr: list[int], lo: int, hi: int, nbytes: int) -> None:
         lo, hi = max(lo, 0), min(hi, len(arr) - 2)
@@ -104,39 +173,6 @@ def live_bytes(problem: PlanProblem, keep: Collection[int], recompute: Collectio
             arr[lo] += nbytes
             arr[hi + 1] -= nbytes
 
-    members = members if members is not None else _storage_members(problem)
-    kept_storage = {problem.storage_of[i] for i in keep if problem.storage_of[i] >= 0}
-    spans: list[tuple[int, int, int, int]] = []
-    for s in sorted(kept_storage):
-        nbytes = problem.storage_bytes[s]
-        end = -1
-        for i in members[s]:
-            if i in built:
-                continue
-            if i not in served:
-                end = max(end, problem.need_window[i][1])
-            for k in readers[i]:
-                if k in built:
-                    end = max(end, rec_last[k] if k in inlined else built[k])
-        add(fw, problem.keep_from[s], n_fw - 1, nbytes)
-        add(bw, 0, end, nbytes)
-        spans.append((s, 0, end, nbytes))
-    # Recomputed storages: live after their burst over (F, L]; at F they are part of the burst, the
-    # values the extraction builds just before that backward step, one after another (forward order),
-    # each freed after its last reader there unless something later reads it.
-    bursts: dict[int, list[int]] = {}
-    for i, f in built.items():
-        bursts.setdefault(f, []).append(i)
-    for s, group in members.items():
-        owner = problem.storage_owner[s]
-        if s in kept_storage or owner not in built or owner in fused:
-            continue
-        lo = min(built[i] for i in group if i in built)
-        hi = max(rec_last[i] for i in group if i in built)
-        add(bw, lo + 1, hi, problem.storage_bytes[s])
-        spans.append((s, lo, hi, problem.storage_bytes[s]))
-    for tau, group in bursts.items():
-        add(bw, tau, tau, _burst_peak(problem, sorted(group), tau, readers, rec_last, fused, inlined, kept_storage))
     for o in options:
         opt = problem.options[o]
         if opt.packed_bytes:
@@ -163,11 +199,8 @@ def _storage_members(problem: PlanProblem) -> dict[int, list[int]]:
 
 
 def _summed(differences: list[int], base: tuple[int, ...]) -> tuple[int, ...]:
-    out, running = [], 0
-    for t, b in enumerate(base):
-        running += differences[t]
-        out.append(b + running)
-    return tuple(out)
+    """base[t] plus the running sum of differences[:t + 1]."""
+    return tuple(map(operator.add, base, itertools.accumulate(differences[:len(base)])))
 
 
 def _burst_peak(problem: PlanProblem, group: list[int], tau: int, readers, rec_last, fused, inlined,
@@ -187,27 +220,36 @@ def _burst_peak(problem: PlanProblem, group: list[int], tau: int, readers, rec_l
         last_read[i] = end
         return end
 
+    storage_of, storage_owner, storage_bytes, need_window = (problem.storage_of, problem.storage_owner,
+                                                             problem.storage_bytes, problem.need_window)
     frees: dict[int, int] = {}
     alloc: dict[int, int] = {}
     for i in group:
-        s = problem.storage_of[i]
+        s = storage_of[i]
         if s < 0 or s in kept_storage:
             continue
-        owner = problem.storage_owner[s]
+        owner = storage_owner[s]
         if owner not in pos or owner in fused:
             continue
-        alloc.setdefault(owner, problem.storage_bytes[s])
-        persists = rec_last[i] > tau or problem.need_window[i][0] <= tau <= problem.need_window[i][1]
-        end = len(group) if persists else read_until(i)
-        frees[owner] = max(frees.get(owner, -1), end)
+        if owner not in alloc:
+            alloc[owner] = storage_bytes[s]
+        lo, hi = need_window[i]
+        end = len(group) if rec_last[i] > tau or lo <= tau <= hi else read_until(i)
+        if frees.get(owner, -1) < end:
+            frees[owner] = end
+    if not alloc:
+        return 0
     running = peak = 0
     dying: dict[int, int] = {}
     for p, i in enumerate(group):
         if i in alloc:
             running += alloc[i]
-            dying[frees[i]] = dying.get(frees[i], 0) + alloc[i]
-        peak = max(peak, running)
-        running -= dying.pop(p, 0)
+            if running > peak:
+                peak = running
+            f = frees[i]
+            dying[f] = dying.get(f, 0) + alloc[i]
+        if p in dying:
+            running -= dying.pop(p)
     return peak
 
 

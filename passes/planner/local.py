@@ -17,56 +17,98 @@ The plan's mode options stay as chosen; a plan with a quantized or offloaded sto
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 from collections.abc import Collection
 
 from . import tuning
 from .chains import _storage_members, live_bytes, readers_of
-from .problem import PlanProblem, evaluate, is_valid, option_indices
+from .problem import PlanProblem, any_conflict, evaluate, option_indices
 from .solution import PlanSolution
 
 
-def closure(problem: PlanProblem, recompute: Collection[int], served: Collection[int] = ()) -> tuple[set[int], set[int]] | None:
+def closure(problem: PlanProblem, recompute: Collection[int], served: Collection[int] = (), *,
+            roots: tuple[list[int], list[int]] | None = None) -> tuple[set[int], set[int]] | None:
     """(keep, recompute) of a plan that recomputes ``recompute``: every value the backward reads (unless a
     chosen option serves it: ``served``) or a recomputed value reads is kept unless rebuilt (a value that
     cannot be saved is rebuilt too), and a rebuilt value that nothing needs is dropped. None if some value
-    can be neither."""
+    can be neither. ``roots``: ``closure_roots(problem, served)``, when the caller has it."""
+    inputs, needed, can_save, can_recompute = problem.inputs, problem.needed, problem.can_save, problem.can_recompute
     rec = set(recompute)
     served = set(served)
     # drop rebuilt values that neither the backward (unserved) nor another rebuilt value reads, outermost first
-    rebuilt_readers: dict[int, int] = {}  # value -> how many rebuilt values read it
-    for k in rec:
-        for j in problem.inputs[k]:
-            rebuilt_readers[j] = rebuilt_readers.get(j, 0) + 1
-    wanted = lambda i: (problem.needed[i] and i not in served) or rebuilt_readers.get(i, 0) > 0  # noqa: E731
-    stack = [i for i in rec if not wanted(i)]
+    rebuilt_readers = collections.Counter(itertools.chain.from_iterable(inputs[k] for k in rec))
+    # value -> how many rebuilt values read it
+    wanted = lambda i: (needed[i] and i not in served) or rebuilt_readers[i] > 0  # noqa: E731
+    stack = [i for i in rec if not ((needed[i] and i not in served) or i in rebuilt_readers)]
     while stack:
         i = stack.pop()
         if i in rec and not wanted(i):
             rec.discard(i)
-            for j in problem.inputs[i]:
+            for j in inputs[i]:
                 rebuilt_readers[j] -= 1
-            stack.extend(j for j in problem.inputs[i] if j in rec)
-    keep: set[int] = set()
-    stack = [i for i in range(problem.n_candidates) if problem.needed[i] and i not in served] + list(rec)
-    seen: set[int] = set()
+            stack.extend(j for j in inputs[i] if j in rec)
+    # Each value's fate follows from itself alone (rebuilt if asked to be, else kept if it can be saved, else
+    # rebuilt if it can be), so the values the backward reads that can be saved and are not rebuilt are kept
+    # at once, and only the rest is walked.
+    savable, others = roots if roots is not None else closure_roots(problem, served)
+    keep = set(savable)
+    keep.difference_update(rec)
+    seen = set(keep)
+    stack = [*others, *rec]
     while stack:
         i = stack.pop()
         if i in seen:
             continue
         seen.add(i)
         if i in rec:
-            if not problem.can_recompute[i]:
+            if not can_recompute[i]:
                 return None
-            stack.extend(problem.inputs[i])
-        elif problem.can_save[i]:
+            stack.extend(inputs[i])
+        elif can_save[i]:
             keep.add(i)
-        elif problem.can_recompute[i]:
+        elif can_recompute[i]:
             rec.add(i)
-            stack.extend(problem.inputs[i])
+            stack.extend(inputs[i])
         else:
             return None
     return keep, rec
+
+
+def closure_roots(problem: PlanProblem, served: Collection[int] = ()) -> tuple[list[int], list[int]]:
+    """The values the backward reads that no option serves: (those that can be saved, the others)."""
+    served = set(served)
+    roots = [i for i in range(problem.n_candidates) if problem.needed[i] and i not in served]
+    return [i for i in roots if problem.can_save[i]], [i for i in roots if not problem.can_save[i]]
+
+
+class _OptionCheck:
+    """``is_valid`` for the plans ``closure`` gives, with the plan's options fixed: ``closure`` keeps or rebuilds
+    every value the backward reads and every input of a rebuilt value, keeps only what can be saved and rebuilds
+    only what can be rebuilt, so what is left to check is what involves the options (tests/planner/test_local.py
+    checks that this agrees with ``is_valid``)."""
+
+    def __init__(self, problem: PlanProblem, options: Collection[int]) -> None:
+        chosen = [problem.options[o] for o in sorted(set(options))]
+        self.possible = sum(opt.transfer_seconds for opt in chosen) <= problem.link_budget_seconds \
+            and not any_conflict(chosen)
+        self.candidates = [opt.candidate for opt in chosen if not opt.whole_storage]
+        self.whole = [(opt.storage, problem.storage_owner[opt.storage]) for opt in chosen if opt.whole_storage]
+        self.required = [opt.requires_kept for opt in chosen if opt.requires_kept >= 0]
+        self.storage_of = problem.storage_of
+
+    def __call__(self, keep: set[int], rec: set[int]) -> bool:
+        if not self.possible:
+            return False
+        if any(i in keep or i in rec for i in self.candidates):
+            return False
+        if self.whole or self.required:
+            kept_storage = {self.storage_of[i] for i in keep}
+            if any(s in kept_storage or owner in rec for s, owner in self.whole):
+                return False
+            return all(s in kept_storage for s in self.required)
+        return True
 
 
 PRUNE = True
@@ -121,14 +163,16 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
     index = {name: i for i, name in enumerate(problem.names)}
     readers = readers_of(problem)
     members = _storage_members(problem)
+    roots = closure_roots(problem, served)
+    valid = _OptionCheck(problem, options)
 
     def account(rec: set[int]):
         counted["accounts"] += 1
-        closed = closure(problem, rec, served)
+        closed = closure(problem, rec, served, roots=roots)
         if closed is None:
             return None
         keep, rec = closed
-        if not is_valid(problem, keep, rec, options):
+        if not valid(keep, rec):
             return None
         acc = live_bytes(problem, keep, rec, options, fused=problem.fused, inlined=problem.inlined, readers=readers,
                          members=members)

@@ -197,3 +197,41 @@ def test_stats_count_no_account_where_the_moves_leave_a_plan_alone():
     stats: dict = {}
     assert improve(problem, dataclasses.replace(sol, status="Infeasible: test"), stats=stats) is None
     assert stats == {"accounts": 0}
+
+
+def _option_subsets(problem):
+    """Every single option, every pair, and none (the plans ``improve`` meets carry a few options)."""
+    n = len(problem.options)
+    return [()] + [(o,) for o in range(n)] + [(a, b) for a in range(n) for b in range(a + 1, n)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: __import__("test_inplace_planner").mlp(3),
+    lambda: __import__("test_inplace_planner").mlp(3, quantize=True),
+    lambda: __import__("test_lossy_planner").chain(4),
+    _held, _burst,
+])
+def test_the_option_check_agrees_with_is_valid_on_every_closure(make):
+    """``improve`` checks its closures' options alone (local._OptionCheck); on every recompute set, with every
+    choice of up to two options, that check says what ``is_valid`` says."""
+    import itertools
+    from memcompile.passes.planner.local import _OptionCheck, closure_roots
+    problem = build_problem(make())
+    recomputable = [i for i in range(problem.n_candidates) if problem.can_recompute[i]]
+    checked, disagreed, outcomes = 0, 0, set()
+    for options in _option_subsets(problem):
+        served = {i for o in options for i in problem.options[o].serves}
+        roots, check = closure_roots(problem, served), _OptionCheck(problem, options)
+        for r in range(len(recomputable) + 1):
+            for rec in itertools.combinations(recomputable, r):
+                closed = closure(problem, set(rec), served, roots=roots)
+                assert closed == closure(problem, set(rec), served)
+                if closed is None:
+                    continue
+                checked += 1
+                valid = is_valid(problem, *closed, options)
+                outcomes.add(valid)
+                disagreed += check(*closed) != valid
+    assert checked > 0 and disagreed == 0
+    if problem.options:
+        assert outcomes == {True, False}  # the options make some closures invalid: the check is exercised
