@@ -2,7 +2,7 @@
 
 import pytest
 
-from _planner_helpers import assert_ilp_matches_brute_force
+from _planner_helpers import assert_ilp_matches_brute_force, decision
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.greedy import solve_greedy
 from memcompile.passes.planner.ilp import solve_ilp
@@ -186,3 +186,16 @@ def test_a_solve_runs_the_feasibility_pump_rounds_it_asks_for(monkeypatch):
     assert "pumpTune" not in logs[2]
     with pytest.raises(ValueError, match="major rounds"):
         ilp.pump_tune(0)
+
+
+@pytest.mark.parametrize("nbytes", [339_730_943, 339_730_947, 1_358_923_773, 987_654_321])
+def test_a_time_solve_at_the_reported_floor_finds_the_floor_plan(nbytes):
+    """CBC reports values to 8 significant digits, so the floor's reported peak of a GB-sized graph may lie a few
+    bytes under the floor plan's own; a time solve given that peak as its budget still finds a plan."""
+    problem = build_problem(chain(5, nbytes=nbytes))
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    assert floor.feasible and abs(floor.predicted_peak_bytes - evaluate(problem, *decision(problem, floor)[:2])[0]) \
+        <= 1e-7 * floor.predicted_peak_bytes
+    fastest = solve_ilp(problem, budget_bytes=floor.predicted_peak_bytes, objective=TIME, time_limit_seconds=10)
+    assert fastest.feasible
+    assert evaluate(problem, *decision(problem, fastest)[:2])[0] <= floor.predicted_peak_bytes * (1 + 1e-7)
