@@ -111,6 +111,10 @@ class _OptionCheck:
         return True
 
 
+ACCUMULATE = True
+"""After the best move at a peak step, the other moves that lowered the plan there are added one by one, each kept
+where it lowers the account further."""
+
 PRUNE = True
 """Skip the moves whose lower bound (``_RecomputeBound``) shows they cannot be taken: the same moves are taken
 as without it (tests/planner/test_local.py checks both ways), at a fraction of the accounts."""
@@ -206,20 +210,34 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
         # (or the plan itself) is not accounted: moves without a bound first, then by bound, lowest first
         order = sorted(range(len(tried)), key=lambda t: (tried[t][1] is not None, tried[t][1] or 0, t))
         found, found_at = None, -1
+        improving: list[tuple[int, int]] = []  # (account's peak, move) of every move that lowers the plan's
         for t in order:
             if max_accounts is not None and counted["accounts"] >= max_accounts:
                 break
             candidate, low = tried[t]
             if low is not None:
-                limit = (found or best)[0]
-                if low > limit or (low == limit and (found is None or t > found_at)):
+                limit = best[0] if ACCUMULATE else (found or best)[0]
+                if low > limit or (low == limit and (ACCUMULATE or found is None or t > found_at)):
                     break  # the rest are bounded no lower
             result = account(candidate)
+            if result is not None and result[0] < best[0]:
+                improving.append((result[0], t))
             if result is not None and (result[0] < (found or best)[0]
                                        or (found is not None and result[0] == found[0] and t < found_at)):
                 found, found_at = result, t
         if found is None:
             break
+        if ACCUMULATE and len(improving) > 1:
+            # the other moves that lower the plan, added to the best one, best first, each kept if it lowers the
+            # account further (moves at one peak step in different layers are often independent)
+            for _, t in sorted(improving)[1:]:
+                if max_accounts is not None and counted["accounts"] >= max_accounts:
+                    break
+                candidate = tried[t][0]
+                merged = (found[3] | (candidate - rec)) - (rec - candidate)
+                result = account(merged)
+                if result is not None and result[0] < found[0]:
+                    found = result
         best = found
         if max_accounts is not None and counted["accounts"] >= max_accounts:
             break
