@@ -57,7 +57,7 @@ _MS = 1e3
 _PEAK_TIE_MS_PER_MIB = 1e-6
 _TIME_TIE_MIB_PER_MS = 1e-6
 _GAP_REL = 0.01
-_REPORTED_REL = 1e-7
+REPORTED_REL = 1e-7
 """CBC writes a solution's values to 8 significant digits, so the peak it reports (``predicted_peak_bytes``) may
 lie up to 5e-8 of itself under the plan's own peak (about 70 bytes of a 1.4 GB peak): a budget taken from a
 reported peak is loosened by this much, or the plan that peak was reported for would not meet it."""
@@ -297,14 +297,14 @@ def solve_ilp(
         n_rows += 1
     if objective == TIME:
         if budget_bytes is not None:
-            peak.upBound = budget_bytes * (1.0 + _REPORTED_REL) / _MIB
+            peak.upBound = budget_bytes * (1.0 + REPORTED_REL) / _MIB
         model += milliseconds + _PEAK_TIE_MS_PER_MIB * peak
     else:
         model += peak + _TIME_TIE_MIB_PER_MS * milliseconds
 
     start_point = None
     if (initial is not None and initial.feasible
-            and (budget_bytes is None or initial.predicted_peak_bytes <= budget_bytes)
+            and (budget_bytes is None or initial.predicted_peak_bytes <= budget_bytes * (1.0 + REPORTED_REL))
             and not (unkept and any(problem.storage_of[problem.names.index(name)] in unkept for name in initial.keep))):
         start_point = initial
         _set_initial(problem, start_point, keep, rec, kept, option)

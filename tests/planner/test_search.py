@@ -740,3 +740,26 @@ def test_only_the_certificates_root_solve_shortens_the_feasibility_pump(fraction
     assert all(rounds is None for cap, rounds in asked if cap != 0)
     assert all(rounds == tuning.CERTIFY_PUMP_ROUNDS for cap, rounds in asked if cap == 0)
     assert any(cap == 0 for cap, _ in asked) == (fraction > 0.0)  # no certificate at the floor itself
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3])
+def test_a_time_solve_at_the_floor_starts_from_the_floor_plan(fraction):
+    """A time solve whose budget is the floor plan's peak starts from that plan (few plans meet it, and CBC
+    could search its whole time for one): it is handed the plan and finds one meeting the budget."""
+    asked = []
+
+    def solve(problem, **kw):
+        sol = solve_ilp(problem, **kw)
+        asked.append((kw, sol))
+        return sol
+
+    search(_inputs(_chain(), budget_fraction=fraction), verify=_ChainBlind(), solve=solve)
+    floors = [sol for kw, sol in asked if kw["objective"] == PEAK and kw.get("budget_bytes") is None
+              and not kw.get("unkept_storages")]
+    assert floors
+    floor = floors[0].predicted_peak_bytes
+    at_floor = [(kw, sol) for kw, sol in asked if kw["objective"] == TIME and kw.get("budget_bytes") == floor]
+    assert at_floor  # the chain's search asks for the fastest plan at its floor
+    for kw, sol in at_floor:
+        assert kw["initial"] is not None and kw["initial"].predicted_peak_bytes == floor
+        assert sol.feasible
