@@ -210,7 +210,7 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
         # (or the plan itself) is not accounted: moves without a bound first, then by bound, lowest first
         order = sorted(range(len(tried)), key=lambda t: (tried[t][1] is not None, tried[t][1] or 0, t))
         found, found_at = None, -1
-        improving: list[tuple[int, int]] = []  # (account's peak, move) of every move that lowers the plan's
+        improving: list[tuple[int, int]] = []  # (account peak, move) of every move that lowers the plan
         for t in order:
             if max_accounts is not None and counted["accounts"] >= max_accounts:
                 break
