@@ -64,6 +64,11 @@ reported peak is loosened by this much, or the plan that peak was reported for w
 _GAP_FRACTION_OF_FORWARD = 0.01
 
 
+def meets_budget(peak_bytes: int, budget_bytes: int | None) -> bool:
+    """Whether a reported peak meets a budget, within the precision CBC reports peaks to (``REPORTED_REL``)."""
+    return budget_bytes is None or peak_bytes <= budget_bytes * (1.0 + REPORTED_REL)
+
+
 def pump_tune(rounds: int) -> int:
     """CBC's ``pumpTune`` for a feasibility pump of ``rounds`` major rounds, its other settings CBC's default
     (1005043: accumulate on, six rounds, 43); the thousands count the rounds after the first."""
@@ -304,7 +309,7 @@ def solve_ilp(
 
     start_point = None
     if (initial is not None and initial.feasible
-            and (budget_bytes is None or initial.predicted_peak_bytes <= budget_bytes * (1.0 + REPORTED_REL))
+            and meets_budget(initial.predicted_peak_bytes, budget_bytes)
             and not (unkept and any(problem.storage_of[problem.names.index(name)] in unkept for name in initial.keep))):
         start_point = initial
         _set_initial(problem, start_point, keep, rec, kept, option)

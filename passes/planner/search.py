@@ -20,7 +20,7 @@ from ..simulate import Timeline
 from . import tuning
 from .greedy import solve_greedy
 from .local import improve
-from .ilp import REPORTED_REL, solve_ilp
+from .ilp import REPORTED_REL, meets_budget, solve_ilp
 from .problem import INPLACE, PlanProblem, without_modes
 from .repeat import candidate_ties
 from .solution import PEAK, TIME, PlanSolution
@@ -423,8 +423,7 @@ def _solve(run: _Run, budget: int | None, objective: str, unkept: frozenset[int]
     at_start = start is not None and start.feasible and budget is not None \
         and abs(budget - start.predicted_peak_bytes) <= REPORTED_REL * budget
     initial = start if objective == TIME and (inputs.warm_start_time_solves or at_start) else None
-    refine = initial is not None and initial.feasible and (
-        budget is None or initial.predicted_peak_bytes <= budget * (1.0 + REPORTED_REL))
+    refine = initial is not None and initial.feasible and meets_budget(initial.predicted_peak_bytes, budget)
     sol = run.solve(inputs.problem, budget_bytes=budget, objective=objective, initial=initial,
                     unkept_storages=unkept, **_limits(inputs, refine=refine))
     if sol.feasible:
