@@ -21,7 +21,7 @@ from . import tuning
 from .greedy import solve_greedy
 from .local import improve
 from .ilp import REPORTED_REL, meets_budget, solve_ilp
-from .problem import INPLACE, PlanProblem, without_modes
+from .problem import FEWBIT, INPLACE, QUANTIZE, PlanProblem, without_modes
 from .repeat import candidate_ties
 from .solution import PEAK, TIME, PlanSolution
 
@@ -520,6 +520,8 @@ def _floor_plan(run: _Run) -> Verified:
                              **_limits(inputs))
             if fast.feasible and fast.recompute != plain.recompute:
                 _verify(run, fast)
+    if sol.feasible and LOSSLESS_FLOOR and any(opt.mode in LOSSY_MODES for opt in inputs.problem.options):
+        _lossless_floor(run)
     lowest = state.lowest_built
     if lowest is None:
         lowest = built
@@ -530,6 +532,27 @@ def _floor_plan(run: _Run) -> Verified:
         built = inputs.default
     state.floor_plan = built
     return built
+
+
+LOSSY_MODES = (QUANTIZE, FEWBIT)
+LOSSLESS_FLOOR = True
+"""Whether a problem with lossy options also builds its floor without them (``_lossless_floor``). Off only in tests
+that need a lossy plan to reach a lossy rewrite on a model where the lossless floor runs lower."""
+
+
+def _lossless_floor(run: _Run) -> None:
+    """The floor without the lossy options, solved, built and improved by the local moves, so the lowest plan built
+    is never above it: a problem's lossy options add choices to the lossless ones, but the local moves leave a plan
+    with a quantized storage as it is (local.py), so the lossy floor's search may end above the lossless one's."""
+    inputs = run.inputs
+    lossless = without_modes(inputs.problem, LOSSY_MODES)
+    plain = run.solve(lossless, budget_bytes=None, objective=PEAK, **_limits(inputs))
+    if not plain.feasible:
+        return
+    _verify(run, plain)
+    better = _improve(run, plain, problem=lossless) if tuning.LOCAL_MOVES else None
+    if better is not None:
+        _verify(run, better)
 
 
 def _lowest_from_floor(run: _Run) -> None:
@@ -585,11 +608,11 @@ def _polish(run: _Run) -> None:
                 state.floor_plan = built
 
 
-def _improve(run: _Run, sol: PlanSolution, **limits) -> PlanSolution | None:
-    """``local.improve``, timed."""
+def _improve(run: _Run, sol: PlanSolution, problem: PlanProblem | None = None, **limits) -> PlanSolution | None:
+    """``local.improve`` on ``problem`` (the search's by default), timed."""
     start = time.perf_counter()
     try:
-        return improve(run.inputs.problem, sol, **limits)
+        return improve(problem if problem is not None else run.inputs.problem, sol, **limits)
     finally:
         run.state.local_seconds += time.perf_counter() - start
 

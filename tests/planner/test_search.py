@@ -763,3 +763,38 @@ def test_a_time_solve_at_the_floor_starts_from_the_floor_plan(fraction):
     for kw, sol in at_floor:
         assert kw["initial"] is not None and kw["initial"].predicted_peak_bytes == floor
         assert sol.feasible
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_floor_with_lossy_options_never_runs_above_the_floor_without_them(monkeypatch, guard):
+    """A chain whose storages may be quantized, and a simulator that finds every lossy plan 8 MB above its model
+    peak (a model that under-counts the quantized copies): the options are a superset of the lossless ones, so the
+    floor runs the lossless floor plan, the lower one. Without the guard (search.LOSSLESS_FLOOR) the search ends on
+    a lossy plan above it."""
+    import memcompile.passes.planner.search as search_mod
+    from memcompile.passes.planner.problem import FEWBIT, QUANTIZE, without_modes
+    from test_lossy_planner import chain
+
+    problem = build_problem(chain(6))
+    lossless = without_modes(problem, (QUANTIZE, FEWBIT))
+    assert lossless is not problem
+    low = solve_ilp(lossless, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT)
+    lossy_low = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT)
+    assert lossy_low.quantize and lossy_low.predicted_peak_bytes < low.predicted_peak_bytes
+
+    class LossyRunsHigher(FakeVerifier):
+        def __call__(self, sol):
+            built = super().__call__(sol)
+            if not (sol.quantize or sol.fewbit):
+                return built
+            return Verified(solution=sol, timeline=_timeline(sol.predicted_peak_bytes + 8 * MB, sol.keep),
+                            source=sol.solver)
+
+    monkeypatch.setattr(search_mod, "LOSSLESS_FLOOR", guard)
+    result = search(_inputs(problem, budget_fraction=0.0), verify=LossyRunsHigher())
+    if guard:
+        assert not (result.chosen.solution.quantize or result.chosen.solution.fewbit)
+        assert result.chosen.peak_bytes == low.predicted_peak_bytes
+        assert result.min_peak_bytes == low.predicted_peak_bytes
+    else:
+        assert result.chosen.peak_bytes > low.predicted_peak_bytes
