@@ -242,6 +242,24 @@ def _inlines(user: fx.Node, value: fx.Node) -> bool:
     return is_pointwise(user) or str(user.target) in _REDUCTIONS
 
 
+def _is_view(node: fx.Node) -> bool:
+    """``node`` is a view of its input (an alias that writes nothing): Inductor lowers a view of an unrealized
+    expression to the same expression read at other indices (``ir.View``, ``ExpandView``), so a pointwise value
+    read through views is inlined into the views' readers as if they read it."""
+    return node.op == "call_function" and alias_source(node) is not None and not writes_in_place(node)
+
+
+def _readers_through_views(node: fx.Node) -> list[tuple[fx.Node, fx.Node]]:
+    """(reader, what it reads) for every reader of ``node``, a view's readers taking the view's place."""
+    out = []
+    for user in node.users:
+        if _is_view(user) and alias_source(user) is node:
+            out.extend(_readers_through_views(user))
+        else:
+            out.append((user, node))
+    return out
+
+
 def _fusible(node: fx.Node) -> bool:
     if str(node.target) in _CONSTANTS and node.op == "call_function":
         # read only by scatters (checked against Inductor's code). A constant a pointwise op reads stays a
@@ -250,10 +268,15 @@ def _fusible(node: fx.Node) -> bool:
         return bool(users) and all(u.op == "call_function" and str(u.target) in _INDEXED for u in users)
     if not _pointwise_like(node):
         return False
-    users = list(node.users)
-    if not users or len(users) > _INLINE_MAX_READERS:
+    readers = _readers_through_views(node) if VIEWS_INLINE else [(u, node) for u in node.users]
+    if not readers or len(readers) > _INLINE_MAX_READERS:
         return False
-    return all(_inlines(u, node) for u in users)
+    return all(_inlines(u, value) for u, value in readers)
+
+
+VIEWS_INLINE = True
+"""Whether a pointwise value read through views counts as read by the views' readers (``_readers_through_views``).
+Off only to compare with the simulator before the rule."""
 
 
 def to_sympy(x) -> sympy.Expr:

@@ -26,7 +26,7 @@ Model (what Inductor's generated code and AOT autograd's boxed calling conventio
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -169,10 +169,11 @@ def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[
         read: set[str] = set()
         count, dear = 1, _op_name(info.producer) in _HEAVY_OPS
         for a in inputs.get(name, ()):
-            if a in away:
-                read |= loads[a]
-                count += ops[a]
-                dear = dear or heavy[a]
+            src = a if a in away else _view_of(tensors, a, away)
+            if src is not None:
+                read |= loads[src]
+                count += ops[src]
+                dear = dear or heavy[src]
             elif tensors[a].kind == "tensor":
                 read.add(tensors[a].alias_root)
                 count += 1
@@ -187,6 +188,41 @@ def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[
     return frozenset(away), frozenset(inlined)
 
 
+def _view_of(tensors, name: str, values: Collection[str]) -> str | None:
+    """The value among ``values`` that ``name`` is a view of (None if it is none's): a view of a value Inductor
+    computes inside its readers is the same expression read at other indices (lifetimes._readers_through_views)."""
+    info = tensors.get(name)
+    if info is None or info.alias_root == name or info.alias_root not in values or info.producer == "placeholder":
+        return None
+    return info.alias_root
+
+
+def _broadcast_read(table: LifetimeTable, name: str) -> bool:
+    """A reader reads ``name`` broadcast: through a view with more elements (an ``expand``), or as a pointwise op
+    whose output has more elements. Its kernel loads the buffer at other indices than the value's kernel writes it,
+    so the two share no memory access and Inductor never fuses them (``Scheduler.can_fuse``: "no shared data"; an
+    attention mask read by every head of its layer, hf-mistral-gqa)."""
+    tensors = table.tensors
+    numel = _numel(tensors[name])
+    if numel is None:
+        return False
+    stack = [name]
+    while stack:
+        node = stack.pop()
+        for user in tensors[node].users:
+            info = tensors.get(user)
+            if info is None or info.kind != "tensor":
+                continue
+            size = _numel(info)
+            if info.alias_root == tensors[node].alias_root and info.nbytes_hint == 0:  # a view
+                if size is not None and size > numel:
+                    return True
+                stack.append(user)
+            elif info.pointwise and size is not None and size > numel:
+                return True
+    return False
+
+
 def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int],
                    inputs: Mapping[str, list[str]] | None = None) -> bool:
     """A reader of ``name`` waits for a non-fusible step (a matmul, an extern kernel) that itself depends on
@@ -197,6 +233,8 @@ def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int],
     norm's row sums) is no such step: Inductor puts it in one kernel with the pointwise ops before and
     after it over the same rows. ``inputs``: ``_inputs_of(table)``, when the caller has it."""
     tensors = table.tensors
+    if BROADCAST_SPLITS and _broadcast_read(table, name):
+        return True
     readers = {u for u in tensors[name].users if u in pos}
     if len(readers) < 2:
         return False
@@ -226,6 +264,10 @@ def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int],
                 stack.append(state)
     return False
 
+
+BROADCAST_SPLITS = True
+"""Whether a value read broadcast keeps its buffer (``_broadcast_read``); off only to compare with the simulator
+before the rule."""
 
 _MIN_UNSPLIT_ROWS = 512
 """On a GPU Inductor splits a reduction with few rows into two kernels (``Reduction.num_splits``: fewer rows than
@@ -317,7 +359,7 @@ def _runs_at(table: LifetimeTable, inlined: frozenset[str], step: Mapping[str, i
     for name in reversed(table.order):
         if name not in step:
             continue
-        if name in inlined:
+        if name in inlined or _view_of(table.tensors, name, inlined) is not None:
             later = [out[u] for u in table.tensors[name].users if u in out]
             out[name] = max([step[name], *later])
         else:
@@ -346,7 +388,7 @@ def _write_in_place(table: LifetimeTable, inputs: Mapping[str, list[str]], g: in
             if a in seen:
                 continue
             seen.add(a)
-            if a in inlined:
+            if a in inlined or _view_of(tensors, a, inlined) is not None:
                 stack.extend(inputs.get(a, ()))
             else:
                 reads.append(a)

@@ -446,3 +446,51 @@ def test_without_recompute_inductors_reordering_stays():
     before = inductor_config.reorder_for_peak_memory
     with choices.planned_order(keep_order=False):
         assert inductor_config.reorder_for_peak_memory == before
+
+
+# ------------------------------------------------------------------ a mask read through a view, broadcast
+H = 4
+
+
+def _mask_read_by_heads(a, b, c, d, e, s1, s2, v1, v2):
+    """An attention mask (hf-mistral-gqa's): a boolean chain over several inputs, read through an ``expand`` by a
+    ``where``, which two layers' scores read broadcast over their heads."""
+    keep = (a[:, None] <= b[None, :]) & (c[:, None] == d[None, :]) & (e[None, :] >= 0)
+    mask = torch.where(keep.expand(N, N), 0.0, -1e9)
+    x1 = torch.bmm(torch.softmax(s1 + mask, -1), v1)
+    x2 = torch.bmm(torch.softmax(s2 + mask, -1), v2)
+    return x1, x2
+
+
+def _mask_args():
+    return [torch.randn(N) for _ in range(5)] + [torch.randn(H, N, N) for _ in range(4)]
+
+
+@pytest.mark.parametrize("views", [True, False])
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_a_mask_read_through_a_view_and_broadcast_keeps_its_buffer(monkeypatch, views, broadcast):
+    """The boolean chain is inlined into the ``where`` through the view, so the ``where`` loads more buffers than
+    Inductor inlines into two readers and is realized; its readers read it broadcast, so no reader's kernel takes
+    it in, and it keeps its buffer. Either rule alone leaves it without one."""
+    from memcompile.passes import lifetimes, simulate
+
+    monkeypatch.setattr(lifetimes, "VIEWS_INLINE", views)
+    monkeypatch.setattr(simulate, "BROADCAST_SPLITS", broadcast)
+    gm = _graph(_mask_read_by_heads, *_mask_args())
+    where = next(n.name for n in gm.graph.nodes if n.target == aten.where.self)
+    table = analyse(gm)
+    expand = next(n for n in gm.graph.nodes if n.target == aten.expand.default)
+    away, inlined = simulate.fused_values(table)
+    assert (expand.args[0].name in inlined) == views  # the chain's last value, which only the view reads
+    assert (where not in away) == (views and broadcast)
+
+
+@pytest.mark.slow
+def test_inductor_gives_the_broadcast_mask_a_buffer_and_its_boolean_chain_none():
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, (code,) = run_and_get_code(torch.compile(_mask_read_by_heads), *_mask_args())
+    torch._dynamo.reset()
+    assert code.count(f"empty_strided_cpu(({N}, {N}), ({N}, 1), torch.float32)") == 1  # the mask
+    assert "torch.bool)" not in code  # the boolean chain: inlined into the mask's kernel

@@ -12,7 +12,6 @@ from _planner_helpers import traced_joint
 from memcompile.config import MemConfig
 from memcompile.partitioner import MemPartitioner, _copy_graph
 
-MODES = ("recompute", "quantize", "fewbit")  # "inplace" too doubled the test's time
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +45,13 @@ def _plan(joint, inputs, kw, options):
     }
 
 
-# "inductor" plans the quantize rewrite's ATen form (inline_aten); "eager" the few-bit rewrite's custom ops
-# (with quantize too, the eager search meets its target at once since the ILP counts the custom ops' scratch:
-# no round to reuse). Neither compiles.
+# "inductor" plans the few-bit rewrite's decomposed form, "eager" its custom ops. With quantize the search meets
+# its target at once on llama-tiny (no round to reuse): through Inductor since the simulator inlines a value read
+# through views as Inductor does (2026-12-07), in eager since the ILP counts the custom ops' scratch. Neither
+# compiles.
 @pytest.mark.parametrize("inner", ["inductor", "eager"])
 def test_reuse_changes_no_simulated_peak(llama_tiny_joint, monkeypatch, inner):
-    modes = MODES if inner == "inductor" else ("recompute", "fewbit")
+    modes = ("recompute", "fewbit")
     options = {"memory_budget": 0.0, "modes": modes, "inner": inner}
     got = {}
     for reuse in (False, True):
