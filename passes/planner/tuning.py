@@ -81,11 +81,10 @@ most a quarter of one value's recompute time over the stack, and the binaries st
 
 POLISH_STARTS = REPAIR_ROUNDS
 """Plans the local moves start from at the floor (search._polish): the chosen plan, then the lowest others the
-search built. The moves descend to the nearest plan no single move lowers, so the start decides the end; the
-later starts share as many accounts as the first spent, so they at most double its time. As many as the plans the
-repair rounds from the floor build, one per round; on the zoo at 0.0 six bounded starts lowered two floors by 5-6%
-at the same planning time, and six unbounded ones lowered eight at a third more (docs/BENCHMARKS.md, "More
-starts for the local moves")."""
+search built. The moves descend to the nearest plan no single move lowers, so the start decides the end. As many
+as the plans the repair rounds from the floor build, one per round. Each start descends fully: on the zoo at 0.0
+six full descents lowered two floors by about 4% (hf-gpt2-deep, mlp-mixer) over descents sharing the first one's
+accounts, at about the same planning time (docs/BENCHMARKS.md, "Views, broadcasts and full descents")."""
 
 LOCAL_MOVES = 50
 """Moves of the local search against the exact account (local.py) on a smallest-peak plan; 0 turns it off.

@@ -680,7 +680,8 @@ def _polish_recorder(monkeypatch, later_accounts):
         if not polishing[0]:
             return None
         starts_of.append((sol, max_accounts))
-        stats["accounts"] = 10 if len(starts_of) == 1 else later_accounts
+        if stats is not None:
+            stats["accounts"] = 10 if len(starts_of) == 1 else later_accounts
         if len(starts_of) < 2:
             return None
         return dataclasses.replace(sol, solver="ilp+local", recompute=sol.recompute | {"moved"},
@@ -716,13 +717,12 @@ def test_the_floor_polishes_the_lowest_plans_built_and_runs_the_lowest_result(mo
         assert result.chosen.peak_bytes == chosen.peak_bytes and "moved" not in result.chosen.solution.recompute
 
 
-def test_the_other_starts_spend_together_at_most_the_accounts_of_the_first(monkeypatch):
-    """The first start's moves are not bounded; the later starts share as many accounts as it spent, each
-    bounded by what is left, and none starts once they are spent."""
+def test_every_start_descends_as_far_as_the_moves_go(monkeypatch):
+    """No start's moves are bounded in accounts."""
     monkeypatch.setattr(tuning, "POLISH_STARTS", 4)
     _, starts_of = _polish_recorder(monkeypatch, later_accounts=6)
     _blind_floor_search()
-    assert [limit for _, limit in starts_of] == [None, 10, 4]
+    assert len(starts_of) >= 3 and all(limit is None for _, limit in starts_of)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 0.8])
