@@ -511,9 +511,8 @@ def _floor_plan(run: _Run) -> Verified:
     if sol.feasible and sol.inplace and built.peak_bytes > sol.predicted_peak_bytes:
         # inplace costs nothing, so it must not leave a higher floor than the plan without it
         plain_problem = without_modes(inputs.problem, (INPLACE,))
-        plain = run.solve(plain_problem, budget_bytes=None, objective=PEAK, **_limits(inputs))
+        plain = _floor_without(run, plain_problem)
         if plain.feasible:
-            _verify(run, plain)
             # and the fastest plan at that peak, as a fraction's search without inplace builds it: plans
             # the model rates equal differ in the chains they recompute
             fast = run.solve(plain_problem, budget_bytes=plain.predicted_peak_bytes, objective=TIME,
@@ -521,7 +520,9 @@ def _floor_plan(run: _Run) -> Verified:
             if fast.feasible and fast.recompute != plain.recompute:
                 _verify(run, fast)
     if sol.feasible and LOSSLESS_FLOOR and any(opt.mode in LOSSY_MODES for opt in inputs.problem.options):
-        _lossless_floor(run)
+        # the local moves leave a plan with a quantized storage as it is, so the lossy floor's search may end
+        # above the lossless floor its options include
+        _floor_without(run, without_modes(inputs.problem, LOSSY_MODES))
     lowest = state.lowest_built
     if lowest is None:
         lowest = built
@@ -536,23 +537,21 @@ def _floor_plan(run: _Run) -> Verified:
 
 LOSSY_MODES = (QUANTIZE, FEWBIT)
 LOSSLESS_FLOOR = True
-"""Whether a problem with lossy options also builds its floor without them (``_lossless_floor``). Off only in tests
+"""Whether a problem with lossy options also builds its floor without them (``_floor_without``). Off only in tests
 that need a lossy plan to reach a lossy rewrite on a model where the lossless floor runs lower."""
 
 
-def _lossless_floor(run: _Run) -> None:
-    """The floor without the lossy options, solved, built and improved by the local moves, so the lowest plan built
-    is never above it: a problem's lossy options add choices to the lossless ones, but the local moves leave a plan
-    with a quantized storage as it is (local.py), so the lossy floor's search may end above the lossless one's."""
-    inputs = run.inputs
-    lossless = without_modes(inputs.problem, LOSSY_MODES)
-    plain = run.solve(lossless, budget_bytes=None, objective=PEAK, **_limits(inputs))
+def _floor_without(run: _Run, problem: PlanProblem) -> PlanSolution:
+    """The floor of ``problem`` (the search's with some modes' options taken out), solved, built, and improved by
+    the local moves (the improvement built too), so the lowest plan built is never above it; returns its solve."""
+    plain = run.solve(problem, budget_bytes=None, objective=PEAK, **_limits(run.inputs))
     if not plain.feasible:
-        return
+        return plain
     _verify(run, plain)
-    better = _improve(run, plain, problem=lossless) if tuning.LOCAL_MOVES else None
+    better = _improve(run, plain, problem=problem) if tuning.LOCAL_MOVES else None
     if better is not None:
         _verify(run, better)
+    return plain
 
 
 def _lowest_from_floor(run: _Run) -> None:

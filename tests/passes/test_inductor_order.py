@@ -203,6 +203,34 @@ def test_a_kernel_writes_its_output_into_an_input_that_dies_there():
     assert abs(tl.peak_bytes - measured) <= 64, (tl.peak_bytes, measured)
 
 
+def _written_in_place_through_a_reshape(x, w1):
+    a = torch.mm(x, w1).view(4, N // 4, N)  # a GELU derivative reads the matmul's output as (batch, seq, hidden)
+    return torch.tanh(a) * 3
+
+
+@pytest.mark.parametrize("rule", [True, False])
+def test_a_kernel_writes_its_output_into_an_input_it_reads_through_a_reshape(monkeypatch, rule):
+    from memcompile.passes import simulate
+
+    monkeypatch.setattr(simulate, "RESHAPES_IN_PLACE", rule)  # off by default (simulate.py says why)
+    gm = _graph(_written_in_place_through_a_reshape, *[torch.randn(N, N) for _ in range(2)])
+    tl = simulate_step(gm, None, num_fwd_outputs=1, model="inductor")
+    assert tl.peak_bytes == (3 if rule else 4) * BYTES
+
+
+@pytest.mark.slow
+def test_inductor_writes_into_the_buffer_it_reads_through_a_reshape():
+    from memcompile.measure import measure_peak
+
+    inputs = [torch.randn(N, N) for _ in range(2)]
+    torch._dynamo.reset()
+    compiled = torch.compile(_written_in_place_through_a_reshape, backend="inductor")
+    compiled(*inputs)
+    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
+    torch._dynamo.reset()
+    assert abs(measured - 3 * BYTES) <= 64, measured
+
+
 # ----------------------------------------------------------------------------- lazy realization
 
 def _sum_read_late(a, b, x, w, w2, *, fold=False):
