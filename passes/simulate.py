@@ -214,7 +214,7 @@ def _broadcast_read(table: LifetimeTable, name: str) -> bool:
             if info is None or info.kind != "tensor":
                 continue
             size = _numel(info)
-            if info.alias_root == tensors[node].alias_root and info.nbytes_hint == 0:  # a view
+            if _view_of(tensors, user, (tensors[node].alias_root,)) is not None:
                 if size is not None and size > numel:
                     return True
                 stack.append(user)
@@ -421,14 +421,12 @@ def _reshape_of_root(tensors, inputs: Mapping[str, list[str]], name: str) -> boo
     so Inductor's in-place reuse sees the buffer itself (a GELU derivative written into the matmul output it
     reads as ``(batch, seq, hidden)``: "buf15 = reinterpret_tensor(buf9, ...); del buf9  # reuse")."""
     info = tensors.get(name)
-    seen = 0
-    while info is not None and info.alias_root != info.name and seen < 64:
+    while info is not None and info.alias_root != info.name:  # a view's source precedes it: no cycle
         if info.producer not in _RESHAPES:
             return False
         source = next((a for a in inputs.get(info.name, ()) if tensors[a].kind == "tensor"), None)
         info = tensors.get(source) if source is not None else None
-        seen += 1
-    return info is not None and info.alias_root == info.name
+    return info is not None
 
 
 def offload_roles(gm: fx.GraphModule | fx.Graph) -> dict[str, tuple[str, str | None]]:

@@ -655,10 +655,9 @@ def test_a_certificate_that_fails_leaves_the_search_with_its_own_solve_unless_it
     assert result.target_bytes == result.min_peak_bytes
 
 
-def _polish_recorder(monkeypatch, later_accounts):
+def _polish_recorder(monkeypatch):
     """Patch search._polish and search.improve: the fake local moves find nothing, except from the second start,
-    where they find a plan the model rates 20 MB under the chosen one; the first start spends 10 accounts, every
-    later one ``later_accounts``. Returns (what _polish saw: the chosen plan and the distinct plans built, lowest
+    where they find a plan the model rates 20 MB under the chosen one. Returns (what _polish saw: the chosen plan and the distinct plans built, lowest
     first; the starts the moves were given)."""
     import memcompile.passes.planner.search as search_module
 
@@ -680,8 +679,6 @@ def _polish_recorder(monkeypatch, later_accounts):
         if not polishing[0]:
             return None
         starts_of.append((sol, max_accounts))
-        if stats is not None:
-            stats["accounts"] = 10 if len(starts_of) == 1 else later_accounts
         if len(starts_of) < 2:
             return None
         return dataclasses.replace(sol, solver="ilp+local", recompute=sol.recompute | {"moved"},
@@ -705,7 +702,7 @@ def test_the_floor_polishes_the_lowest_plans_built_and_runs_the_lowest_result(mo
     simulated peak, each plan once), ``tuning.POLISH_STARTS`` in all; a plan they find from any start that runs
     lower than the chosen one is taken."""
     monkeypatch.setattr(tuning, "POLISH_STARTS", starts)
-    seen, starts_of = _polish_recorder(monkeypatch, later_accounts=4)
+    seen, starts_of = _polish_recorder(monkeypatch)
     result = _blind_floor_search()
     chosen, built = seen["chosen"], seen["built"]
     others = [v.solution for v in built if plan_key(v.solution) != plan_key(chosen.solution)]
@@ -720,7 +717,7 @@ def test_the_floor_polishes_the_lowest_plans_built_and_runs_the_lowest_result(mo
 def test_every_start_descends_as_far_as_the_moves_go(monkeypatch):
     """No start's moves are bounded in accounts."""
     monkeypatch.setattr(tuning, "POLISH_STARTS", 4)
-    _, starts_of = _polish_recorder(monkeypatch, later_accounts=6)
+    _, starts_of = _polish_recorder(monkeypatch)
     _blind_floor_search()
     assert len(starts_of) >= 3 and all(limit is None for _, limit in starts_of)
 
