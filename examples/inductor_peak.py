@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="hf-bert")
     parser.add_argument("--budget", type=float, default=0.0)
     parser.add_argument("--top", type=int, default=12, help="live buffers to print on each side")
+    parser.add_argument("--dump", default=None,
+                        help="a folder to write the generated forward and backward code and the simulated steps into")
     args = parser.parse_args(argv)
 
     import torch
@@ -127,6 +129,16 @@ def main(argv: list[str] | None = None) -> None:
     compiled = torch.compile(model, backend="memcompile", options={"memory_budget": args.budget})
     _, codes = run_and_get_code(lambda: compiled(*inputs).backward())
     (plan,) = memcompile.last_plans()
+    if args.dump:
+        import pathlib
+
+        folder = pathlib.Path(args.dump)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "fw_code.py").write_text(codes[0])
+        (folder / "bw_code.py").write_text(codes[-1])
+        t = plan.planned
+        (folder / "steps.txt").write_text("".join(f"{k} {s} {side} {b}\n" for k, (s, side, b)
+                                                  in enumerate(zip(t.steps, t.sides, t.live_bytes))))
     model.zero_grad(set_to_none=True)
     live_before = live_bytes_of(model, inputs)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -159,6 +171,18 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  buffers the code holds there: {sum(at.live.values()):,} B; the largest:")
             for name, nbytes in sorted(at.live.items(), key=lambda kv: -kv[1])[: args.top]:
                 print(f"    {nbytes:>12,}  {name}")
+            sources = [s.strip() for s in at.source.split(",") if s.strip()]
+            timeline = plan.planned
+            step = next((k for k, s in enumerate(timeline.steps) if timeline.sides[k] == "backward"
+                         and sources and s in (sources[-1], "bw:" + sources[-1])), None)
+            if step is not None:
+                print(f"  the simulator at that kernel's node (step {step}, {timeline.steps[step]}): "
+                      f"{timeline.live_bytes[step]:,} B; the largest:")
+                for interval in timeline.live_at(step)[: args.top]:
+                    print(f"    {interval.nbytes:>12,}  {interval.root}")
+                made = [iv for iv in timeline.live_at(step) if iv.alloc_step >= timeline.backward_start]
+                print(f"  of which made in the backward (the code's buffers): {sum(iv.nbytes for iv in made):,} B in "
+                      f"{len(made)}: " + ", ".join(f"{iv.root} {iv.nbytes:,}" for iv in made))
     timeline = plan.planned
     i = timeline.peak_index
     print(f"simulated peak: step {i} {timeline.steps[i]} ({timeline.sides[i]}), {timeline.live_bytes[i]:,} B; "
