@@ -55,6 +55,8 @@ class TensorInfo:
     readers' kernels, so it never gets a buffer of its own (the simulator's "inductor" model)."""
     pointwise: bool = False
     """Produced by a pointwise op (an Inductor kernel, which may write into an input that dies there)."""
+    gathered: str | None = None
+    """For a gather (``_GATHERS``), the value it loads at the indices it reads (its first input)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,7 +213,7 @@ element reads), so a constant they read is inlined into them: a rotary embedding
 zeros made once and read by every layer (hf-qwen2-gqa: 320 KiB the simulator held through the backward)."""
 
 
-_GATHERS = frozenset({"aten.gather.default"})
+_GATHERS = frozenset({"aten.gather.default", "aten.index.Tensor"})
 """Ops Inductor lowers to a pointwise expression that loads their first input at indices it reads from the
 second (``lowering.gather``): a pointwise value they gather from is computed inside their kernel, never
 realized, and the gather itself is a pointwise value for its readers. A cross-entropy's ``log_softmax`` output,
@@ -219,13 +221,11 @@ read only by the loss's gather (toy-gpt, hf-llama, hf-qwen2-gqa at 1.0: 1 MiB th
 forward's end that Inductor's code never allocates)."""
 
 
-GATHERS_FUSE = False
-"""Whether ``_GATHERS`` count as pointwise readers and values (the rule above). Off: the rule matches Inductor's
-code (tests/passes/test_inductor_order.py), and on it the default partitions of toy-gpt, hf-llama and
-hf-qwen2-gqa are predicted exactly (+3.1..3.6% without it), but it also moves the floor search onto other plans
-whose figures meet simulator gaps not yet modelled (a kernel writing in place into an input read through a
-reshape: hf-gpt2-deep's floor over-predicted by 5.3%, hf-qwen2-gqa's by 6.5%); on the whole zoo grid it cost
-more checks than it mended (docs/BENCHMARKS.md, "A gather's input has no buffer"). On once those are modelled."""
+GATHERS_FUSE = True
+"""Whether ``_GATHERS`` count as pointwise readers and values (the rule above; ``aten.index`` with tensor indices
+is lowered the same way, ``lowering.index``). Off only to compare with the simulator before the rule (on the zoo
+grid of 2026-12-06 it moved floor searches onto plans that met the in-place write through a reshape, then not
+modelled; docs/BENCHMARKS.md, "A gather's input has no buffer")."""
 
 
 def _pointwise_like(node: fx.Node) -> bool:
@@ -262,10 +262,12 @@ def _readers_through_views(node: fx.Node) -> list[tuple[fx.Node, fx.Node]]:
 
 def _fusible(node: fx.Node) -> bool:
     if str(node.target) in _CONSTANTS and node.op == "call_function":
-        # read only by scatters (checked against Inductor's code). A constant a pointwise op reads stays a
-        # load: counted so, an attention mask's where is realized as Inductor realizes it (hf-mistral-gqa)
+        # read only by scatters (checked against Inductor's code) or, with CONSTANTS_INLINE, by pointwise ops too:
+        # Inductor lowers a constant to an expression that loads nothing, inlined into every reader
         users = list(node.users)
-        return bool(users) and all(u.op == "call_function" and str(u.target) in _INDEXED for u in users)
+        return bool(users) and all(u.op == "call_function" and (str(u.target) in _INDEXED
+                                                                 or (CONSTANTS_INLINE and _inlines(u, node)))
+                                   for u in users)
     if not _pointwise_like(node):
         return False
     readers = _readers_through_views(node) if VIEWS_INLINE else [(u, node) for u in node.users]
@@ -273,6 +275,12 @@ def _fusible(node: fx.Node) -> bool:
         return False
     return all(_inlines(u, value) for u, value in readers)
 
+
+CONSTANTS_INLINE = True
+"""Whether a constant read by pointwise ops is inlined into them: Inductor lowers it to an expression that loads
+nothing. Before, it was counted as a load, which made an attention mask's ``where`` come out realized, as Inductor
+realizes it, for the wrong reason (Inductor counts the mask's gathers: ``simulate.READS_BY_INDEX``). Off only to
+compare with the simulator before the rule."""
 
 VIEWS_INLINE = True
 """Whether a pointwise value read through views counts as read by the views' readers (``_readers_through_views``).
@@ -385,6 +393,8 @@ def analyse(gm: fx.GraphModule | fx.Graph, *, schedule: str = "graph") -> Lifeti
             is_tangent=is_tangent(node),
             fusible=_fusible(node),
             pointwise=is_pointwise(node),
+            gathered=(node.args[0].name if str(node.target) in _GATHERS and node.op == "call_function"
+                      and node.args and isinstance(node.args[0], fx.Node) else None),
         )
     return LifetimeTable(order=tuple(n.name for n in nodes), tensors=tensors, outputs=outputs,
                          mutated_inputs=mutated_inputs(graph, roots))

@@ -159,23 +159,28 @@ def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[
     pos = {n: i for i, n in enumerate(table.order)}
     away: set[str] = set()
     inlined: set[str] = set()
-    loads: dict[str, frozenset[str]] = {}
+    loads: dict[str, frozenset[tuple[str, str]]] = {}
     ops: dict[str, int] = {}
     heavy: dict[str, bool] = {}
     for name in table.order:
         info = tensors.get(name)
         if info is None or not info.fusible:
             continue
-        read: set[str] = set()
+        read: set[tuple[str, str]] = set()
         count, dear = 1, _op_name(info.producer) in _HEAVY_OPS
         for a in inputs.get(name, ()):
+            # a load is a buffer read at one index: a view, or a gather's indices, reads it at another
+            access = f"gather:{name}" if info.gathered == a and READS_BY_INDEX else ""
             src = a if a in away else _view_of(tensors, a, away)
             if src is not None:
-                read |= loads[src]
+                if src != a and READS_BY_INDEX:
+                    access = f"{a}/{access}"
+                read |= {(root, f"{access}{at}") for root, at in loads[src]}
                 count += ops[src]
                 dear = dear or heavy[src]
             elif tensors[a].kind == "tensor":
-                read.add(tensors[a].alias_root)
+                root = tensors[a].alias_root
+                read.add((root, access + (a if root != a and READS_BY_INDEX else "")))
                 count += 1
         loads[name], ops[name], heavy[name] = frozenset(read), count, dear
         cpu = (info.device or "cpu").startswith("cpu")
@@ -186,6 +191,14 @@ def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[
         elif not _readers_split(table, name, pos, inputs):
             away.add(name)
     return frozenset(away), frozenset(inlined)
+
+
+READS_BY_INDEX = True
+"""Whether ``_fused_away`` counts an expression's loads as Inductor does (``OpCounterCSE.load``: one per buffer and
+index, so a buffer read through two views, or gathered at indices, is two loads) rather than one per buffer. A
+causal mask built from four gathers of two small buffers makes seven loads, over the reads threshold, and Inductor
+realizes it for the layers that read it (hf-mistral-gqa: 512 KiB in the forward and again in the backward). Off only
+to compare with the simulator before the rule."""
 
 
 def _view_of(tensors, name: str, values: Collection[str]) -> str | None:
@@ -406,13 +419,10 @@ def _write_in_place(table: LifetimeTable, inputs: Mapping[str, list[str]], g: in
 
 _RESHAPES = frozenset({"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default"})
 
-RESHAPES_IN_PLACE = False
-"""Whether a kernel may write its output into a dying input it reads through reshapes (``_reshape_of_root``). The
-rule matches Inductor's code (tests/passes/test_inductor_order.py), and on it hf-gpt2's plan at 0.5 is predicted
-exactly (+5.2% without it), but the floor search it steers on hf-mistral-gqa ends on a plan whose forward holds a
-3 MiB softmax input Inductor realizes inside the softmax's kernel, which the simulator gives no buffer: measured
-12.76 MB against 10.82 predicted (docs/BENCHMARKS.md, "Views, broadcasts and full descents"). On once that is
-modelled."""
+RESHAPES_IN_PLACE = True
+"""Whether a kernel may write its output into a dying input it reads through reshapes (``_reshape_of_root``), as
+Inductor's code does (tests/passes/test_inductor_order.py): hf-gpt2's GELU derivative written into the matmul output
+it reads as (batch, seq, hidden). Off only to compare with the simulator before the rule."""
 
 
 def _reshape_of_root(tensors, inputs: Mapping[str, list[str]], name: str) -> bool:

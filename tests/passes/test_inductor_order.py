@@ -383,6 +383,36 @@ def test_a_constant_read_only_by_scatters_and_pointwise_ops_has_no_buffer():
     assert not analyse(gm).tensors[ones].fusible  # a matmul reads a buffer
 
 
+def _constant_read_twice(a, b, w):
+    """A constant read by two pointwise ops whose results two matmuls read: more readers than one kernel."""
+    z = torch.full((N, N), 0.5)
+    return torch.mm(a * z, w) + torch.mm(b + z, w)
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_constant_read_by_pointwise_ops_is_inlined_into_them(monkeypatch, inline):
+    from memcompile.passes import lifetimes, simulate
+
+    monkeypatch.setattr(lifetimes, "CONSTANTS_INLINE", inline)
+    gm = _graph(_constant_read_twice, *_args()[:3])
+    full = next(n.name for n in gm.graph.nodes if n.target == aten.full.default)
+    away, inlined = simulate.fused_values(analyse(gm))
+    assert (full in inlined) == inline
+
+
+@pytest.mark.slow
+def test_inductor_gives_a_constant_read_by_pointwise_ops_no_buffer():
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, (code,) = run_and_get_code(torch.compile(_constant_read_twice), *_args()[:3])
+    torch._dynamo.reset()
+    # the constant is computed inside both readers' kernels and has no buffer: the two pointwise results (the
+    # second reusing the first's) and the two matmuls' (the last sum folded into an addmm)
+    assert "cpp_fused_full_mul_0(" in code and "cpp_fused_add_full_1(" in code
+    assert code.count(f"empty_strided_cpu(({N}, {N})") == 3
+
+
 @pytest.mark.slow
 def test_inductor_gives_a_scattered_constant_no_buffer():
     from torch._inductor.utils import run_and_get_code
@@ -522,3 +552,51 @@ def test_inductor_gives_the_broadcast_mask_a_buffer_and_its_boolean_chain_none()
     torch._dynamo.reset()
     assert code.count(f"empty_strided_cpu(({N}, {N}), ({N}, 1), torch.float32)") == 1  # the mask
     assert "torch.bool)" not in code  # the boolean chain: inlined into the mask's kernel
+
+
+B = 2
+
+
+def _gathered_mask(pos, seg, bi, qi, s1, s2, v1, v2):
+    """hf-mistral-gqa's causal mask as its graph builds it: four gathers (``aten.index``) of two small buffers at
+    indices read from two more, combined into a float mask that two layers' scores read broadcast over their heads.
+    Four buffers, seven loads: each gather loads its source at indices of its own, and ``qi`` is read at two."""
+    b3, qa, qb = bi[:, None, None], qi[None, :, None], qi[None, None, :]
+    keep = (pos[b3, qb] <= pos[b3, qa]) & (seg[b3, qb] == seg[b3, qa])
+    mask = torch.where(keep[:, None], 0.0, -1e9)
+    x1 = torch.softmax(s1 + mask, -1) @ v1
+    x2 = torch.softmax(s2 + mask, -1) @ v2
+    return x1, x2
+
+
+def _gathered_mask_args():
+    pos = torch.arange(N).expand(B, N).contiguous()
+    seg = torch.zeros(B, N, dtype=torch.int64)
+    return [pos, seg, torch.arange(B), torch.arange(N)] + [torch.randn(B, H, N, N) for _ in range(4)]
+
+
+@pytest.mark.parametrize("by_index", [True, False])
+def test_a_mask_of_gathers_loads_one_buffer_per_index_and_keeps_its_buffer(monkeypatch, by_index):
+    """Counted per buffer, the mask loads four and is inlined into both layers (Inductor inlines an expression read
+    twice up to ``realize_reads_threshold`` loads); counted per buffer and index, as Inductor counts, it loads seven
+    and is realized, and its broadcast readers leave it its buffer."""
+    from memcompile.passes import simulate
+
+    monkeypatch.setattr(simulate, "READS_BY_INDEX", by_index)
+    gm = _graph(_gathered_mask, *_gathered_mask_args())
+    gathers = [n.name for n in gm.graph.nodes if n.target == aten.index.Tensor]
+    where = next(n.name for n in gm.graph.nodes if n.target == aten.where.self)
+    assert len(gathers) == 4
+    away, inlined = simulate.fused_values(analyse(gm))
+    assert set(gathers) <= set(inlined)  # each gather is an expression of its readers
+    assert (where not in away) == by_index
+
+
+@pytest.mark.slow
+def test_inductor_gives_the_mask_of_gathers_a_buffer():
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, (code,) = run_and_get_code(torch.compile(_gathered_mask), *_gathered_mask_args())
+    torch._dynamo.reset()
+    assert code.count(f"empty_strided_cpu(({B}, 1, {N}, {N}),") == 1  # the mask (a size-1 dim's stride varies)
