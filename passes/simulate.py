@@ -144,8 +144,9 @@ def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[
     Inductor's lowering decides this per value (``GraphLowering.run_node``: ``mark_reuse`` and
     ``StorageBox.should_realize_on_reuse``; ``has_exceeded_max_reads``), and the rule is mirrored here
     with Inductor's own thresholds: a pointwise value whose expression, with the values inlined into it,
-    is read by more than one node gets a buffer when that expression loads more than
-    ``realize_reads_threshold`` buffers, has more ops than the opcount threshold, or, on a CPU, uses a
+    is read by more than one node gets a buffer when that expression makes more than
+    ``realize_reads_threshold`` loads (one per buffer and index, ``READS_BY_INDEX``), has more ops than the
+    opcount threshold, or, on a CPU, uses a
     transcendental (exp, log, tanh, sigmoid: too dear to run in each reader); any value whose expression
     loads more than the accumulated-reads threshold gets one too. Otherwise it is inlined into each
     reader, and what it reads lives until its last reader (``_runs_at``). A value given a buffer keeps
