@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     compiled = torch.compile(model, backend="memcompile", options={"memory_budget": args.budget})
     _, codes = run_and_get_code(lambda: compiled(*inputs).backward())
     (plan,) = memcompile.last_plans()
+    timeline = plan.planned
     if args.dump:
         import pathlib
 
@@ -136,9 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "fw_code.py").write_text(codes[0])
         (folder / "bw_code.py").write_text(codes[-1])
-        t = plan.planned
         (folder / "steps.txt").write_text("".join(f"{k} {s} {side} {b}\n" for k, (s, side, b)
-                                                  in enumerate(zip(t.steps, t.sides, t.live_bytes))))
+                                                  in enumerate(zip(timeline.steps, timeline.sides, timeline.live_bytes))))
     model.zero_grad(set_to_none=True)
     live_before = live_bytes_of(model, inputs)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -172,7 +172,6 @@ def main(argv: list[str] | None = None) -> None:
             for name, nbytes in sorted(at.live.items(), key=lambda kv: -kv[1])[: args.top]:
                 print(f"    {nbytes:>12,}  {name}")
             sources = [s.strip() for s in at.source.split(",") if s.strip()]
-            timeline = plan.planned
             step = next((k for k, s in enumerate(timeline.steps) if timeline.sides[k] == "backward"
                          and sources and s in (sources[-1], "bw:" + sources[-1])), None)
             if step is not None:
@@ -183,7 +182,6 @@ def main(argv: list[str] | None = None) -> None:
                 made = [iv for iv in timeline.live_at(step) if iv.alloc_step >= timeline.backward_start]
                 print(f"  of which made in the backward (the code's buffers): {sum(iv.nbytes for iv in made):,} B in "
                       f"{len(made)}: " + ", ".join(f"{iv.root} {iv.nbytes:,}" for iv in made))
-    timeline = plan.planned
     i = timeline.peak_index
     print(f"simulated peak: step {i} {timeline.steps[i]} ({timeline.sides[i]}), {timeline.live_bytes[i]:,} B; "
           "the largest live values:")

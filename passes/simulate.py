@@ -160,28 +160,26 @@ def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[
     pos = {n: i for i, n in enumerate(table.order)}
     away: set[str] = set()
     inlined: set[str] = set()
-    loads: dict[str, frozenset[tuple[str, str]]] = {}
+    loads: dict[str, frozenset[tuple[str, tuple[str, ...]]]] = {}  # (buffer, the views/gathers it is read through)
     ops: dict[str, int] = {}
     heavy: dict[str, bool] = {}
     for name in table.order:
         info = tensors.get(name)
         if info is None or not info.fusible:
             continue
-        read: set[tuple[str, str]] = set()
+        read: set[tuple[str, tuple[str, ...]]] = set()
         count, dear = 1, _op_name(info.producer) in _HEAVY_OPS
         for a in inputs.get(name, ()):
             # a load is a buffer read at one index: a view, or a gather's indices, reads it at another
-            access = f"gather:{name}" if info.gathered == a and READS_BY_INDEX else ""
+            gather = (f"gather:{name}",) if info.gathered == a and READS_BY_INDEX else ()
+            view = (a,) if READS_BY_INDEX and tensors[a].alias_root != a else ()
             src = a if a in away else _view_of(tensors, a, away)
             if src is not None:
-                if src != a and READS_BY_INDEX:
-                    access = f"{a}/{access}"
-                read |= {(root, f"{access}{at}") for root, at in loads[src]}
+                read |= {(root, gather + view + at) for root, at in loads[src]}
                 count += ops[src]
                 dear = dear or heavy[src]
             elif tensors[a].kind == "tensor":
-                root = tensors[a].alias_root
-                read.add((root, access + (a if root != a and READS_BY_INDEX else "")))
+                read.add((tensors[a].alias_root, gather + view))
                 count += 1
         loads[name], ops[name], heavy[name] = frozenset(read), count, dear
         cpu = (info.device or "cpu").startswith("cpu")
