@@ -319,6 +319,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="fractions for torch's budget (default: --fractions); fewer saves a compile each")
     parser.add_argument("--no-torch", action="store_true", help="skip torch's budget, checkpointing and Inductor")
     parser.add_argument("--no-inductor", action="store_true", help="skip Inductor's default partition (context only)")
+    parser.add_argument("--no-memcompile", action="store_true",
+                        help="measure only torch's rows (its budget, checkpointing, Inductor): they do not depend on "
+                        "memcompile's code, so rows measured once join later memcompile rows through --from-json")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads per child (1 on a shared CPU)")
@@ -372,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_report(*rows_from_json(args.from_json))
         return 0
     names = _names(args.models)
+    if args.no_memcompile and args.no_torch:
+        raise SystemExit("bench_zoo: --no-memcompile with --no-torch leaves nothing to measure; drop one of them")
     import torch
 
     meta = {
@@ -409,11 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
             dump()
 
-        for fraction in args.fractions:
-            run("memcompile", float(fraction))
-        budgets = args.byte_budgets if args.byte_budgets is not None else auto_byte_budgets(rows)
-        for budget in budgets:
-            run("memcompile", int(budget))
+        if not args.no_memcompile:
+            for fraction in args.fractions:
+                run("memcompile", float(fraction))
+            budgets = args.byte_budgets if args.byte_budgets is not None else auto_byte_budgets(rows)
+            for budget in budgets:
+                run("memcompile", int(budget))
         if not args.no_torch:
             for fraction in args.torch_fractions or args.fractions:
                 run("torch-budget", float(fraction))

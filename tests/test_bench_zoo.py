@@ -116,3 +116,23 @@ def test_a_byte_budget_peak_under_the_floor_fails_the_floor():
     assert checks.floor_vs_bytes_ok is False
     assert "floor above a byte budget's peak" in checks.failures()
     assert bz.check_rows([mem(1.0, 27.4), mem(0.0, 24.4), mem(25 * MB, 24.5)]).floor_vs_bytes_ok is True
+
+
+def test_no_memcompile_measures_only_torchs_rows(monkeypatch, tmp_path):
+    """torch's rows do not depend on memcompile's code: --no-memcompile runs them alone (to join memcompile rows
+    measured elsewhere through --from-json)."""
+    spawned = []
+
+    def fake_spawn(spec, timeout_seconds):
+        spawned.append((spec.method, spec.budget))
+        return RunResult(method=spec.method, budget=spec.budget, status="ok", peak_bytes=10 * MB)
+
+    monkeypatch.setattr(bz, "spawn", fake_spawn)
+    out = tmp_path / "rows.json"
+    assert bz.main(["--models", "toy-gpt", "--no-memcompile", "--no-inductor", "--fractions", "0.8,0.3",
+                    "--json", str(out)]) == 0
+    assert spawned == [("torch-budget", 0.8), ("torch-budget", 0.3), ("checkpoint-compiled", None)]
+    rows, _ = bz.rows_from_json([str(out)])
+    assert [r.method for r in rows["toy-gpt"]] == ["torch-budget", "torch-budget", "checkpoint-compiled"]
+    with pytest.raises(SystemExit, match="leaves nothing to measure"):
+        bz.main(["--models", "toy-gpt", "--no-memcompile", "--no-torch"])
