@@ -83,6 +83,30 @@ def closure_roots(problem: PlanProblem, served: Collection[int] = ()) -> tuple[l
     return [i for i in roots if problem.can_save[i]], [i for i in roots if not problem.can_save[i]]
 
 
+def max_recompute(problem: PlanProblem, like: PlanSolution) -> PlanSolution | None:
+    """The plan that recomputes every value it can and keeps the rest (torch's plan at a budget of 0.0 in
+    spirit), as a ``PlanSolution`` with ``like``'s solver fields and no options; None where no such plan
+    exists. A value is left out of the recompute set where it reads, directly or through values left out,
+    a value that can be neither saved nor recomputed (a random op's tuple): its closure would need it."""
+    can_save, can_recompute, inputs = problem.can_save, problem.can_recompute, problem.inputs
+    blocked = [not can_save[i] and not can_recompute[i] for i in range(problem.n_candidates)]
+    rec: set[int] = set()
+    for i in range(problem.n_candidates):  # forward order: inputs first
+        if can_recompute[i] and not any(blocked[j] for j in inputs[i]):
+            rec.add(i)
+        elif not can_save[i]:
+            blocked[i] = True
+    closed = closure(problem, rec)
+    if closed is None:
+        return None
+    keep, rec = closed
+    peak, seconds = evaluate(problem, keep, rec)
+    return dataclasses.replace(
+        like, solver="all-recompute", keep=frozenset(problem.names[i] for i in keep),
+        recompute=frozenset(problem.names[i] for i in rec), quantize=frozenset(), fewbit=frozenset(),
+        inplace=frozenset(), offload=frozenset(), predicted_peak_bytes=peak, added_seconds=seconds)
+
+
 class _OptionCheck:
     """``is_valid`` for the plans ``closure`` gives, with the plan's options fixed: ``closure`` keeps or rebuilds
     every value the backward reads and every input of a rebuilt value, keeps only what can be saved and rebuilds

@@ -19,7 +19,7 @@ from typing import Any
 from ..simulate import Timeline
 from . import tuning
 from .greedy import solve_greedy
-from .local import improve
+from .local import improve, max_recompute
 from .ilp import REPORTED_REL, meets_budget, solve_ilp
 from .problem import FEWBIT, INPLACE, QUANTIZE, PlanProblem, without_modes
 from .repeat import candidate_ties
@@ -36,7 +36,7 @@ class Verified:
     solution: PlanSolution | None
     timeline: Timeline
     source: str
-    """"default", or the solver that made the plan ("ilp", "ilp+local", "greedy")."""
+    """"default", or the solver that made the plan ("ilp", "ilp+local", "all-recompute+local", "greedy")."""
     artifact: Any = None
     """What the verifier built (the adapter's forward and backward graphs); opaque here."""
 
@@ -578,7 +578,8 @@ def _polish(run: _Run) -> None:
     met gets this from the fraction 0.0 search it runs). The moves descend to the nearest plan no single move
     lowers, so where they start decides where they end; more starts make the floor depend less on which plans
     the solves happened to build. Each start descends as far as the moves go (with the accumulated moves,
-    ``local.ACCUMULATE``, a descent costs about a second on gpt-24)."""
+    ``local.ACCUMULATE``, a descent costs about a second on gpt-24). Last, with
+    ``tuning.POLISH_FROM_ALL_RECOMPUTE``, the plan that recomputes all it can (``local.max_recompute``)."""
     state = run.state
     if state.chosen.solution is None:
         return
@@ -591,8 +592,15 @@ def _polish(run: _Run) -> None:
         starts.append(v)
         if len(starts) >= tuning.POLISH_STARTS:
             break
+    starts = [v.solution for v in starts]
+    if tuning.POLISH_FROM_ALL_RECOMPUTE:
+        # the far end of the keep/recompute range from the plans the solves built (near the model's optimum):
+        # the descents from both ends reach different plans, and the lowest simulated one runs
+        extreme = max_recompute(run.inputs.problem, state.chosen.solution)
+        if extreme is not None:
+            starts.append(extreme)
     for start in starts:
-        better = _improve(run, start.solution)
+        better = _improve(run, start)
         if better is None:
             continue
         built = _verify(run, better)

@@ -92,3 +92,8 @@ A bound on time, not a tuned figure: a move tries each storage live at the accou
 about 2 ms on hf-gpt2, each), and the search stops as soon as no move lowers the peak; on the zoo 50 moves
 found plans equal to or lower than 20 moves with a 0.1% minimum gain did (docs/BENCHMARKS.md, "Local
 moves"), at under a second per search."""
+
+POLISH_FROM_ALL_RECOMPUTE = True
+"""Whether the local moves at the floor also start from the plan that recomputes all it can (local.max_recompute),
+the far end of the keep/recompute range from the plans the solves build. A switch, not a figure: one more descent
+and one more build, and the lowest simulated plan runs, so it never raises a floor."""

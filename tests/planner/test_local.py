@@ -3,12 +3,13 @@
 import pytest
 from memcompile.passes.planner.chains import live_bytes, solve_with_chains
 from memcompile.passes.planner.ilp import solve_ilp
-from memcompile.passes.planner.local import closure, improve
+from memcompile.passes.candidates import Candidate, CandidateSet
+from memcompile.passes.planner.local import closure, improve, max_recompute
 from memcompile.passes.planner.problem import build_problem, is_valid
 from memcompile.passes.planner.solution import PEAK
 from _planner_helpers import decision, valid_plans
 from test_chains import _burst, _held
-from test_ilp import chain
+from test_ilp import MB, chain
 
 
 def test_the_closure_keeps_what_a_recompute_set_reads_and_drops_what_nothing_needs():
@@ -266,3 +267,46 @@ def test_moves_at_one_peak_step_are_taken_together(monkeypatch):
     assert (every_acc.keep, every_acc.recompute) == (every.keep, every.recompute)
     assert _account(problem, *decision(problem, one_acc)[:2]) == _account(problem, *decision(problem, every)[:2])
     assert _account(problem, *decision(problem, one)[:2]) > _account(problem, *decision(problem, every)[:2])
+
+
+def _blocked() -> CandidateSet:
+    """t (a random op's tuple: neither saved nor recomputed) -> u -> v, u and v read by the backward."""
+    spec = [("t", (), None, False, False), ("u", ("t",), 1, True, True), ("v", ("u",), 0, True, True)]
+    cands = tuple(
+        Candidate(name=n, root=n, nbytes=8 * MB, recompute_seconds=1e-3, can_save=save, can_recompute=rc,
+                  recompute_ban=None if rc else "random op", needed=bw is not None, inputs=ins, fw_step=k,
+                  fw_keep_from=k + 1, bw_first=bw, bw_last=bw)
+        for k, (n, ins, bw, save, rc) in enumerate(spec))
+    return CandidateSet(candidates=cands, fw_steps=("t", "u", "v"), bw_steps=("g0", "g1"),
+                        fw_base_bytes=(0, 0, 0), bw_base_bytes=(MB, MB))
+
+
+def test_the_all_recompute_plan_recomputes_what_it_can_and_keeps_the_rest():
+    problem = build_problem(chain(4))
+    like = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    plan = max_recompute(problem, like)
+    assert plan.recompute == {"a0", "a1", "a2", "a3"} and not plan.keep and plan.solver == "all-recompute"
+    blocked = build_problem(_blocked())
+    plan = max_recompute(blocked, like)
+    # u reads t, which can be neither saved nor recomputed: u is kept, v rebuilt from it
+    assert plan.keep == {"u"} and plan.recompute == {"v"}
+    keep, rec, _ = decision(blocked, plan)
+    assert is_valid(blocked, keep, rec)
+    assert closure(blocked, {1, 2}) is None  # the closure of everything recomputable: no plan
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_floor_descends_from_the_all_recompute_plan_too(monkeypatch, on):
+    from memcompile.passes.planner import search as search_module
+    from memcompile.passes.planner import tuning
+    from test_search import _inputs
+
+    monkeypatch.setattr(tuning, "POLISH_FROM_ALL_RECOMPUTE", on)
+    starts = []
+    real = search_module.improve
+    monkeypatch.setattr(search_module, "improve", lambda problem, sol, **k: starts.append(sol.solver) or real(problem, sol, **k))
+    problem = build_problem(_held())
+    result = search_module.search(_inputs(problem, budget_fraction=0.0), verify=_AccountVerifier(problem))
+    assert ("all-recompute" in starts) == on
+    best = min(_account(problem, k, r) for k, r in valid_plans(problem))
+    assert result.chosen.peak_bytes == best

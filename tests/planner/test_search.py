@@ -177,13 +177,14 @@ def test_a_byte_budget_below_the_model_floor_is_met_when_the_simulator_finds_a_l
     assert result.budget_met and result.chosen.peak_bytes <= budget
 
 
-def test_a_fraction_at_the_floor_runs_the_lowest_simulated_peak_built_not_any_plan_within_the_slack():
+def test_a_fraction_at_the_floor_runs_the_lowest_simulated_peak_built_not_any_plan_within_the_slack(monkeypatch):
     """A fraction that resolves to the floor asks for the smallest peak: a first plan accepted within the
     slack of the floor gives way to a lower one (here the floor plan, which the simulator finds exact)."""
     import dataclasses
 
     from memcompile.passes.planner import tuning
 
+    monkeypatch.setattr(tuning, "POLISH_FROM_ALL_RECOMPUTE", False)  # it builds a third plan
     problem = _chain()
     inputs = _inputs(problem, budget_fraction=0.0)
     above = int(tuning.FRACTION_SLACK * inputs.default.peak_bytes) // 2
@@ -686,6 +687,8 @@ def _polish_recorder(monkeypatch):
 
     monkeypatch.setattr(search_module, "_polish", recording_polish)
     monkeypatch.setattr(search_module, "improve", fake_improve)
+    # the starts from the plans built only (the all-recompute start: tests/planner/test_local.py)
+    monkeypatch.setattr(tuning, "POLISH_FROM_ALL_RECOMPUTE", False)
     return seen, starts_of
 
 
