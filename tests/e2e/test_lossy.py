@@ -390,13 +390,17 @@ def test_fewbit_predicted_peak_within_5_percent_of_measured(name, budget, dtype,
     Before, gpt-tiny measured +8.0% at both budgets: the CPU reference of fewbit_backward held int32
     codes and fp32 factors per element (about 9 bytes per element) inside the op, unseen by the
     simulator. In bf16, +21%: oneDNN's matmul scratchpad, unseen until costs.scratch_bytes
-    (docs/BENCHMARKS.md, issue 16).
+    (docs/BENCHMARKS.md, issue 16). The floor's descent from the plan that recomputes all it can is off: on
+    llama-tiny in bf16 it finds a lossless plan lower than every few-bit plan, and this test is about a few-bit
+    plan's prediction and rewrite.
     """
     import re
 
     import memcompile.kernels._dispatch as dispatch
+    from memcompile.passes.planner import tuning
 
     monkeypatch.setattr(dispatch, "TRITON_INTERPRET", False)  # the CPU reference kernels, as a CPU run uses
+    monkeypatch.setattr(tuning, "POLISH_FROM_ALL_RECOMPUTE", False)
     model, inputs = make(name, dtype=dtype)
     _, ref = grads_of(model, inputs)
     clear_plans()
