@@ -41,7 +41,7 @@ class Plan:
     source: str
     """"default" (Inductor's partition), "ilp", "ilp+local" (an ILP plan the local moves improved,
     planner/local.py), "all-recompute+local" (at the floor: the plan that recomputes all it can, improved by
-    the same moves), "greedy", "torch" (torch's own partition at the same fraction, where no plan of
+    the same moves; "all-recompute" where none lowered it), "greedy", "torch" (torch's own partition at the same fraction, where no plan of
     memcompile's ran lower: planner/search.py, ``SearchInputs.reference``) or "fallback" (an error; see notes)."""
     notes: tuple[str, ...] = ()
     forward_code: str = ""

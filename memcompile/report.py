@@ -531,6 +531,7 @@ def _describe_source(plan: Plan) -> str:
         "default": "Inductor's default partition",
         "ilp": "ILP plan",
         "ilp+local": "ILP plan, improved against the exact memory account",
+        "all-recompute": "the plan that recomputes all it can (no move of the local search lowered it)",
         "all-recompute+local": "the plan that recomputes all it can, improved against the exact memory account",
         "greedy": "greedy plan",
         "fallback": "fallback to the default partition",

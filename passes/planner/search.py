@@ -36,7 +36,8 @@ class Verified:
     solution: PlanSolution | None
     timeline: Timeline
     source: str
-    """"default", or the solver that made the plan ("ilp", "ilp+local", "all-recompute+local", "greedy")."""
+    """"default", or the solver that made the plan ("ilp", "ilp+local", "all-recompute[+local]",
+    "greedy")."""
     artifact: Any = None
     """What the verifier built (the adapter's forward and backward graphs); opaque here."""
 
@@ -593,6 +594,7 @@ def _polish(run: _Run) -> None:
         if len(starts) >= tuning.POLISH_STARTS:
             break
     starts = [v.solution for v in starts]
+    extreme = None
     if tuning.POLISH_FROM_ALL_RECOMPUTE:
         # the far end of the keep/recompute range from the plans the solves built (near the model's optimum):
         # the descents from both ends reach different plans, and the lowest simulated one runs
@@ -601,6 +603,8 @@ def _polish(run: _Run) -> None:
             starts.append(extreme)
     for start in starts:
         better = _improve(run, start)
+        if better is None and start is extreme:
+            better = extreme  # no move lowers it: the descent ends where it starts, which was never built
         if better is None:
             continue
         built = _verify(run, better)

@@ -113,4 +113,5 @@ def test_smallest_peak_plan_gives_eager_gradients(name, no_compile_cache):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert_same_grads(got, ref)
     (plan,) = memcompile.last_plans()
-    assert plan.source in ("ilp", "ilp+local", "all-recompute+local") and any(d.mode == "recompute" and d.bytes for d in plan.decisions)
+    assert plan.source in ("ilp", "ilp+local", "all-recompute", "all-recompute+local")
+    assert any(d.mode == "recompute" and d.bytes for d in plan.decisions)

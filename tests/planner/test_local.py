@@ -304,9 +304,33 @@ def test_the_floor_descends_from_the_all_recompute_plan_too(monkeypatch, on):
     monkeypatch.setattr(tuning, "POLISH_FROM_ALL_RECOMPUTE", on)
     starts = []
     real = search_module.improve
-    monkeypatch.setattr(search_module, "improve", lambda problem, sol, **k: starts.append(sol.solver) or real(problem, sol, **k))
+
+    def recording(problem, sol, **k):
+        starts.append(sol.solver)
+        return real(problem, sol, **k)
+
+    monkeypatch.setattr(search_module, "improve", recording)
     problem = build_problem(_held())
     result = search_module.search(_inputs(problem, budget_fraction=0.0), verify=_AccountVerifier(problem))
     assert ("all-recompute" in starts) == on
     best = min(_account(problem, k, r) for k, r in valid_plans(problem))
     assert result.chosen.peak_bytes == best
+
+
+def test_the_all_recompute_plan_is_built_where_no_move_lowers_it(monkeypatch):
+    """Every other start was built before its descent; the all-recompute plan was not, so where no move lowers
+    it, it is built as it is (and runs where it is the lowest)."""
+    from memcompile.passes.planner import search as search_module
+    from test_search import _inputs
+
+    monkeypatch.setattr(search_module, "improve", lambda problem, sol, **k: None)
+    built = []
+
+    class Recording(_AccountVerifier):
+        def __call__(self, sol):
+            built.append(sol.solver)
+            return super().__call__(sol)
+
+    problem = build_problem(_held())
+    search_module.search(_inputs(problem, budget_fraction=0.0), verify=Recording(problem))
+    assert built.count("all-recompute") == 1
