@@ -584,16 +584,16 @@ def _polish(run: _Run) -> None:
     state = run.state
     if state.chosen.solution is None:
         return
-    starts, seen = [], set()
+    starts: list[PlanSolution] = []
+    seen = set()
     for v in [state.chosen, *sorted(state.built, key=lambda v: v.peak_bytes)]:
         key = plan_key(v.solution) if v.solution is not None else None
         if key is None or key in seen:
             continue
         seen.add(key)
-        starts.append(v)
+        starts.append(v.solution)
         if len(starts) >= tuning.POLISH_STARTS:
             break
-    starts = [v.solution for v in starts]
     extreme = None
     if tuning.POLISH_FROM_ALL_RECOMPUTE:
         # the far end of the keep/recompute range from the plans the solves built (near the model's optimum):
