@@ -213,6 +213,22 @@ element reads), so a constant they read is inlined into them: a rotary embedding
 zeros made once and read by every layer (hf-qwen2-gqa: 320 KiB the simulator held through the backward)."""
 
 
+_CLONES_FIRST = frozenset({"aten.index_put.default", "aten._unsafe_masked_index_put_accumulate.default"})
+"""Ops Inductor lowers to a scatter into a copy of their first input (``lowering.index_put``,
+``_unsafe_masked_index_put_accumulate``: ``index_put_impl_(clone(x), ...)``): the copy is a pointwise expression of
+the input, realized by the scatter, so a constant read there is computed in the copy's kernel and never has a
+buffer of its own. An embedding's gradient scatters into zeros made once and read by every embedding of that
+shape (hf-t5: 256 KiB the simulator held from the decoder's embedding gradient to the encoder's)."""
+
+CONSTANTS_CLONED = True
+"""Whether a constant read as the first input of a ``_CLONES_FIRST`` op is inlined into the copy; off only to
+compare with the simulator before the rule."""
+
+
+def _clones_first(user: fx.Node, value: fx.Node) -> bool:
+    return str(user.target) in _CLONES_FIRST and bool(user.args) and user.args[0] is value and value not in user.args[1:]
+
+
 _GATHERS = frozenset({"aten.gather.default", "aten.index.Tensor"})
 """Ops Inductor lowers to a pointwise expression that loads their first input at indices it reads from the
 second (``lowering.gather``): a pointwise value they gather from is computed inside their kernel, never
@@ -266,7 +282,8 @@ def _fusible(node: fx.Node) -> bool:
         # Inductor lowers a constant to an expression that loads nothing, inlined into every reader
         users = list(node.users)
         return bool(users) and all(u.op == "call_function" and (str(u.target) in _INDEXED
-                                                                 or (CONSTANTS_INLINE and _inlines(u, node)))
+                                                                 or (CONSTANTS_INLINE and _inlines(u, node))
+                                                                 or (CONSTANTS_CLONED and _clones_first(u, node)))
                                    for u in users)
     if not _pointwise_like(node):
         return False

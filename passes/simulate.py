@@ -137,7 +137,28 @@ def fused_values(table: LifetimeTable) -> tuple[frozenset[str], frozenset[str]]:
     return _fused_away(table, _inputs_of(table))
 
 
+@dataclass(frozen=True, slots=True)
+class Fusion:
+    """What Inductor's lowering and scheduler do to one graph's values, as the simulator models it."""
+
+    away: frozenset[str]
+    """Values Inductor gives no buffer."""
+    inlined: frozenset[str]
+    """The subset of ``away`` it computes again in each reader's kernel."""
+    early: Mapping[str, tuple[tuple[str, str], ...]]
+    """Per value that has a buffer, the (reader, value or view read) pairs whose kernels compute it from its
+    inputs instead of loading the buffer (``_inlined_before_realized``): readers in ``together`` only."""
+    together: Mapping[str, str]
+    """Per reduction that runs in its pointwise reader's kernel with another of its kind, that reader
+    (``_reductions_together``)."""
+
+
 def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[frozenset[str], frozenset[str]]:
+    f = _fusion(table, inputs)
+    return f.away, f.inlined
+
+
+def _fusion(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> Fusion:
     """Fusible values (``TensorInfo.fusible``) Inductor computes inside their readers' kernels, and the
     subset it inlines (computes again in each reader's kernel, wherever that runs).
 
@@ -163,9 +184,10 @@ def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[
     loads: dict[str, frozenset[tuple[str, tuple[str, ...]]]] = {}  # (buffer, the views/gathers it is read through)
     ops: dict[str, int] = {}
     heavy: dict[str, bool] = {}
+    would_inline: list[str] = []  # pointwise values with a buffer only because a reader needs one
     for name in table.order:
         info = tensors.get(name)
-        if info is None or not info.fusible:
+        if info is None or not (info.fusible or (info.pointwise and info.kind == "tensor")):
             continue
         read: set[tuple[str, tuple[str, ...]]] = set()
         count, dear = 1, _op_name(info.producer) in _HEAVY_OPS
@@ -181,15 +203,113 @@ def _fused_away(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> tuple[
             elif tensors[a].kind == "tensor":
                 read.add((tensors[a].alias_root, gather + view))
                 count += 1
-        loads[name], ops[name], heavy[name] = frozenset(read), count, dear
         cpu = (info.device or "cpu").startswith("cpu")
         reused = len(info.users) > 1 and (len(read) > reads_max or count > ops_max[cpu] or (cpu and dear))
+        if not info.fusible:
+            if not (reused or len(read) > acc_max[cpu]):
+                would_inline.append(name)
+            continue
+        loads[name], ops[name], heavy[name] = frozenset(read), count, dear
         if not (reused or len(read) > acc_max[cpu]):
             inlined.add(name)
             away.add(name)
         elif not _readers_split(table, name, pos, inputs):
             away.add(name)
-    return frozenset(away), frozenset(inlined)
+    together = _reductions_together(table, inputs) if REDUCTIONS_TOGETHER else {}
+    early = {}
+    for name in would_inline if EARLY_INLINE else ():
+        edges = tuple(e for e in _inlined_before_realized(table, name, pos) if e[0] in together)
+        if edges:
+            early[name] = edges
+    return Fusion(away=frozenset(away | set(together)), inlined=frozenset(inlined), early=early, together=together)
+
+
+EARLY_INLINE = True
+"""Whether a pointwise value that has a buffer only because a later reader needs one (a matmul, through a view) is
+computed again, from its inputs, by a reduction Inductor lowers before that reader and runs later in another
+kernel (``_inlined_before_realized``, ``_reductions_together``); off only to compare with the simulator before the
+rule. Only for such reductions: a reader run at its own place may as well join the value's kernel (Inductor fuses
+them where their sizes allow), which the simulator does not decide."""
+
+REDUCTIONS_TOGETHER = True
+"""Whether reductions of one shape whose results meet in one pointwise op run in one kernel at that op's place
+(``_reductions_together``); off only to compare with the simulator before the rule."""
+
+
+def _inlined_before_realized(table: LifetimeTable, name: str, pos: Mapping[str, int]) -> tuple[tuple[str, str], ...]:
+    """The readers of pointwise value ``name`` (directly or through views) that Inductor lowers while the value is
+    still an unrealized expression, each with what it reads (``name`` or a view of it).
+
+    Inductor lowers the graph in order (``GraphLowering.run_node``); a pointwise value not realized at its own
+    lowering (its read and op counts under the thresholds, ``_fusion``'s ``reused``, and no reader of its own
+    that is an extern kernel: ``realize_hint``) stays an expression that each reader lowered next computes
+    inside its kernel, until a reader that needs a buffer (a matmul's, through a view) realizes it; the readers
+    after that load the buffer. hf-t5's softmax gradient is read by the position bias's batch sum before the
+    attention's two batched matmuls: the sum's kernel computes it again from the probabilities, their gradient
+    and the row sums, which live until that kernel runs."""
+    tensors = table.tensors
+    readers: list[tuple[str, str]] = []
+    stack = [name]
+    while stack:
+        node = stack.pop()
+        for user in tensors[node].users:
+            if user not in pos:
+                continue
+            if _view_of(tensors, user, (name,)) is not None:
+                stack.append(user)
+            else:
+                readers.append((user, node))
+    if any(node == name and not _inlines_expression(tensors, user, node) for user, node in readers):
+        return ()  # an extern reader of the value itself: realized at its own lowering
+    out: list[tuple[str, str]] = []
+    for user, node in sorted(readers, key=lambda r: pos[r[0]]):
+        if not _inlines_expression(tensors, user, node):
+            return tuple(out)
+        out.append((user, node))
+    return ()  # no reader realizes it: the value is not fusible for another reason (too many readers)
+
+
+def _inlines_expression(tensors, user: str, value: str) -> bool:
+    """``user``'s kernel computes ``value`` inside itself when ``value`` is an unrealized expression (as
+    ``lifetimes._inlines`` decides on the graph): a pointwise op, a reduction or a gather from ``value``."""
+    info = tensors.get(user)
+    if info is None or info.kind != "tensor":
+        return False
+    if info.gathered is not None:
+        return info.gathered == value
+    return info.pointwise or info.producer in REDUCTION_OPS
+
+
+def _reductions_together(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> dict[str, str]:
+    """Per reduction, the pointwise op whose kernel it runs in, where two or more reductions of one shape (equal
+    input and output sizes) reach that op, each through pointwise ops of its output's size that have one reader
+    each. Inductor's scheduler fuses a reduction with the pointwise ops after it of its output's size (an
+    epilogue), and so the reductions with each other through the op where their epilogues meet: one kernel,
+    which waits for the last of them (hf-t5's shared relative-position bias: each attention layer sums its
+    score gradient over the batch, the layers' sums are added, and one kernel at the add after the last
+    layer computes them all). Their results get no buffer, and what they read lives until that kernel."""
+    tensors = table.tensors
+    meets: dict[str, dict[tuple[int | None, int | None], list[str]]] = {}
+    for name in table.order:
+        info = tensors.get(name)
+        if info is None or info.producer not in REDUCTION_OPS or info.kind != "tensor" or _numel(info) is None:
+            continue
+        src = next((tensors[x] for x in inputs.get(name, ()) if tensors[x].kind == "tensor"), None)
+        if src is None:
+            continue
+        node = name
+        while len(tensors[node].users) == 1:
+            user = tensors.get(tensors[node].users[0])
+            if user is None or not user.pointwise or user.kind != "tensor" or _numel(user) != _numel(info):
+                break
+            meets.setdefault(user.name, {}).setdefault((_numel(src), _numel(info)), []).append(name)
+            node = user.name
+    out: dict[str, str] = {}
+    for name in table.order:  # the first op where two of a kind meet
+        for members in meets.get(name, {}).values():
+            if len(members) > 1:
+                out.update((m, name) for m in members if m not in out)
+    return out
 
 
 READS_BY_INDEX = True
@@ -362,11 +482,13 @@ def _inductor_thresholds() -> tuple[int, dict[bool, int], dict[bool, int]]:
     return getattr(c, "realize_reads_threshold", 4), ops, acc
 
 
-def _runs_at(table: LifetimeTable, inlined: frozenset[str], step: Mapping[str, int]) -> dict[str, int]:
+def _runs_at(table: LifetimeTable, fusion: Fusion, step: Mapping[str, int]) -> dict[str, int]:
     """Per node, the last step at which its computation runs: its own step, or, for a value Inductor inlines
     into its readers' kernels, the last of theirs (what it reads is read there: a
     BatchNorm gradient's ``threshold_backward`` read again by a residual add after a recompute chain keeps
-    its inputs alive until that add)."""
+    its inputs alive until that add); for a value with a buffer, also the steps of the readers that compute it
+    again (``Fusion.early``); for a reduction run in its reader's kernel, that kernel's (``Fusion.together``)."""
+    inlined = fusion.inlined
     out: dict[str, int] = {}
     for name in reversed(table.order):
         if name not in step:
@@ -374,8 +496,10 @@ def _runs_at(table: LifetimeTable, inlined: frozenset[str], step: Mapping[str, i
         if name in inlined or _view_of(table.tensors, name, inlined) is not None:
             later = [out[u] for u in table.tensors[name].users if u in out]
             out[name] = max([step[name], *later])
+        elif name in fusion.together and fusion.together[name] in out:
+            out[name] = max(step[name], out[fusion.together[name]])
         else:
-            out[name] = step[name]
+            out[name] = max([step[name], *(out[u] for u, _ in fusion.early.get(name, ()) if u in out)])
     return out
 
 
@@ -463,11 +587,11 @@ def simulate_tables(
     if model not in ("inductor", "eager"):
         raise ValueError(f"model: expected 'inductor' or 'eager', got {model!r}")
     fused = model == "inductor"
-    none = (frozenset(), frozenset())
+    none = Fusion(away=frozenset(), inlined=frozenset(), early={}, together={})
     inputs = (_inputs_of(fw_table), _inputs_of(bw_table) if bw_table is not None else {}) if fused else ({}, {})
-    fw_fused = _fused_away(fw_table, inputs[0]) if fused else none
-    bw_fused = _fused_away(bw_table, inputs[1]) if fused and bw_table is not None else none
-    fused_away, inlined = (fw_fused[0], bw_fused[0]), (fw_fused[1], bw_fused[1])
+    fusion = (_fusion(fw_table, inputs[0]) if fused else none,
+              _fusion(bw_table, inputs[1]) if fused and bw_table is not None else none)
+    fused_away, inlined = (fusion[0].away, fusion[1].away), (fusion[0].inlined, fusion[1].inlined)
     steps: list[str] = []
     sides: list[str] = []
     step_of: dict[tuple[int, str], int] = {}
@@ -523,10 +647,12 @@ def simulate_tables(
 
     end = len(steps) - 1
     for g, table in tables:
-        runs_at = _runs_at(table, inlined[g], {n: step_of[(g, n)] for n in table.order if (g, n) in step_of})
+        runs_at = _runs_at(table, fusion[g], {n: step_of[(g, n)] for n in table.order if (g, n) in step_of})
+        # a reader that computes a value again loads what the value reads, not its buffer
+        recomputed = {edge for edges in fusion[g].early.values() for edge in edges}
         for name, info in table.tensors.items():
             key = root[(g, name)]
-            uses = [runs_at[u] for u in info.users if u in runs_at]
+            uses = [runs_at[u] for u in info.users if u in runs_at and (u, name) not in recomputed]
             own = step_of.get((g, name), -1)
             last[key] = max(last.get(key, -1), own, *uses)
 

@@ -423,6 +423,116 @@ def test_inductor_gives_a_scattered_constant_no_buffer():
     assert code.count(f"empty_strided_cpu(({N}, {N})") == 1  # the result only
 
 
+def _embedding_gradients(i1, v1, i2, v2):
+    """Two embeddings' gradients scattered into one zeros tensor (an embedding backward's decomposition)."""
+    z = torch.zeros(N, N)
+    first = aten._unsafe_masked_index_put_accumulate(z, (i1 >= 0).unsqueeze(-1), [i1], v1)
+    return first, aten.index_put(z, [i2], v2, True)
+
+
+def _embedding_args():
+    return torch.randint(0, N, (N,)), torch.randn(N, N), torch.randint(0, N, (N,)), torch.randn(N, N)
+
+
+@pytest.mark.parametrize("cloned", [True, False])
+def test_a_constant_an_index_put_copies_has_no_buffer(monkeypatch, cloned):
+    from memcompile.passes import lifetimes, simulate
+
+    monkeypatch.setattr(lifetimes, "CONSTANTS_CLONED", cloned)
+    gm = _graph(_embedding_gradients, *_embedding_args())
+    zeros = next(n.name for n in gm.graph.nodes if n.target == aten.zeros.default)
+    away, inlined = simulate.fused_values(analyse(gm))
+    assert (zeros in inlined) == cloned
+    # the same constant as what the scatter writes (its values) is a load, not a copy
+    assert not lifetimes._clones_first(next(n for n in gm.graph.nodes if n.target == aten.index_put.default),
+                                       next(n for n in gm.graph.nodes if n.target == aten.ge.Scalar))
+
+
+@pytest.mark.slow
+def test_inductor_copies_the_constant_into_each_scatter():
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, (code,) = run_and_get_code(torch.compile(_embedding_gradients), *_embedding_args())
+    torch._dynamo.reset()
+    assert code.count(f"empty_strided_cpu(({N}, {N})") == 2  # the two results only
+
+
+# ------------------------------------------------------------------ reductions that meet in one kernel
+_B = 4
+
+
+def _shared_bias_gradient(g1, p1, g2, p2, w, wb):
+    """Two attention layers' score gradients (a softmax backward each) summed over the batch into one shared
+    bias's gradient, as T5's relative-position bias is: each layer's batch sum is lowered before the batched
+    matmul that realizes the layer's gradient (through a view), so the sum computes the gradient again from
+    its inputs, and both sums run with their add in one kernel after the second layer."""
+    outs, sums = [], []
+    for g, p in ((g1, p1), (g2, p2)):
+        gg, pp = torch.mm(g, w), torch.mm(p, w)
+        ds = gg * pp - pp * (gg * pp).sum(1, keepdim=True)
+        sums.append(ds.view(_B, N // _B, N).sum(0))
+        outs.append(torch.bmm(ds.view(_B, N // _B, N), wb))
+    return sums[0] + sums[1], outs[0], outs[1]
+
+
+def _shared_args():
+    return [torch.randn(N, N) for _ in range(5)] + [torch.randn(_B, N, N)]
+
+
+@pytest.mark.parametrize("rules", [True, False])
+def test_reductions_that_meet_in_an_add_run_there_with_what_they_recompute(monkeypatch, rules):
+    from memcompile.passes import simulate
+
+    monkeypatch.setattr(simulate, "REDUCTIONS_TOGETHER", rules)
+    monkeypatch.setattr(simulate, "EARLY_INLINE", rules)
+    gm = _graph(_shared_bias_gradient, *_shared_args())
+    table = analyse(gm, schedule="inductor")
+    fusion = simulate._fusion(table, simulate._inputs_of(table))
+    batch_sums = [n.name for n in gm.graph.nodes if n.target == aten.sum.dim_IntList and n.args[1] == [0]]
+    add = next(n.name for n in gm.graph.nodes if n.target == aten.add.Tensor)
+    first_mms = [n.name for n in gm.graph.nodes if n.target == aten.mm.default][:2]  # layer 1's gg and pp
+    timeline = simulate_step(gm, None, num_fwd_outputs=3)
+    ends = {iv.root: iv.free_step for iv in timeline.intervals}
+    if rules:
+        assert fusion.together == {name: add for name in batch_sums}
+        assert set(fusion.early) == {n.name for n in gm.graph.nodes if n.target == aten.sub.Tensor}
+        assert all(ends[mm] == timeline.steps.index(add) for mm in first_mms)
+        assert not set(batch_sums) & set(ends)  # the sums have no buffer
+    else:
+        assert not fusion.together and not fusion.early
+        assert all(ends[mm] < timeline.steps.index(add) - 10 for mm in first_mms)
+
+
+def test_a_reduction_alone_or_of_another_shape_runs_at_its_place():
+    from memcompile.passes import simulate
+
+    def two_shapes(a, b):
+        return a.sum(0) + b.view(2, N // 2, N).sum(0).sum(0), a.sum(1)
+
+    gm = _graph(two_shapes, *_args()[:2])
+    table = analyse(gm)
+    assert not simulate._fusion(table, simulate._inputs_of(table)).together
+
+
+@pytest.mark.slow
+def test_inductor_runs_both_batch_sums_after_the_second_layer_from_the_first_layers_inputs():
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, (code,) = run_and_get_code(torch.compile(_shared_bias_gradient), *_shared_args())
+    torch._dynamo.reset()
+    mms = re.findall(r"extern_kernels\.mm\(.*out=(buf\d+)\)", code)
+    assert len(mms) == 4
+    (kernel,) = [line for line in code.splitlines() if re.match(r"\s*cpp_fused_add\w*sum\w*\(", line)]
+    args = re.findall(r"buf\d+", kernel)
+    # layer 1's two matmul outputs are read by the last kernel, after layer 2's matmuls
+    assert mms[0] in args and mms[1] in args and mms[2] in args
+    assert code.index(kernel.strip()) > code.index(f"out={mms[3]})")
+
+
 # ------------------------------------------------------------------ a pointwise value read by a gather
 def _loss_of_logits(logits, index):
     """A cross-entropy's forward: log_softmax's output is read only by the loss's gather."""
