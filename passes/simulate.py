@@ -175,7 +175,8 @@ def _fusion(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> Fusion:
     kernel runs at the value's place and the buffer is fused away. A GELU's ``tanh`` term
     read again after a matmul that depends on it has a buffer; a BatchNorm gradient's
     ``threshold_backward`` read by a reduction and, after a recompute chain, by a residual add is
-    computed twice and keeps its inputs."""
+    computed twice and keeps its inputs. Also the reductions that run together in a later kernel
+    (``_reductions_together``) and the values such a reduction computes again (``_inlined_before_realized``)."""
     reads_max, ops_max, acc_max = _inductor_thresholds()
     tensors = table.tensors
     pos = {n: i for i, n in enumerate(table.order)}
