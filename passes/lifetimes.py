@@ -226,7 +226,9 @@ compare with the simulator before the rule."""
 
 
 def _clones_first(user: fx.Node, value: fx.Node) -> bool:
-    return str(user.target) in _CLONES_FIRST and bool(user.args) and user.args[0] is value and value not in user.args[1:]
+    """``user`` is a ``_CLONES_FIRST`` op whose copied first input is ``value``, and reads it nowhere else."""
+    return (str(user.target) in _CLONES_FIRST and bool(user.args) and user.args[0] is value
+            and value not in user.args[1:])
 
 
 _GATHERS = frozenset({"aten.gather.default", "aten.index.Tensor"})
