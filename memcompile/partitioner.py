@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - older torch
     from torch._inductor.custom_partitioner_fn import CustomPartitionerFn
 
 from memcompile.passes import candidates as cand_mod
-from memcompile.passes.costs import DeviceProfile, estimate_costs, layout_switch_bytes
+from memcompile.passes.costs import DeviceProfile, estimate_costs, forward_output_strides, layout_switch_bytes
 from memcompile.passes.lifetimes import analyse, partition_saved
 from memcompile.passes.planner import tuning
 from memcompile.passes.planner.chains import ChainCache, solve_with_chains
@@ -244,7 +244,8 @@ class MemPartitioner(CustomPartitionerFn):
             forward_only=required_fw, default_timeline=baseline, costs=costs,
             fused=_sim_model(cfg) == "inductor",
             modes=cfg.modes, offload_device_check=not cfg._force_offload_on_cpu,
-            layout_switch=layout_switch_bytes(fw_def, bw_def) if _sim_model(cfg) == "inductor" else None,
+            layout_switch=(layout_switch_bytes(fw_def, bw_def, forward_output_strides(fw_def))
+                           if _sim_model(cfg) == "inductor" else None),
         )
         problem = build_problem(cset)
         if _sim_model(cfg) == "inductor":

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from .costs import layout_optimized, scratch_bytes
+from .costs import forward_output_strides, layout_copied_inputs, scratch_bytes
 from .lifetimes import _REDUCTIONS as REDUCTION_OPS
 from .lifetimes import BACKWARD, FORWARD, LifetimeTable, analyse, size_hint
 
@@ -95,7 +95,9 @@ def simulate_step(
     fw_table = analyse(fw, schedule=schedule)
     bw_table = analyse(bw, schedule=schedule) if bw is not None else None
     offload = (offload_roles(fw), offload_roles(bw) if bw is not None else {})
-    scratch = (scratch_bytes(fw, model=model), scratch_bytes(bw, model=model) if bw is not None else {})
+    arriving = forward_output_strides(fw) if model == "inductor" and bw is not None else {}
+    scratch = (scratch_bytes(fw, model=model),
+               scratch_bytes(bw, model=model, arriving=arriving) if bw is not None else {})
     copies = layout_copies(fw) if model == "inductor" else {}
     return simulate_tables(fw_table, bw_table, num_fwd_outputs=num_fwd_outputs, model=model, offload=offload,
                            scratch=scratch, copies=copies)
@@ -112,24 +114,8 @@ def layout_copies(gm: fx.GraphModule | fx.Graph) -> dict[str, int]:
 
     Inductor decides per graph (``GraphLowering.decide_layout_opt``: always on a CPU with oneDNN, by
     a FLOP heuristic on CUDA); when it does, its convolution lowering requires channels-last operands
-    (``ExternKernel.require_channels_last``), which for a graph input is a copy."""
-    graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
-    aten = torch.ops.aten
-    convs = [n for n in graph.nodes if n.op == "call_function" and n.target is aten.convolution.default]
-    if not convs or not layout_optimized(graph):
-        return {}
-    out: dict[str, int] = {}
-    for conv in convs:
-        for arg in conv.args[:2]:
-            if not isinstance(arg, fx.Node) or arg.op != "placeholder" or arg.name in out:
-                continue
-            val = arg.meta.get("val")
-            if not isinstance(val, torch.Tensor) or val.dim() != 4:
-                continue  # ndim == 2 convolutions only, as Inductor
-            if val.is_contiguous(memory_format=torch.channels_last):
-                continue
-            out[arg.name] = size_hint(val.numel()) * val.element_size()
-    return out
+    (``ExternKernel.require_channels_last``), which for a graph input is a copy (``costs.layout_copied_inputs``)."""
+    return layout_copied_inputs(gm)
 
 
 def fused_values(table: LifetimeTable) -> tuple[frozenset[str], frozenset[str]]:
@@ -186,6 +172,11 @@ def _fusion(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> Fusion:
     ops: dict[str, int] = {}
     heavy: dict[str, bool] = {}
     would_inline: list[str] = []  # pointwise values with a buffer only because a reader needs one
+    views: dict[str, list[str]] = {}
+    if VIEW_READERS:
+        for v, v_info in tensors.items():
+            if v_info.alias_root != v and v_info.producer != "placeholder":
+                views.setdefault(v_info.alias_root, []).append(v)
     for name in table.order:
         info = tensors.get(name)
         if info is None or not (info.fusible or (info.pointwise and info.kind == "tensor")):
@@ -205,7 +196,9 @@ def _fusion(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> Fusion:
                 read.add((tensors[a].alias_root, gather + view))
                 count += 1
         cpu = (info.device or "cpu").startswith("cpu")
-        reused = len(info.users) > 1 and (len(read) > reads_max or count > ops_max[cpu] or (cpu and dear))
+        # Inductor's ``mark_reuse`` runs per node with that node's reader count, a view's included
+        several = len(info.users) > 1 or any(len(tensors[v].users) > 1 for v in views.get(name, ()))
+        reused = several and (len(read) > reads_max or count > ops_max[cpu] or (cpu and dear))
         if not info.fusible:
             if not (reused or len(read) > acc_max[cpu]):
                 would_inline.append(name)
@@ -224,6 +217,14 @@ def _fusion(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> Fusion:
             early[name] = edges
     return Fusion(away=frozenset(away | set(together)), inlined=frozenset(inlined), early=early, together=together)
 
+
+VIEW_READERS = True
+"""Whether a value's readers include its views' readers: for its reuse (Inductor's ``mark_reuse`` runs for each FX
+node with that node's reader count, and a view passes it to the value it views) and for ``_readers_split``. A
+LayerNorm's input gradient read through a ``permute`` that two ops and a later residual add read is realized by
+Inductor (eight loads, over the reads threshold), kept as a buffer across the convolution backward between its
+readers, and what it reads is freed (convnext's plan at 0.5). Off only to compare with the simulator before the
+rule."""
 
 EARLY_INLINE = True
 """Whether a pointwise value that has a buffer only because a later reader needs one (a matmul, through a view) is
@@ -369,6 +370,16 @@ def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int],
     if BROADCAST_SPLITS and _broadcast_read(table, name):
         return True
     readers = {u for u in tensors[name].users if u in pos}
+    if VIEW_READERS:  # a view's readers read the value: the view itself is no kernel
+        stack = [name]
+        while stack:
+            node = stack.pop()
+            for user in tensors[node].users:
+                if _view_of(tensors, user, (name,)) is not None:
+                    readers.discard(user)
+                    stack.append(user)
+                elif user in pos:
+                    readers.add(user)
     if len(readers) < 2:
         return False
     inputs = inputs if inputs is not None else _inputs_of(table)

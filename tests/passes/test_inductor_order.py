@@ -710,3 +710,90 @@ def test_inductor_gives_the_mask_of_gathers_a_buffer():
     _, (code,) = run_and_get_code(torch.compile(_gathered_mask), *_gathered_mask_args())
     torch._dynamo.reset()
     assert code.count(f"empty_strided_cpu(({B}, 1, {N}, {N}),") == 1  # the mask (a size-1 dim's stride varies)
+
+
+# ------------------------------------------------------------------ a value read through a view by several ops
+def _view_read_twice(a, b, c, d, e, w):
+    """A five-load expression read only through a transpose, which an op before a matmul and an add after it read."""
+    v = a * b + c * d - e
+    p = v.t()
+    return torch.mm(p * 2, w) + p
+
+
+@pytest.mark.parametrize("views", [True, False])
+def test_a_view_read_by_several_ops_makes_its_value_reused(monkeypatch, views):
+    from memcompile.passes import simulate
+
+    monkeypatch.setattr(simulate, "VIEW_READERS", views)
+    gm = _graph(_view_read_twice, *_args())
+    v = next(n.name for n in gm.graph.nodes if n.target == aten.sub.Tensor)
+    away, inlined = simulate.fused_values(analyse(gm, schedule="inductor"))
+    # with the rule: over the reads threshold and read across the matmul, so it keeps a buffer
+    assert (v not in away) == views and (v in inlined) != views
+
+
+@pytest.mark.slow
+def test_inductor_gives_a_value_read_through_a_view_by_several_ops_a_buffer():
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, (code,) = run_and_get_code(torch.compile(_view_read_twice), *_args())
+    torch._dynamo.reset()
+    # the value, the doubled transpose, the product: three N x N buffers (the add is folded into an addmm)
+    assert code.count(f"empty_strided_cpu(({N}, {N})") == 3
+
+
+# ------------------------------------------------------------------ a convolution backward's operand strides
+def _depthwise_backward(go, x, w):
+    return aten.convolution_backward(go, torch.relu(x), w, [0], [1, 1], [3, 3], [1, 1], False, [0, 0], 8,
+                                     [True, True, False])[:2]
+
+
+def _depthwise_args():
+    return (torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last),
+            torch.randn(8, 1, 7, 7))
+
+
+def test_a_convolution_backward_runs_on_the_strides_inductors_lowering_gives_it():
+    from memcompile.passes.costs import backward_conv_operands
+
+    go, x, w = _depthwise_args()
+    gm = _graph(_depthwise_backward, go, x, w)
+    names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    (conv,) = [n.name for n in gm.graph.nodes if n.target == aten.convolution_backward.default]
+    # the input arrives channels-last (a saved value of a layout-optimized forward); the depthwise weight's gradient
+    # is channels-last, whose order (ties between the channel and the width) puts the input in (N, H, C, W)
+    g_spec, x_spec, w_spec = backward_conv_operands(gm.graph, {names[1]: tuple(x.stride())})[conv]
+    assert g_spec.stride == (128, 16, 4, 1) and x_spec.stride == (128, 4, 32, 1)
+    # arriving contiguous, all three stay contiguous
+    g_spec, x_spec, w_spec = backward_conv_operands(gm.graph, {names[1]: (128, 16, 4, 1)})[conv]
+    assert x_spec.stride == (128, 16, 4, 1) and g_spec.stride == (128, 16, 4, 1)
+
+
+@pytest.mark.slow
+def test_inductor_gives_the_depthwise_backward_those_strides():
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, (code,) = run_and_get_code(torch.compile(_depthwise_backward), *_depthwise_args())
+    torch._dynamo.reset()
+    assert "empty_strided_cpu((2, 8, 4, 4), (128, 4, 32, 1)" in code  # the input, (N, H, C, W)
+    assert "empty_strided_cpu((2, 8, 4, 4), (128, 16, 4, 1)" in code  # the gradient, contiguous
+
+
+def test_a_layout_optimized_forward_gives_its_convolution_chain_channels_last():
+    from memcompile.passes.costs import forward_output_strides
+
+    def net(img, w1, w2, s):
+        h = torch.relu(torch.nn.functional.conv2d(img, w1, padding=1) * s)
+        out = torch.nn.functional.conv2d(h, w2, padding=1)
+        return out * 2, h
+
+    gm = _graph(net, torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3), torch.randn(6, 6, 3, 3), torch.randn(1, 6, 1, 1))
+    strides = forward_output_strides(gm)
+    convs = [n.name for n in gm.graph.nodes if n.target == aten.convolution.default]
+    relu = next(n.name for n in gm.graph.nodes if n.target == aten.relu.default)
+    last = next(n.name for n in gm.graph.nodes if n.target == aten.mul.Tensor and n.args[1] == 2)
+    assert strides[convs[0]] == strides[relu] == (384, 1, 48, 6) and convs[1] in strides
+    assert last not in strides  # after the last convolution Inductor's propagation stops
+    assert "img_1" in strides  # the image's channels-last copy
