@@ -190,7 +190,7 @@ def scratch_bytes(gm: fx.GraphModule | fx.Graph, *, model: str = "eager",
                 if operands is None:
                     operands = backward_conv_operands(graph, arriving)
                 if node.name in operands:
-                    key = (key[0], operands[node.name] + key[1][3:], key[2])
+                    key = _on_operands(key, operands[node.name])
         else:
             continue
         if key is not None:
@@ -222,7 +222,7 @@ def layout_switch_bytes(fw: fx.GraphModule | fx.Graph, bw: fx.GraphModule | fx.G
         switched = _op_key(node, dtypes=None, layout="channels_last")
         plain = _op_key(node, dtypes=None, layout="contiguous")
         if plain is not None and node.name in operands:
-            plain = (plain[0], operands[node.name] + plain[1][3:], plain[2])
+            plain = _on_operands(plain, operands[node.name])
         if switched is None or plain is None:
             continue
         extra = _measured_scratch(*switched, threads) - _measured_scratch(*plain, threads)
@@ -236,6 +236,11 @@ CONV_OPERAND_STRIDES = True
 operands (``backward_conv_operands``) rather than contiguous; off only to compare with the simulator before the
 rule. Simulated with it, torch's own plan at 0.8 on resnet-bn comes to 7,922,444 B against 7,922,448 measured
 (8,952,588 without: oneDNN's scratch on contiguous operands)."""
+
+
+def _on_operands(key, operands: tuple[_TensorSpec, ...]):
+    """``_op_key``'s key of a ``convolution_backward`` with its three tensors replaced by ``operands``."""
+    return key[0], operands + key[1][3:], key[2]
 
 
 def _channels_last_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -265,13 +270,14 @@ def layout_copied_inputs(gm: fx.GraphModule | fx.Graph) -> dict[str, int]:
     return out
 
 
-def forward_output_strides(fw: fx.GraphModule | fx.Graph) -> dict[str, tuple[int, ...]]:
+def forward_output_strides(fw: fx.GraphModule | fx.Graph,
+                           copied: Mapping[str, int] | None = None) -> dict[str, tuple[int, ...]]:
     """Strides a layout-optimized forward gives its 4-d values where they differ from the graph's: channels-last
     for the dense values ``GraphLowering.find_nodes_prefer_channels_last`` picks (a convolution's inputs and
     outputs, the values that lead to one, and the values after one up to the graph's last convolution; a ``bmm``
     stops both) and for the channels-last copies of graph inputs (``layout_copied_inputs``). Inductor gives its
     outputs these strides (``GraphLowering.output``), so a backward's saved inputs arrive in them. Empty where the
-    forward is not layout-optimized."""
+    forward is not layout-optimized. ``copied``: ``layout_copied_inputs(fw)``, when the caller has it."""
     graph = fw.graph if isinstance(fw, fx.GraphModule) else fw
     if not layout_optimized(graph):
         return {}
@@ -300,7 +306,7 @@ def forward_output_strides(fw: fx.GraphModule | fx.Graph) -> dict[str, tuple[int
         except (TypeError, ValueError, RuntimeError):  # a symbolic size
             continue
     names = {n.name: n for n in graph.nodes}
-    for name in layout_copied_inputs(graph):
+    for name in copied if copied is not None else layout_copied_inputs(graph):
         out[name] = _channels_last_strides(tuple(int(d) for d in names[name].meta["val"].shape))
     return out
 
@@ -431,7 +437,7 @@ def _op_key(node: fx.Node, *, dtypes, layout: str | None = None):
                 return None
             if layout is not None and len(shape) == 4:
                 n, c, h, w = shape
-                stride = (h * w * c, 1, w * c, c) if layout == "channels_last" else (c * h * w, h * w, w, 1)
+                stride = _channels_last_strides(shape) if layout == "channels_last" else (c * h * w, h * w, w, 1)
             args.append(_TensorSpec(shape, stride, val.dtype))
         elif _scalar_arg(val):
             args.append(tuple(val) if isinstance(val, list) else val)

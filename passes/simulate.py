@@ -95,10 +95,10 @@ def simulate_step(
     fw_table = analyse(fw, schedule=schedule)
     bw_table = analyse(bw, schedule=schedule) if bw is not None else None
     offload = (offload_roles(fw), offload_roles(bw) if bw is not None else {})
-    arriving = forward_output_strides(fw) if model == "inductor" and bw is not None else {}
+    copies = layout_copies(fw) if model == "inductor" else {}
+    arriving = forward_output_strides(fw, copies) if model == "inductor" and bw is not None else {}
     scratch = (scratch_bytes(fw, model=model),
                scratch_bytes(bw, model=model, arriving=arriving) if bw is not None else {})
-    copies = layout_copies(fw) if model == "inductor" else {}
     return simulate_tables(fw_table, bw_table, num_fwd_outputs=num_fwd_outputs, model=model, offload=offload,
                            scratch=scratch, copies=copies)
 
@@ -211,7 +211,7 @@ def _fusion(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> Fusion:
             away.add(name)
     together = _reductions_together(table, inputs) if REDUCTIONS_TOGETHER else {}
     early = {}
-    for name in would_inline if EARLY_INLINE else ():
+    for name in would_inline if EARLY_INLINE and together else ():  # only readers run together count
         edges = tuple(e for e in _inlined_before_realized(table, name, pos) if e[0] in together)
         if edges:
             early[name] = edges
@@ -250,7 +250,21 @@ def _inlined_before_realized(table: LifetimeTable, name: str, pos: Mapping[str, 
     attention's two batched matmuls: the sum's kernel computes it again from the probabilities, their gradient
     and the row sums, which live until that kernel runs."""
     tensors = table.tensors
-    readers: list[tuple[str, str]] = []
+    readers = _readers_via_views(tensors, name, pos)
+    if any(node == name and not _inlines_expression(tensors, user, node) for user, node in readers):
+        return ()  # an extern reader of the value itself: realized at its own lowering
+    out: list[tuple[str, str]] = []
+    for user, node in sorted(readers, key=lambda r: pos[r[0]]):
+        if not _inlines_expression(tensors, user, node):
+            return tuple(out)
+        out.append((user, node))
+    return ()  # no reader realizes it: the value is not fusible for another reason (too many readers)
+
+
+def _readers_via_views(tensors, name: str, pos: Mapping[str, int]) -> list[tuple[str, str]]:
+    """(reader, what it reads) for every reader of ``name`` in ``pos``, a view's readers taking the view's place: a
+    view of a value is the same expression read at other indices, and no kernel of its own."""
+    out: list[tuple[str, str]] = []
     stack = [name]
     while stack:
         node = stack.pop()
@@ -260,15 +274,8 @@ def _inlined_before_realized(table: LifetimeTable, name: str, pos: Mapping[str, 
             if _view_of(tensors, user, (name,)) is not None:
                 stack.append(user)
             else:
-                readers.append((user, node))
-    if any(node == name and not _inlines_expression(tensors, user, node) for user, node in readers):
-        return ()  # an extern reader of the value itself: realized at its own lowering
-    out: list[tuple[str, str]] = []
-    for user, node in sorted(readers, key=lambda r: pos[r[0]]):
-        if not _inlines_expression(tensors, user, node):
-            return tuple(out)
-        out.append((user, node))
-    return ()  # no reader realizes it: the value is not fusible for another reason (too many readers)
+                out.append((user, node))
+    return out
 
 
 def _inlines_expression(tensors, user: str, value: str) -> bool:
@@ -369,17 +376,8 @@ def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int],
     tensors = table.tensors
     if BROADCAST_SPLITS and _broadcast_read(table, name):
         return True
-    readers = {u for u in tensors[name].users if u in pos}
-    if VIEW_READERS:  # a view's readers read the value: the view itself is no kernel
-        stack = [name]
-        while stack:
-            node = stack.pop()
-            for user in tensors[node].users:
-                if _view_of(tensors, user, (name,)) is not None:
-                    readers.discard(user)
-                    stack.append(user)
-                elif user in pos:
-                    readers.add(user)
+    readers = ({u for u, _ in _readers_via_views(tensors, name, pos)} if VIEW_READERS
+               else {u for u in tensors[name].users if u in pos})
     if len(readers) < 2:
         return False
     inputs = inputs if inputs is not None else _inputs_of(table)
