@@ -42,6 +42,7 @@ from memcompile.passes.planner.ilp import build_memory_rows, solve_ilp
 from memcompile.passes.planner.problem import (
     INPLACE,
     OFFLOAD,
+    PlanProblem,
     build_problem,
     evaluate,
     option_indices,
@@ -301,7 +302,8 @@ class MemPartitioner(CustomPartitionerFn):
                                          f"{unsafe}, a random op; the plan is not compared with it")
                             raise _NoReference
                         tl = simulate_step(fw_ref, bw_ref, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
-                        ref = Verified(solution=None, timeline=tl, source="torch", artifact=(fw_ref, bw_ref))
+                        ref = Verified(solution=None, timeline=tl, source="torch", artifact=(fw_ref, bw_ref),
+                                       added_seconds=_recompute_seconds(problem, bw_ref))
                 except _NoReference:
                     ref = None
                 except Exception as exc:  # a bound only: the plan stands without it, and says so
@@ -493,6 +495,14 @@ def _shared_min_cuts(cache: dict):
         yield
     finally:
         tp.solve_min_cut = original
+
+
+def _recompute_seconds(problem: PlanProblem, bw: fx.GraphModule) -> float:
+    """What recomputing the forward values ``bw`` computes again costs in the planner's model: the sum of
+    their candidates' recompute seconds (a plan of ``problem`` that recomputes them adds that much)."""
+    index = {name: i for i, name in enumerate(problem.names)}
+    return sum(problem.recompute_seconds[index[n.name]] for n in bw.graph.nodes
+               if n.op == "call_function" and n.name in index)
 
 
 class _NoReference(Exception):

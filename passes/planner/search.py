@@ -40,6 +40,9 @@ class Verified:
     "greedy")."""
     artifact: Any = None
     """What the verifier built (the adapter's forward and backward graphs); opaque here."""
+    added_seconds: float | None = None
+    """torch's plan (``SearchInputs.reference``): the time its recomputation adds in the planner's model (what
+    ``PlanSolution.added_seconds`` counts for a plan of the problem), where the adapter could name it."""
 
     @property
     def peak_bytes(self) -> int:
@@ -116,6 +119,8 @@ class SearchState:
     notes: list[str] = field(default_factory=list)
     local_seconds: float = 0.0
     """Seconds spent in the local moves (local.improve), which no solve or build counts."""
+    reference: Verified | None = None
+    """torch's plan at the fraction, once built (``_apply_reference``)."""
 
     @property
     def lowest_built(self) -> Verified | None:
@@ -381,7 +386,7 @@ def _apply_reference(run: _Run) -> Verified | None:
     inputs, state = run.inputs, run.state
     if inputs.reference is None or inputs.budget_fraction >= 1.0:
         return None
-    ref = inputs.reference(inputs.budget_fraction)
+    ref = state.reference = inputs.reference(inputs.budget_fraction)
     if ref is None or state.chosen is not None or (state.floor_solution is not None and state.floor_solution.feasible
                        and state.target_bytes == _floor_bytes(run)):
         return ref  # at the floor the smallest peak is asked for already
@@ -456,16 +461,27 @@ def _limits(inputs: SearchInputs, *, refine: bool = False) -> dict:
 
 
 def _lower_peak_at_same_time(run: _Run, sol: PlanSolution, budget: int, unkept: frozenset[int]) -> PlanSolution:
-    """The lowest peak among plans that add at most a small share of the recompute time to ``sol``'s.
+    """The lowest peak among plans that add no more time than ``sol`` does, within what CBC's gap may have left
+    (``tuning.SOLVER_GAP_TIME``), or, for a fraction whose target lies above the floor, than torch's own plan at
+    that fraction adds, whichever is more: torch's budget trades time for memory at that rate, and memcompile's
+    claim is less memory at the same speed.
 
     The time solve stops at the budget (and at a 1% gap), so its plan may leave undone cheap
     recomputation that lowers the peak further; a peak solve capped at that time takes it."""
     inputs = run.inputs
-    share = tuning.LOWER_PEAK_TIME if inputs.budget_fraction is not None else tuning.SOLVER_GAP_TIME
-    cap = sol.added_seconds + share * sum(inputs.problem.recompute_seconds)
+    cap = sol.added_seconds + tuning.SOLVER_GAP_TIME * sum(inputs.problem.recompute_seconds)
+    ref = run.state.reference
+    # at the floor the smallest peak is asked for, whatever the fraction: every fraction there solves alike
+    torchs = inputs.budget_fraction is not None and ref is not None and ref.added_seconds is not None \
+        and ref.added_seconds > cap and not _at_floor(run)
+    if torchs:
+        cap = ref.added_seconds
     lower = run.solve(inputs.problem, budget_bytes=budget, objective=PEAK, max_added_seconds=cap,
                       unkept_storages=unkept, **_limits(inputs, refine=True))
     if lower.feasible and lower.predicted_peak_bytes < sol.predicted_peak_bytes:
+        if torchs:
+            run.state.notes.append(f"peak lowered at up to the time torch's plan at this budget adds "
+                                   f"({cap * 1e3:.3g} ms in the model)")
         return lower
     return sol
 

@@ -798,3 +798,31 @@ def test_a_floor_with_lossy_options_never_runs_above_the_floor_without_them(monk
         assert result.min_peak_bytes == low.predicted_peak_bytes
     else:
         assert result.chosen.peak_bytes > low.predicted_peak_bytes
+
+
+def test_a_fraction_lowers_its_peak_at_no_more_time_than_torchs_plan_at_that_fraction_adds():
+    """After the fastest plan under a fraction's target, a peak solve may spend up to the time torch's own plan at
+    that fraction adds (its knapsack's trade of time for memory), so memcompile's plan is no slower than torch's
+    and as low as that time allows; without a reference only what CBC's gap may have left."""
+    problem = _chain()
+    plain = search(_inputs(problem, budget_fraction=0.8), verify=FakeVerifier())
+    sol = plain.chosen.solution
+    target = plain.target_bytes
+    spare = 20e-3  # more than any plan of the chain adds: the lowest peak under the target is allowed
+
+    def with_reference(added):
+        ref = _Reference(target + 32 * MB)  # above the target: the target is not bounded by it
+        return dataclasses.replace(_inputs(problem, budget_fraction=0.8),
+                                   reference=lambda f: dataclasses.replace(ref(f), added_seconds=added))
+
+    lower = search(with_reference(sol.added_seconds + spare), verify=FakeVerifier())
+    floor = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=LIMIT)
+    assert lower.chosen.solution.predicted_peak_bytes == floor.predicted_peak_bytes < sol.predicted_peak_bytes
+    assert lower.chosen.solution.added_seconds <= sol.added_seconds + spare
+    # a torch plan that adds no time leaves the fastest plan (the gap's share is below one recompute here)
+    same = search(with_reference(0.0), verify=FakeVerifier())
+    assert plan_key(same.chosen.solution) == plan_key(sol)
+    # and a byte budget never reads the reference's time
+    bytes_ = search(dataclasses.replace(_inputs(problem, budget_bytes=target), reference=with_reference(1.0).reference),
+                    verify=FakeVerifier())
+    assert bytes_.chosen.solution.added_seconds <= sol.added_seconds + 1e-9

@@ -53,6 +53,11 @@ def test_the_reference_is_torchs_partition_and_the_plan_never_simulates_above_it
         fw, bw = tp.min_cut_rematerialization_partition(_copy(joint), inputs, compiler="inductor", **kw)
     assert sorted(partition_saved(*built.artifact)) == sorted(partition_saved(fw, bw))
     assert plans[-1].planned.peak_bytes <= built.peak_bytes
+    # the time it adds in the planner's model: the forward values torch's backward computes again
+    problem = searched["inputs"].problem
+    again = {n.name for n in bw.graph.nodes if n.op == "call_function"} & set(problem.names)
+    assert again  # gpt-tiny's budgets recompute
+    assert built.added_seconds == pytest.approx(sum(problem.recompute_seconds[problem.names.index(n)] for n in again))
 
 
 def test_a_byte_budget_under_the_floor_runs_what_a_fraction_of_0_runs(gpt_tiny_joint, searched):
