@@ -37,7 +37,7 @@ from memcompile.passes import candidates as cand_mod
 from memcompile.passes.costs import DeviceProfile, estimate_costs, forward_output_strides, layout_switch_bytes
 from memcompile.passes.lifetimes import analyse, partition_saved
 from memcompile.passes.planner import tuning
-from memcompile.passes.planner.chains import ChainCache, solve_with_chains
+from memcompile.passes.planner.chains import ChainCache, account_peak, solve_with_chains
 from memcompile.passes.planner.ilp import build_memory_rows, solve_ilp
 from memcompile.passes.planner.problem import (
     INPLACE,
@@ -320,7 +320,7 @@ class MemPartitioner(CustomPartitionerFn):
             learnt none yet; the search asks for a second one (``search``'s ``fresh_solve``)."""
             chain_caches: dict[int, tuple] = {}
 
-            def timed_solve(*args, **kwargs) -> PlanSolution:
+            def timed_solve(*args, chain_rounds: int | None = None, **kwargs) -> PlanSolution:
                 with stages("solve"):
                     if args and args[0] is problem:
                         if not memory_rows:
@@ -328,7 +328,8 @@ class MemPartitioner(CustomPartitionerFn):
                         kwargs.setdefault("memory_rows", memory_rows[0])
                     if tuning.CHAIN_ROUNDS:
                         cache = chain_caches.setdefault(id(args[0]), (args[0], ChainCache({}, [])))[1]
-                        return solve_with_chains(solve_ilp, *args, rounds=tuning.CHAIN_ROUNDS, cache=cache, **kwargs)
+                        rounds = tuning.CHAIN_ROUNDS if chain_rounds is None else chain_rounds
+                        return solve_with_chains(solve_ilp, *args, rounds=rounds, cache=cache, **kwargs)
                     return solve_ilp(*args, **kwargs)
 
             return timed_solve
@@ -353,6 +354,7 @@ class MemPartitioner(CustomPartitionerFn):
                 # budget's smallest-peak search (a fraction of 0.0's) reads it
                 reference=(torch_reference if (cfg.budget_fraction is None or cfg.budget_fraction < 1.0)
                            and "recompute" in cfg.modes else None),
+                account=functools.partial(account_peak, problem) if tuning.CHAIN_ROUNDS else None,
             )
         result = search(inputs, verify=realize, solve=new_solve(), fresh_solve=new_solve)
         stages.seconds["local"] = result.local_seconds

@@ -389,6 +389,17 @@ class ChainCache:
     """Hold terms found, in the order found (a dict: an ordered set)."""
 
 
+def account_peak(problem: PlanProblem, sol) -> int:
+    """The exact account's peak (``live_bytes``) of a solution of ``problem``: what the chain rounds bring a plan's
+    model peak to (they stop once the model's peak is at least the account's)."""
+    from .problem import option_indices
+
+    index = {name: i for i, name in enumerate(problem.names)}
+    return live_bytes(problem, {index[n] for n in sol.keep}, {index[n] for n in sol.recompute},
+                      option_indices(problem, sol), fused=problem.fused, inlined=problem.inlined,
+                      readers=readers_of(problem)).peak_bytes
+
+
 def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainCache | None = None,
                       hold_terms: bool | None = None, **kwargs):
     """``solve`` (solve_ilp's signature), re-solved while the exact account of its plan (``live_bytes``)

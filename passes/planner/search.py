@@ -87,6 +87,11 @@ class SearchInputs:
     fraction expects no more memory than torch's own budget gives. A byte budget's search reads it only in the
     smallest-peak search it runs when not met (a fraction of 0.0's)."""
 
+    account: Callable[[PlanSolution], int] | None = None
+    """The exact account's peak of a plan (chains.account_peak), where the solve learns recompute chains' rows and
+    takes ``chain_rounds``: the certificate's root solve then runs without chain rounds, and what its plan shows is
+    the higher of its model peak and its account (``_certify_above_floor``)."""
+
     def __post_init__(self) -> None:
         if (self.budget_fraction is None) == (self.budget_bytes is None):
             raise ValueError("SearchInputs: give exactly one of budget_fraction and budget_bytes")
@@ -362,11 +367,27 @@ def _certify_above_floor(run: _Run, wanted: int) -> bool:
     # exactly as without it; else the search goes on with it (it is the search's first solve, so it has learnt
     # what the search's own solve would have learnt from that solve)
     solve = run.fresh_solve() if run.fresh_solve is not None else run.solve
-    bound = solve(problem, budget_bytes=None, objective=PEAK, **limits)
-    # proved at the root: the floor itself, as the floor's own solve (the same solve, stopped at the same root)
-    # finds it, with the same rows learnt
-    proved = bound.feasible and not bound.node_limit_hit and not bound.time_limit_hit
-    certified = bound.feasible and wanted - _reachable_by(run, bound) > state.slack_bytes
+    bound = None
+    if inputs.account is not None:
+        # The chain rounds bring the root plan's model peak to its exact account, re-solving the root each time (a
+        # second or more per round on deep graphs); a certificate only needs a plan far enough under the target, so
+        # the root plan's account and its model peak, both that far under it, show it without the rounds. Where
+        # they do not, the root is solved again with the rounds, as without an account.
+        quick = solve(problem, budget_bytes=None, objective=PEAK, chain_rounds=0, **limits)
+        if quick.feasible:
+            shown = max(quick.predicted_peak_bytes, inputs.account(quick))
+            if wanted - min(shown, inputs.default.peak_bytes) > state.slack_bytes:
+                bound = quick
+    if bound is None:
+        bound = solve(problem, budget_bytes=None, objective=PEAK, **limits)
+        # proved at the root: the floor itself, as the floor's own solve (the same solve, stopped at the same root)
+        # finds it, with the same rows learnt
+        proved = bound.feasible and not bound.node_limit_hit and not bound.time_limit_hit
+        certified = bound.feasible and wanted - _reachable_by(run, bound) > state.slack_bytes
+    else:
+        # shown by its account; not taken as the floor even where CBC proved it (it is the model's floor without the
+        # chains' rows, which the floor's own solve learns)
+        proved, certified = False, True
     if proved or certified:
         run.solve = solve
     if proved:

@@ -4,6 +4,7 @@ and the lazy chain rows the ILP gets from it, on synthetic problems."""
 from memcompile.passes.candidates import Candidate, CandidateSet
 from memcompile.passes.planner.chains import (
     ChainCache,
+    account_peak,
     held_terms,
     live_bytes,
     placement,
@@ -171,3 +172,18 @@ def _check_holds(problem, holds) -> int:
     return checked
 
 
+
+
+
+def test_account_peak_is_the_exact_accounts_peak_of_a_solution():
+    """chains.account_peak: the account of a PlanSolution (by names), as live_bytes gives it for the same plan; a
+    chain-blind root plan's account lies above its model peak, a chain-aware floor's equals it."""
+    problem = build_problem(chain(10))
+    index = {name: i for i, name in enumerate(problem.names)}
+    plain = solve_ilp(problem, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    aware = solve_with_chains(solve_ilp, problem, rounds=6, budget_bytes=None, objective=PEAK, time_limit_seconds=10)
+    for sol in (plain, aware):
+        expected = live_bytes(problem, {index[x] for x in sol.keep}, {index[x] for x in sol.recompute}).peak_bytes
+        assert account_peak(problem, sol) == expected
+    assert account_peak(problem, plain) > plain.predicted_peak_bytes
+    assert account_peak(problem, aware) == aware.predicted_peak_bytes

@@ -826,3 +826,36 @@ def test_a_fraction_lowers_its_peak_at_no_more_time_than_torchs_plan_at_that_fra
     bytes_ = search(dataclasses.replace(_inputs(problem, budget_bytes=target), reference=with_reference(1.0).reference),
                     verify=FakeVerifier())
     assert bytes_.chosen.solution.added_seconds <= sol.added_seconds + 1e-9
+
+
+@pytest.mark.parametrize("account_over", [0, 64 * MB])
+def test_a_certificate_shown_by_its_plans_account_needs_no_chain_rounds(monkeypatch, account_over):
+    """With the exact account given (the adapter's ``chains.account_peak``), the certificate's root solve asks for no
+    chain rounds: a plan whose account lies far enough under the target shows it above the floor under any rows.
+    Where the account does not show it, the root is solved again with the rounds, and the search goes on as without
+    an account (the same target and plan)."""
+    monkeypatch.setattr(tuning, "CERTIFY_ABOVE_FLOOR", True)
+    problem = _chain()
+
+    def logging(calls):
+        def solve(problem, chain_rounds=None, **kw):
+            calls.append((kw["objective"], kw["budget_bytes"], kw.get("node_limit"), chain_rounds))
+            sol = solve_ilp(problem, **kw)
+            if kw.get("node_limit") == 0 and sol.feasible:
+                sol = dataclasses.replace(sol, node_limit_hit=True)  # unproven, as on deep graphs
+            return sol
+        return solve
+
+    plain_calls, calls = [], []
+    plain = search(_inputs(problem, budget_fraction=0.8), verify=FakeVerifier(), solve=logging(plain_calls),
+                   fresh_solve=lambda: logging(plain_calls))
+    inputs = dataclasses.replace(_inputs(problem, budget_fraction=0.8),
+                                 account=lambda sol: sol.predicted_peak_bytes + account_over)
+    result = search(inputs, verify=FakeVerifier(), solve=logging(calls), fresh_solve=lambda: logging(calls))
+    assert plain_calls[0] == (PEAK, None, 0, None)
+    assert calls[0] == (PEAK, None, 0, 0)
+    if account_over:  # the account is too high to show anything: the root again, with the rounds
+        assert calls[1] == (PEAK, None, 0, None) and calls[1:] == plain_calls
+    else:
+        assert (PEAK, None, 0, None) not in calls and any("floor is not solved" in n for n in result.notes)
+    assert result.target_bytes == plain.target_bytes and plan_key(result.chosen.solution) == plan_key(plain.chosen.solution)
