@@ -250,9 +250,10 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
     if fraction is not None and fraction < tuning.MONOTONE_ANCHOR and state.chosen.source != "default" \
             and state.chosen.peak_bytes > state.chosen.solution.predicted_peak_bytes:
         # The model under-counted this plan, so plans a higher fraction builds may run lower: a lower
-        # budget never runs above the anchor fraction's plan (monotone there by construction)
+        # budget never runs above the anchor fraction's plan (monotone there by construction: the anchor's
+        # search is the one that fraction runs, torch's plan at it included)
         # same problem: its floor and the plans built so far serve the anchor search as they are
-        anchor = _search(dataclasses.replace(inputs, budget_fraction=tuning.MONOTONE_ANCHOR, reference=None), verify=verify,
+        anchor = _search(dataclasses.replace(inputs, budget_fraction=tuning.MONOTONE_ANCHOR), verify=verify,
                          solve=run.solve, fallback=fallback,
                          floor_solution=state.floor_solution if REUSE_BUILT_PLANS else None,
                          rounds_from_floor=False)

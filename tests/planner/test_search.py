@@ -859,3 +859,26 @@ def test_a_certificate_shown_by_its_plans_account_needs_no_chain_rounds(monkeypa
     else:
         assert (PEAK, None, 0, None) not in calls and any("floor is not solved" in n for n in result.notes)
     assert result.target_bytes == plain.target_bytes and plan_key(result.chosen.solution) == plan_key(plain.chosen.solution)
+
+
+def test_the_anchor_search_is_the_search_its_fraction_runs_torchs_plan_included(monkeypatch):
+    """Below the anchor a plan the model under-counts also runs the anchor fraction's search, and that search gets
+    torch's plan as the anchor fraction's own search does (its bound and its time), so a lower budget never runs
+    above the plan the anchor fraction runs."""
+    import memcompile.passes.planner.search as search_module
+
+    problem = _chain()
+    searched = []
+    inner = search_module._search
+
+    def recording(inputs, **kw):
+        searched.append(inputs)
+        return inner(inputs, **kw)
+
+    monkeypatch.setattr(search_module, "_search", recording)
+    ref = _Reference(10**12)
+    under = FakeVerifier(under={f"a{i}" for i in range(6)}, error_bytes=MB)
+    search(dataclasses.replace(_inputs(problem, budget_fraction=0.1), reference=ref), verify=under)
+    anchors = [i for i in searched if i.budget_fraction == tuning.MONOTONE_ANCHOR]
+    assert anchors, "the model under-counts: the anchor search must run"
+    assert all(i.reference is ref for i in anchors)
