@@ -31,6 +31,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling script, when imported by tests
+from bench_planning import time_memcompile  # noqa: E402
+
 GRID = Path(__file__).resolve().parent.parent / "docs" / "bench_zoo_grid.json"
 FRACTIONS = (1.0, 0.8, 0.5, 0.3, 0.1, 0.0)
 
@@ -72,30 +75,18 @@ def capture_joint(name: str, options: dict):
 
 
 def plan_budget(joint, inputs, kw, budget) -> dict:
-    """One budget planned on a copy of ``joint``: the row (simulated peak, source, added seconds, seconds, error)."""
-    from torch import fx
-
-    from memcompile.config import MemConfig
-    from memcompile.partitioner import MemPartitioner, _copy_graph
-    from memcompile.passes.rewrite import _lossy
-
-    plans = []
-    partitioner = MemPartitioner(MemConfig.from_options({"memory_budget": budget}), on_plan=plans.append)
-    gm = fx.GraphModule(joint, _copy_graph(joint.graph))
-    _lossy.forget_fake_values(joint.graph)  # the copy's nodes share their fake values with joint's
-    error = ""
+    """One budget planned on a copy of ``joint`` (``bench_planning.time_memcompile``, as a compile plans it): the row
+    (simulated peak, source, added seconds, seconds, error)."""
+    plan, error = None, ""
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            partitioner(gm, inputs, compiler="inductor", **kw)
+            _, plan = time_memcompile(joint, inputs, kw, budget)
     except Exception as exc:  # noqa: BLE001 - recorded: a refused byte budget is a row too
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-    finally:
-        _lossy.forget_fake_values(joint.graph)
     row = {"budget": budget, "seconds": round(time.perf_counter() - start, 3), "error": error}
-    if plans:
-        plan = plans[-1]
+    if plan is not None:
         row.update(simulated_peak_bytes=plan.planned.peak_bytes, source=plan.source,
                    min_peak_bytes=plan.min_peak_bytes,
                    added_seconds=sum(d.added_seconds for d in plan.decisions), notes=list(plan.notes))

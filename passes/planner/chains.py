@@ -389,15 +389,21 @@ class ChainCache:
     """Hold terms found, in the order found (a dict: an ordered set)."""
 
 
-def account_peak(problem: PlanProblem, sol) -> int:
-    """The exact account's peak (``live_bytes``) of a solution of ``problem``: what the chain rounds bring a plan's
-    model peak to (they stop once the model's peak is at least the account's)."""
+def solution_account(problem: PlanProblem, sol, *, index: dict[str, int] | None = None,
+                     readers: list[list[int]] | None = None) -> ChainAccount:
+    """``live_bytes`` of a solution of ``problem`` (its decisions by name), with the fusion the problem records."""
     from .problem import option_indices
 
-    index = {name: i for i, name in enumerate(problem.names)}
+    index = index if index is not None else {name: i for i, name in enumerate(problem.names)}
     return live_bytes(problem, {index[n] for n in sol.keep}, {index[n] for n in sol.recompute},
                       option_indices(problem, sol), fused=problem.fused, inlined=problem.inlined,
-                      readers=readers_of(problem)).peak_bytes
+                      readers=readers if readers is not None else readers_of(problem))
+
+
+def account_peak(problem: PlanProblem, sol) -> int:
+    """The exact account's peak of a solution of ``problem``: what the chain rounds bring a plan's model peak to
+    (they stop once the model's peak is at least the account's)."""
+    return solution_account(problem, sol).peak_bytes
 
 
 def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainCache | None = None,
@@ -407,8 +413,6 @@ def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainC
     not charge: each round adds a constraint at that step charging those chains (lazy constraints,
     valid for every plan), and charges every known chain at the earlier rounds' steps too. ``hold_terms``
     (default ``tuning.HOLD_TERMS``): also charge kept storages held by later recomputes (``HoldTerm``)."""
-    from .problem import option_indices
-
     readers = readers_of(problem)
     index = {name: i for i, name in enumerate(problem.names)}
     cache = cache if cache is not None else ChainCache({}, [])
@@ -427,15 +431,12 @@ def solve_with_chains(solve, problem: PlanProblem, *, rounds: int, cache: ChainC
     for _ in range(rounds):
         if not sol.feasible:
             return sol
-        keep = {index[n] for n in sol.keep}
-        rec = {index[n] for n in sol.recompute}
-        account = live_bytes(problem, keep, rec, option_indices(problem, sol),
-                             fused=problem.fused, inlined=problem.inlined, readers=readers)
+        account = solution_account(problem, sol, index=index, readers=readers)
         side, tau = account.peak_step
         if side != "backward" or account.peak_bytes <= sol.predicted_peak_bytes:
             return sol
         new = [t for t in pulled_terms(problem, account, tau, readers) if t.members not in known]
-        new_holds = [h for h in held_terms(problem, account, tau, readers, keep)
+        new_holds = [h for h in held_terms(problem, account, tau, readers, {index[n] for n in sol.keep})
                      if h not in holds] if use_holds else []
         if not new and not new_holds:
             return sol

@@ -225,10 +225,9 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
     ``rounds_from_floor``: False for the anchor search (its rounds from the floor are the caller's)."""
     run = _Run(inputs, solve, verify, fallback, SearchState(floor_solution=floor_solution), fresh_solve)
     state = run.state
-    reference = None
     if inputs.budget_fraction is not None:
         _resolve_fraction(run)
-        reference = _apply_reference(run)
+        _apply_reference(run)
     else:
         state.target_bytes = int(inputs.budget_bytes)
         if inputs.default.peak_bytes <= state.target_bytes:
@@ -291,7 +290,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         if state.floor_plan is None or lowest.chosen.peak_bytes < state.floor_plan.peak_bytes:
             state.floor_plan = lowest.chosen
     if inputs.reference is not None and inputs.budget_fraction is not None and inputs.budget_fraction < 1.0:
-        _take_reference(run, reference)
+        _take_reference(run)
     if state.floor_plan is not None:
         # the lowest simulated peak built: the floor plan's, or the plan that runs where it runs lower
         min_peak = min(state.floor_plan.peak_bytes, state.chosen.peak_bytes)
@@ -400,18 +399,18 @@ def _certify_above_floor(run: _Run, wanted: int) -> bool:
     return certified
 
 
-def _apply_reference(run: _Run) -> Verified | None:
-    """torch's plan at the fraction (``SearchInputs.reference``); where the target lies above the floor and
+def _apply_reference(run: _Run) -> None:
+    """torch's plan at the fraction (``SearchInputs.reference``), kept as ``SearchState.reference``; where the target lies above the floor and
     torch's plan simulates under the target's bound (target plus slack), its peak becomes that bound, so the
     search looks for the fastest plan at or under torch's peak (``_take_reference`` runs torch's plan if it
     finds none)."""
     inputs, state = run.inputs, run.state
     if inputs.reference is None or inputs.budget_fraction >= 1.0:
-        return None
+        return
     ref = state.reference = inputs.reference(inputs.budget_fraction)
     if ref is None or state.chosen is not None or (state.floor_solution is not None and state.floor_solution.feasible
                        and state.target_bytes == _floor_bytes(run)):
-        return ref  # at the floor the smallest peak is asked for already
+        return  # at the floor the smallest peak is asked for already
     bound = state.target_bytes + state.slack_bytes
     if ref.peak_bytes < bound:
         state.target_bytes = min(state.target_bytes, ref.peak_bytes)
@@ -419,14 +418,13 @@ def _apply_reference(run: _Run) -> Verified | None:
         if state.pending is not None and state.pending.predicted_peak_bytes > state.target_bytes:
             state.pending = None  # the probe was solved for a higher target
         state.notes.append(f"torch's plan at this budget simulates {_fmt(ref.peak_bytes)}: the plan must not run above it")
-    return ref
 
 
-def _take_reference(run: _Run, reference: Verified | None) -> None:
+def _take_reference(run: _Run) -> None:
     """torch's plan at the fraction, and below ``tuning.MONOTONE_ANCHOR`` torch's plan at the anchor too (so
     a lower budget never runs above the anchor's plan), where it simulates lower than the chosen plan."""
     inputs, state = run.inputs, run.state
-    refs = [reference]
+    refs = [state.reference]
     if inputs.budget_fraction < tuning.MONOTONE_ANCHOR:
         refs.append(inputs.reference(tuning.MONOTONE_ANCHOR))
     for ref in refs:
