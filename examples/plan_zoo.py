@@ -75,12 +75,16 @@ def capture_joint(name: str, options: dict):
 
 
 def plan_budget(joint, inputs, kw, budget) -> dict:
-    """One budget planned on a copy of ``joint`` (``bench_planning.time_memcompile``, as a compile plans it): the row
-    (simulated peak, source, added seconds, seconds, error)."""
+    """One budget planned on a copy of ``joint`` (``bench_planning.time_memcompile``, as a compile plans it: under the
+    joint's fake mode): the row (simulated peak, source, added seconds, seconds, error)."""
+    import contextlib
+
+    from torch._guards import detect_fake_mode
+
     plan, error = None, ""
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), detect_fake_mode(inputs) or contextlib.nullcontext():
             warnings.simplefilter("ignore")
             _, plan = time_memcompile(joint, inputs, kw, budget)
     except Exception as exc:  # noqa: BLE001 - recorded: a refused byte budget is a row too

@@ -61,10 +61,15 @@ from memcompile.passes.simulate import fused_values, simulate_step
 
 from . import __version__
 from ._errors import MemoryBudgetError
+from ._references import References
 from .config import MemConfig
 from .plan import Plan, TensorDecision
 
 log = logging.getLogger(__name__)
+
+REFERENCES_AHEAD = True
+"""Build torch's plans at a fraction (and at the anchor below it) on a worker thread while the search's first solves
+run (_references.py). Off only to check, in tests, that building them ahead changes no plan."""
 
 class _StageTimer:
     """Seconds spent per planning stage, for the report and the planning-time benchmark."""
@@ -101,27 +106,18 @@ class _StageTimer:
 
 
 def _source_files() -> tuple[str, ...]:
-    import memcompile.passes.candidates as c
-    import memcompile.passes.costs as co
-    import memcompile.passes.lifetimes as li
-    import memcompile.passes.offload_cost as oc
-    import memcompile.passes.planner.greedy as g
-    import memcompile.passes.planner.ilp as il
-    import memcompile.passes.planner.problem as pr
-    import memcompile.passes.planner.repeat as rp
-    import memcompile.passes.planner.search as se
-    import memcompile.passes.planner.tuning as tu
-    import memcompile.passes.repeats as rs
-    import memcompile.passes.rewrite._lossy as lo
-    import memcompile.passes.rewrite.fewbit as fb
-    import memcompile.passes.rewrite.inplace as ip
-    import memcompile.passes.rewrite.norm_output as no
-    import memcompile.passes.rewrite.offload as of
-    import memcompile.passes.rewrite.quantize as qu
-    import memcompile.passes.rewrite.recompute as rc
-    import memcompile.passes.simulate as si
+    """Every source file a plan depends on: all of memcompile.passes (analysis, planner, rewrites) and
+    memcompile.kernels (the sizes the planner reads, the ops and decomposed forms the rewrites write), this adapter
+    and the references' builder: whole packages, so that no module a plan reads is ever left out of the key."""
+    import pathlib
 
-    return tuple(m.__file__ for m in (c, co, li, oc, g, il, pr, rp, se, tu, si, rs, lo, fb, ip, no, of, qu, rc)) + (__file__,)
+    import memcompile.kernels as kernels
+    import memcompile.passes as passes
+
+    from . import _references
+
+    found = sorted(str(p) for pkg in (passes, kernels) for p in pathlib.Path(pkg.__file__).parent.rglob("*.py"))
+    return (*found, _references.__file__, __file__)
 
 
 class MemPartitioner(CustomPartitionerFn):
@@ -262,6 +258,7 @@ class MemPartitioner(CustomPartitionerFn):
         notes: list[str] = _offload_notes(cset)
 
         def realize(sol: PlanSolution) -> Verified:
+            torch_reference.settle()  # torch's plans built ahead: never beside this thread's own torch work
             graph, inside = joint, backward_nodes
             if sol.quantize or sol.fewbit or sol.inplace or sol.offload:
                 with stages("rewrite"):
@@ -282,13 +279,9 @@ class MemPartitioner(CustomPartitionerFn):
                 tl = simulate_step(fw, bw, num_fwd_outputs=num_fwd_outputs, model=_sim_model(cfg))
             return Verified(solution=sol, timeline=tl, source=sol.solver, artifact=(fw, bw))
 
-        references: dict[float, Verified | None] = {}
-
-        def torch_reference(fraction: float) -> Verified | None:
-            """torch's own partition at ``fraction`` (its activation_memory_budget), built and simulated once
-            (the search's ``reference``: a fraction's plan never runs above it); None where it is the default."""
-            if fraction in references:
-                return references[fraction]
+        def build_reference(fraction: float) -> Verified | None:
+            """torch's own partition at ``fraction`` (its activation_memory_budget), built and simulated (the
+            search's ``reference``: a fraction's plan never runs above it); None where it is the default."""
             ref = None
             with stages("reference"):
                 try:
@@ -310,8 +303,9 @@ class MemPartitioner(CustomPartitionerFn):
                     log.debug("torch's partition at %s failed", fraction, exc_info=True)
                     notes.append(f"torch's partition at activation_memory_budget={fraction} could not be built "
                                  f"({type(exc).__name__}: {exc}); the plan is not compared with it")
-            references[fraction] = ref
             return ref
+
+        torch_reference = References(build_reference, on_wait=lambda: stages("reference wait"))
 
         memory_rows = []  # the problem's memory constraints, written for its first solve and reused
 
@@ -356,7 +350,14 @@ class MemPartitioner(CustomPartitionerFn):
                            and "recompute" in cfg.modes else None),
                 account=functools.partial(account_peak, problem) if tuning.CHAIN_ROUNDS else None,
             )
-        result = search(inputs, verify=realize, solve=new_solve(), fresh_solve=new_solve)
+        if REFERENCES_AHEAD and inputs.reference is not None and cfg.budget_fraction is not None:
+            # the fraction's search asks for these before it verifies a plan; built while its first solves run
+            torch_reference.ahead([cfg.budget_fraction] + ([tuning.MONOTONE_ANCHOR] if cfg.budget_fraction
+                                                          < tuning.MONOTONE_ANCHOR else []))
+        try:
+            result = search(inputs, verify=realize, solve=new_solve(), fresh_solve=new_solve)
+        finally:
+            torch_reference.settle()
         stages.seconds["local"] = result.local_seconds
         notes.extend(result.notes)
         chosen, target = result.chosen, result.target_bytes

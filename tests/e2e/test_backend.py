@@ -37,6 +37,23 @@ def test_uuid_depends_on_options():
     assert a != MemPartitioner(MemConfig()).uuid()
 
 
+def test_uuid_covers_every_module_a_plan_depends_on():
+    """Inductor's cache serves a compiled graph under this key: a planner module left out of it (the chain account
+    and the local moves once were) would let an older plan be served after that module changed."""
+    import pathlib
+
+    import memcompile.kernels as kernels
+    import memcompile.passes as passes
+    from memcompile.partitioner import _source_files
+
+    hashed = {pathlib.Path(f).resolve() for f in _source_files()}
+    for package in (passes, kernels):
+        for module in pathlib.Path(package.__file__).parent.rglob("*.py"):
+            assert module.resolve() in hashed, module
+    for name in ("planner/chains.py", "planner/local.py", "planner/search.py", "rewrite/recompute.py"):
+        assert pathlib.Path(passes.__file__).parent.joinpath(name).resolve() in hashed
+
+
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "gpt-tiny-dropout"])
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_eager_inner_gradients_equal_eager(name, budget, no_compile_cache):

@@ -2,6 +2,8 @@
 ``activation_memory_budget`` makes of the same joint graph, and a fraction's plan never simulates above it. The
 partitioner is called on a traced joint graph directly (no Inductor compile)."""
 
+import threading
+
 import pytest
 from memcompile.passes.lifetimes import partition_saved
 from memcompile.passes.planner import search as search_module
@@ -188,3 +190,38 @@ def test_a_plan_records_its_stages_seconds_and_counts(gpt_tiny_joint):
     assert {"solve", "extract", "simulate", "local"} <= set(seconds)
     assert counts["solve"] >= 1 and counts["extract"] >= 2  # the default partition, then at least one plan
     assert counts["extract"] == counts["simulate"]
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.0])
+def test_references_built_ahead_on_a_worker_give_the_same_plan(gpt_tiny_joint, monkeypatch, fraction):
+    """torch's plans (at the fraction and at the anchor) built on a worker while the search solves: the same plan,
+    notes and stages as built when asked for; the planner runs under the joint's fake mode, as a compile runs it."""
+    from torch._guards import detect_fake_mode
+
+    joint, inputs, kw = gpt_tiny_joint
+    fake = detect_fake_mode(inputs)
+    threads = []
+    build = partitioner_module.References.__init__
+
+    def recording_init(self, builder, **options):
+        def recorded(f):
+            threads.append((f, threading.current_thread().name))
+            return builder(f)
+        build(self, recorded, **options)
+
+    monkeypatch.setattr(partitioner_module.References, "__init__", recording_init)
+    plans = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(partitioner_module, "REFERENCES_AHEAD", ahead)
+        got = []
+        with fake:
+            MemPartitioner(MemConfig.from_options({"memory_budget": fraction, "inner": "eager"}), on_plan=got.append)(
+                _copy(joint), inputs, compiler="inductor", **kw)
+        plans[ahead] = got[-1]
+    before, after = plans[False], plans[True]
+    assert (before.decisions, before.planned.peak_bytes, before.notes, before.backward_code) == \
+        (after.decisions, after.planned.peak_bytes, after.notes, after.backward_code)
+    main = threading.current_thread().name
+    assert threads == [(fraction, main), (0.5, main), (fraction, "memcompile-torch-reference"),
+                       (0.5, "memcompile-torch-reference")]
+    assert after.extra["stage_counts"]["reference"] == 2
