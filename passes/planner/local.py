@@ -17,8 +17,10 @@ The plan's mode options stay as chosen; a plan with a quantized or offloaded sto
 
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
+import hashlib
 import itertools
 from collections.abc import Collection
 
@@ -135,6 +137,23 @@ class _OptionCheck:
         return True
 
 
+class _Seen(dict):
+    """Account peaks of recompute sets asked for (a digest of the set -> its peak, or ``INVALID``), one per plan
+    options; small (a 16-byte key per move), so a whole search's descents can share them."""
+
+    INVALID = -1
+
+    @staticmethod
+    def of(seen: dict | None, options: Collection[int]) -> _Seen | None:
+        if seen is None:
+            return None
+        return seen.setdefault(frozenset(options), _Seen())
+
+    @staticmethod
+    def key(rec: Collection[int]) -> bytes:
+        return hashlib.blake2b(array.array("q", sorted(rec)).tobytes(), digest_size=16).digest()
+
+
 ACCUMULATE = True
 """After the best move at a peak step, the other moves that lowered the plan there are added one by one, each kept
 where it lowers the account further."""
@@ -175,10 +194,13 @@ def _running_max(live: tuple[int, ...]) -> tuple[list[int], list[int]]:
 
 
 def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = None,
-            max_accounts: int | None = None, stats: dict | None = None) -> PlanSolution | None:
+            max_accounts: int | None = None, stats: dict | None = None, seen: dict | None = None) -> PlanSolution | None:
     """A plan whose exact account peaks lower than ``sol``'s, found by at most ``max_moves`` moves above
     (default ``tuning.LOCAL_MOVES``), or None. ``max_accounts``: stop once that many plans were accounted (the
-    best found so far is the result); ``stats``: where ``stats["accounts"]`` counts them."""
+    best found so far is the result); ``stats``: where ``stats["accounts"]`` counts them. ``seen``: the account
+    peaks of the moves earlier calls on the same ``problem`` tried (``_Seen``; read and added to): a move whose peak
+    is known to be no lower than the plan it would replace is not accounted again, so the moves are the same as
+    without it (and the count too: a move skipped so counts as accounted)."""
     max_moves = tuning.LOCAL_MOVES if max_moves is None else max_moves
     counted = stats if stats is not None else {}
     counted["accounts"] = 0
@@ -194,18 +216,33 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
     roots = closure_roots(problem, served)
     valid = _OptionCheck(problem, options)
 
-    def account(rec: set[int]):
+    peaks = _Seen.of(seen, options)
+
+    def account(rec: set[int], above: int | None = None):
+        """The move's (peak, seconds, keep, recompute, account), or None where it is no plan; with ``above``,
+        also None where ``seen`` knows its peak is at or above that (it could not be taken)."""
         counted["accounts"] += 1
+        key = peaks.key(rec) if peaks is not None else None
+        if key is not None and above is not None:
+            known = peaks.get(key)
+            if known is not None and (known == _Seen.INVALID or known >= above):
+                return None
         closed = closure(problem, rec, served, roots=roots)
         if closed is None:
+            if key is not None:
+                peaks[key] = _Seen.INVALID
             return None
-        keep, rec = closed
-        if not valid(keep, rec):
+        keep, closed_rec = closed
+        if not valid(keep, closed_rec):
+            if key is not None:
+                peaks[key] = _Seen.INVALID
             return None
-        acc = live_bytes(problem, keep, rec, options, fused=problem.fused, inlined=problem.inlined, readers=readers,
-                         members=members)
-        seconds = sum(problem.recompute_seconds[i] for i in rec) + sum(problem.options[o].seconds for o in options)
-        return acc.peak_bytes, seconds, keep, rec, acc
+        acc = live_bytes(problem, keep, closed_rec, options, fused=problem.fused, inlined=problem.inlined,
+                         readers=readers, members=members)
+        if key is not None:
+            peaks[key] = acc.peak_bytes
+        seconds = sum(problem.recompute_seconds[i] for i in closed_rec) + sum(problem.options[o].seconds for o in options)
+        return acc.peak_bytes, seconds, keep, closed_rec, acc
 
     start = account({index[n] for n in sol.recompute})
     if start is None:
@@ -243,7 +280,7 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
                 limit = best[0] if ACCUMULATE else (found or best)[0]
                 if low > limit or (low == limit and (ACCUMULATE or found is None or t > found_at)):
                     break  # the rest are bounded no lower
-            result = account(candidate)
+            result = account(candidate, above=best[0])  # not below the plan: neither improving nor taken
             if result is not None and result[0] < best[0]:
                 improving.append((result[0], t))
             if result is not None and (result[0] < (found or best)[0]
@@ -259,7 +296,7 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
                     break
                 candidate = tried[t][0]
                 merged = (found[3] | (candidate - rec)) - (rec - candidate)
-                result = account(merged)
+                result = account(merged, above=found[0])
                 if result is not None and result[0] < found[0]:
                     found = result
         best = found

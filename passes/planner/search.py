@@ -126,6 +126,9 @@ class SearchState:
     """Seconds spent in the local moves (local.improve), which no solve or build counts."""
     reference: Verified | None = None
     """torch's plan at the fraction, once built (``_apply_reference``)."""
+    seen: list[tuple[PlanProblem, dict]] = field(default_factory=list)
+    """Per problem the local moves ran on, the account peaks of the moves they tried (``local.improve``'s ``seen``),
+    shared by every descent of the search."""
 
     @property
     def lowest_built(self) -> Verified | None:
@@ -651,11 +654,21 @@ def _polish(run: _Run) -> None:
                 state.floor_plan = built
 
 
+SHARE_SEEN = True
+"""The local moves' descents of one search skip the moves an earlier descent accounted no lower (``local.improve``'s
+``seen``): the same moves are taken. Off only to check that in tests."""
+
+
 def _improve(run: _Run, sol: PlanSolution, problem: PlanProblem | None = None, **limits) -> PlanSolution | None:
     """``local.improve`` on ``problem`` (the search's by default), timed."""
     start = time.perf_counter()
+    problem = problem if problem is not None else run.inputs.problem
+    seen = next((m for p, m in run.state.seen if p is problem), None)
+    if seen is None:
+        seen = {}
+        run.state.seen.append((problem, seen))  # held with its problem, so no other problem gets its id
     try:
-        return improve(problem if problem is not None else run.inputs.problem, sol, **limits)
+        return improve(problem, sol, seen=seen if SHARE_SEEN else None, **limits)
     finally:
         run.state.local_seconds += time.perf_counter() - start
 

@@ -102,6 +102,25 @@ def test_the_floor_search_runs_the_plan_the_moves_find(monkeypatch, moves):
         assert result.chosen.peak_bytes > best
 
 
+def test_the_search_shares_what_its_descents_saw_and_ends_on_the_same_plan(monkeypatch):
+    from memcompile.passes.planner import search as search_module
+    from test_search import _inputs
+
+    problem = build_problem(_held())
+    results = {}
+    real = search_module.improve
+    for share in (False, True):
+        monkeypatch.setattr(search_module, "SHARE_SEEN", share)
+        seen_args = []
+        monkeypatch.setattr(search_module, "improve", lambda p, s, **k: seen_args.append(k.get("seen")) or real(p, s, **k))
+        result = search_module.search(_inputs(problem, budget_fraction=0.0), verify=_AccountVerifier(problem))
+        results[share] = (result.chosen.peak_bytes, result.min_peak_bytes, result.notes)
+        assert seen_args and all((s is not None) == share for s in seen_args)
+        if share:
+            assert len({id(s) for s in seen_args}) == 1  # one problem: one record, shared by every descent
+    assert results[False] == results[True]
+
+
 @pytest.fixture(scope="module")
 def floor_problems():
     """(problem, solution) pairs the search hands the local moves on gpt-tiny (eager) at a fraction of 0.0."""
@@ -169,6 +188,37 @@ def test_pruned_moves_take_the_same_plan_as_accounting_every_move(floor_problems
         if full is not None:
             assert (pruned.keep, pruned.recompute, pruned.predicted_peak_bytes) == \
                 (full.keep, full.recompute, full.predicted_peak_bytes)
+
+
+def test_descents_sharing_the_peaks_they_saw_take_the_same_moves_with_fewer_accounts(floor_problems, monkeypatch):
+    """``seen``: every descent the search runs on one problem, one after another, shares the peaks of the moves it
+    tried; each ends on the plan it ends on alone, with the same count of accounts, and live_bytes runs less often."""
+    from memcompile.passes.planner import local
+
+    calls = []
+    real = local.live_bytes
+    monkeypatch.setattr(local, "live_bytes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    by_problem: dict = {}
+    for problem, sol in floor_problems:
+        by_problem.setdefault(id(problem), (problem, []))[1].append(sol)
+    saved = 0
+    for problem, sols in by_problem.values():
+        seen: dict = {}
+        for sol in sols * 2:  # each start twice: the second descent repeats the first's moves
+            alone_stats, shared_stats = {}, {}
+            calls.clear()
+            alone = improve(problem, sol, stats=alone_stats)
+            n_alone = len(calls)
+            calls.clear()
+            shared = improve(problem, sol, stats=shared_stats, seen=seen)
+            assert (alone is None) == (shared is None)
+            if alone is not None:
+                assert (alone.keep, alone.recompute, alone.predicted_peak_bytes, alone.added_seconds) == \
+                    (shared.keep, shared.recompute, shared.predicted_peak_bytes, shared.added_seconds)
+            assert alone_stats == shared_stats
+            assert len(calls) <= n_alone
+            saved += n_alone - len(calls)
+    assert saved > 0
 
 
 def test_a_bound_on_accounts_stops_the_moves_with_the_best_plan_found_so_far():

@@ -676,7 +676,7 @@ def _polish_recorder(monkeypatch):
         finally:
             polishing[0] = False
 
-    def fake_improve(problem, sol, *, max_accounts=None, stats=None):
+    def fake_improve(problem, sol, *, max_accounts=None, stats=None, **_):
         if not polishing[0]:
             return None
         starts_of.append((sol, max_accounts))
