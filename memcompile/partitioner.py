@@ -48,7 +48,7 @@ from memcompile.passes.planner.problem import (
     option_indices,
     queued_offload_seconds,
 )
-from memcompile.passes.planner.search import SearchInputs, Verified, decomposes, search
+from memcompile.passes.planner.search import SearchInputs, Verified, decomposes, reference_fractions, search
 from memcompile.passes.planner.solution import PlanSolution
 from memcompile.passes.repeats import structural_colours
 from memcompile.passes.rewrite._lossy import LOSSY_META
@@ -352,8 +352,7 @@ class MemPartitioner(CustomPartitionerFn):
             )
         if REFERENCES_AHEAD and inputs.reference is not None and cfg.budget_fraction is not None:
             # the fraction's search asks for these before it verifies a plan; built while its first solves run
-            torch_reference.ahead([cfg.budget_fraction] + ([tuning.MONOTONE_ANCHOR] if cfg.budget_fraction
-                                                          < tuning.MONOTONE_ANCHOR else []))
+            torch_reference.ahead(reference_fractions(cfg.budget_fraction))
         try:
             result = search(inputs, verify=realize, solve=new_solve(), fresh_solve=new_solve)
         finally:

@@ -228,15 +228,11 @@ def improve(problem: PlanProblem, sol: PlanSolution, *, max_moves: int | None = 
             if known is not None and (known == _Seen.INVALID or known >= above):
                 return None
         closed = closure(problem, rec, served, roots=roots)
-        if closed is None:
+        if closed is None or not valid(*closed):
             if key is not None:
                 peaks[key] = _Seen.INVALID
             return None
         keep, closed_rec = closed
-        if not valid(keep, closed_rec):
-            if key is not None:
-                peaks[key] = _Seen.INVALID
-            return None
         acc = live_bytes(problem, keep, closed_rec, options, fused=problem.fused, inlined=problem.inlined,
                          readers=readers, members=members)
         if key is not None:

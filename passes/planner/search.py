@@ -423,13 +423,17 @@ def _apply_reference(run: _Run) -> None:
         state.notes.append(f"torch's plan at this budget simulates {_fmt(ref.peak_bytes)}: the plan must not run above it")
 
 
+def reference_fractions(fraction: float) -> list[float]:
+    """The fractions a fraction's search asks torch's plans at, in the order it asks: its own (``_apply_reference``),
+    and below ``tuning.MONOTONE_ANCHOR`` the anchor's (``_take_reference``)."""
+    return [fraction, *([tuning.MONOTONE_ANCHOR] if fraction < tuning.MONOTONE_ANCHOR else [])]
+
+
 def _take_reference(run: _Run) -> None:
     """torch's plan at the fraction, and below ``tuning.MONOTONE_ANCHOR`` torch's plan at the anchor too (so
     a lower budget never runs above the anchor's plan), where it simulates lower than the chosen plan."""
     inputs, state = run.inputs, run.state
-    refs = [state.reference]
-    if inputs.budget_fraction < tuning.MONOTONE_ANCHOR:
-        refs.append(inputs.reference(tuning.MONOTONE_ANCHOR))
+    refs = [state.reference, *map(inputs.reference, reference_fractions(inputs.budget_fraction)[1:])]
     for ref in refs:
         if ref is None or ref.peak_bytes >= state.chosen.peak_bytes:
             continue
