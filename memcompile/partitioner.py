@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import itertools
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -79,6 +80,7 @@ class _StageTimer:
         self.counts: dict[str, int] = {}
         """How many times each stage was entered (solves, extractions, ...)."""
         self._open: tuple[str, float] | None = None
+        self._lock = threading.Lock()  # stages run on the references' worker and beside a solve too
 
     def start(self, name: str) -> None:
         self.stop()
@@ -98,11 +100,13 @@ class _StageTimer:
             self._leave(name, t0)
 
     def _enter(self, name: str) -> float:
-        self.counts[name] = self.counts.get(name, 0) + 1
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + 1
         return time.perf_counter()
 
     def _leave(self, name: str, t0: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _source_files() -> tuple[str, ...]:
@@ -308,6 +312,7 @@ class MemPartitioner(CustomPartitionerFn):
         torch_reference = References(build_reference, on_wait=lambda: stages("reference wait"))
 
         memory_rows = []  # the problem's memory constraints, written for its first solve and reused
+        rows_lock = threading.Lock()  # the search may solve on two threads at once (search.PROBE_AHEAD)
 
         def new_solve() -> Callable[..., PlanSolution]:
             """A solve that learns the recompute chains its solves find (per problem solved) and has
@@ -317,8 +322,9 @@ class MemPartitioner(CustomPartitionerFn):
             def timed_solve(*args, chain_rounds: int | None = None, **kwargs) -> PlanSolution:
                 with stages("solve"):
                     if args and args[0] is problem:
-                        if not memory_rows:
-                            memory_rows.append(build_memory_rows(problem))
+                        with rows_lock:
+                            if not memory_rows:
+                                memory_rows.append(build_memory_rows(problem))
                         kwargs.setdefault("memory_rows", memory_rows[0])
                     if tuning.CHAIN_ROUNDS:
                         cache = chain_caches.setdefault(id(args[0]), (args[0], ChainCache({}, [])))[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -126,6 +127,8 @@ class SearchState:
     """Seconds spent in the local moves (local.improve), which no solve or build counts."""
     reference: Verified | None = None
     """torch's plan at the fraction, once built (``_apply_reference``)."""
+    plain_floor: tuple[PlanProblem, Any] | None = None
+    """The problem without inplace options and its floor's solve started beside the floor's (``_plain_floor_ahead``)."""
     seen: list[tuple[PlanProblem, dict]] = field(default_factory=list)
     """Per problem the local moves ran on, the account peaks of the moves they tried (``local.improve``'s ``seen``),
     shared by every descent of the search."""
@@ -227,6 +230,15 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
     when a search of the same problem solved it already (the anchor search), so it is not solved again;
     ``rounds_from_floor``: False for the anchor search (its rounds from the floor are the caller's)."""
     run = _Run(inputs, solve, verify, fallback, SearchState(floor_solution=floor_solution), fresh_solve)
+    try:
+        return _searched(run, rounds_from_floor)
+    finally:
+        if run.state.plain_floor is not None:
+            run.state.plain_floor[1].wait()  # a floor solved ahead and not needed: never left running
+
+
+def _searched(run: _Run, rounds_from_floor: bool) -> SearchResult:
+    inputs, verify, fallback, fresh_solve = run.inputs, run.verify, run.fallback, run.fresh_solve
     state = run.state
     if inputs.budget_fraction is not None:
         _resolve_fraction(run)
@@ -325,7 +337,12 @@ def _resolve_fraction(run: _Run) -> None:
     if fraction >= 1.0 or wanted >= default_model:
         state.chosen = inputs.default
         return
-    certified = _certify_above_floor(run, wanted)
+    tried = _certificate_tried(run, wanted)
+    certified = tried and _certify_above_floor(run, wanted)
+    if not tried and state.floor_solution is None:
+        # the target lies within the slack of what every plan holds, so the search plans for the floor: its plan is
+        # built, and may need the floor without inplace
+        _plain_floor_ahead(run)
     # Every other path needs the floor; at or under it every probe outcome gives the floor as the
     # target, so the probe is solved only above it.
     if not certified and _floor_solution(run).feasible and wanted <= _floor_bytes(run) < default_model:
@@ -347,6 +364,44 @@ def _resolve_fraction(run: _Run) -> None:
         state.target_bytes = int(max(_floor_bytes(run), wanted))
 
 
+class _Ahead:
+    """A solve run on a thread of its own while the planning thread solves another problem (each CBC solve is a
+    process of its own, so the two run at once); ``result`` waits for it and raises what it raised."""
+
+    def __init__(self, name: str, solve: Solve, *args: Any, **kwargs: Any) -> None:
+        self.solve = solve
+        self._out: tuple[bool, Any] | None = None
+        self._thread = threading.Thread(target=self._run, args=args, kwargs=kwargs, name=f"memcompile-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            self._out = (True, self.solve(*args, **kwargs))
+        except BaseException as exc:  # handed to the planning thread
+            self._out = (False, exc)
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> PlanSolution:
+        self.wait()
+        ok, value = self._out
+        if not ok:
+            raise value
+        return value
+
+
+def _certificate_tried(run: _Run, wanted: int) -> bool:
+    """Whether ``_certify_above_floor`` solves at all (its conditions before any solve)."""
+    inputs, state = run.inputs, run.state
+    if not tuning.CERTIFY_ABOVE_FLOOR or state.floor_solution is not None:
+        return False
+    problem = inputs.problem
+    base = max((*problem.fw_base_bytes, *problem.bw_base_bytes), default=0)
+    return wanted - base > state.slack_bytes
+
+
 def _certify_above_floor(run: _Run, wanted: int) -> bool:
     """Whether ``wanted`` lies more than the slack above the model's floor, shown by a plan whose model peak is
     that far under it: CBC's root plan of the smallest-peak problem (``maxNodes`` 0) usually is one. The floor's
@@ -355,12 +410,9 @@ def _certify_above_floor(run: _Run, wanted: int) -> bool:
     is the floor, certificate or not. Not tried where no plan can show it: ``wanted`` within the slack of what
     every plan holds (the problem's base bytes), or the floor solved already."""
     inputs, state = run.inputs, run.state
-    if not tuning.CERTIFY_ABOVE_FLOOR or state.floor_solution is not None:
+    if not _certificate_tried(run, wanted):
         return False
     problem = inputs.problem
-    base = max((*problem.fw_base_bytes, *problem.bw_base_bytes), default=0)
-    if wanted - base <= state.slack_bytes:
-        return False
     limits = _limits(inputs)
     limits["node_limit"] = 0
     if tuning.CERTIFY_PUMP_ROUNDS is not None:
@@ -520,6 +572,33 @@ def _floor_solution(run: _Run) -> PlanSolution:
     return run.state.floor_solution
 
 
+PLAIN_FLOOR_AHEAD = True
+"""Where a fraction's search plans for the floor and the problem has inplace options, the floor without them (which
+``_floor_plan`` solves where the floor's plan uses inplace and runs above its model peak) is solved beside the
+floor's own solve, on a thread of its own with the search's solve (each CBC solve is a process: the two run at
+once): the two problems learn their chain rows apart, so its plan is the one ``_floor_plan`` would solve. Waited for
+and dropped where not needed. The same plans either way; off only to check that in tests."""
+
+
+def _plain_floor_ahead(run: _Run) -> None:
+    problem = run.inputs.problem
+    if not PLAIN_FLOOR_AHEAD or run.state.plain_floor is not None \
+            or not any(opt.mode == INPLACE for opt in problem.options):
+        return
+    plain = without_modes(problem, (INPLACE,))
+    run.state.plain_floor = (plain, _Ahead("floor", run.solve, plain, budget_bytes=None, objective=PEAK,
+                                           **_limits(run.inputs)))
+
+
+def _plain_floor(run: _Run) -> tuple[PlanProblem, PlanSolution | None]:
+    """The problem without inplace options and its floor where it was solved ahead (``PLAIN_FLOOR_AHEAD``) with the
+    solve the search has now, else that problem and None."""
+    ahead = run.state.plain_floor
+    if ahead is not None and ahead[1].solve is run.solve:
+        return ahead[0], ahead[1].result()
+    return without_modes(run.inputs.problem, (INPLACE,)), None
+
+
 def _floor_bytes(run: _Run) -> int:
     return _reachable_by(run, _floor_solution(run))
 
@@ -554,8 +633,8 @@ def _floor_plan(run: _Run) -> Verified:
             _verify(run, better)
     if sol.feasible and sol.inplace and built.peak_bytes > sol.predicted_peak_bytes:
         # inplace costs nothing, so it must not leave a higher floor than the plan without it
-        plain_problem = without_modes(inputs.problem, (INPLACE,))
-        plain = _floor_without(run, plain_problem)
+        plain_problem, solved = _plain_floor(run)
+        plain = _floor_without(run, plain_problem, solved)
         if plain.feasible:
             # and the fastest plan at that peak, as a fraction's search without inplace builds it: plans
             # the model rates equal differ in the chains they recompute
@@ -585,10 +664,12 @@ LOSSLESS_FLOOR = True
 that need a lossy plan to reach a lossy rewrite on a model where the lossless floor runs lower."""
 
 
-def _floor_without(run: _Run, problem: PlanProblem) -> PlanSolution:
-    """The floor of ``problem`` (the search's with some modes' options taken out), solved, built, and improved by
-    the local moves (the improvement built too), so the lowest plan built is never above it; returns its solve."""
-    plain = run.solve(problem, budget_bytes=None, objective=PEAK, **_limits(run.inputs))
+def _floor_without(run: _Run, problem: PlanProblem, solved: PlanSolution | None = None) -> PlanSolution:
+    """The floor of ``problem`` (the search's with some modes' options taken out), solved (or ``solved``, its
+    floor solved ahead), built, and improved by the local moves (the improvement built too), so the lowest plan
+    built is never above it; returns its solve."""
+    plain = solved if solved is not None else run.solve(problem, budget_bytes=None, objective=PEAK,
+                                                        **_limits(run.inputs))
     if not plain.feasible:
         return plain
     _verify(run, plain)
