@@ -127,8 +127,9 @@ class SearchState:
     """Seconds spent in the local moves (local.improve), which no solve or build counts."""
     reference: Verified | None = None
     """torch's plan at the fraction, once built (``_apply_reference``)."""
-    plain_floor: tuple[PlanProblem, Any] | None = None
-    """The problem without inplace options and its floor's solve started beside the floor's (``_plain_floor_ahead``)."""
+    plain_floor: tuple[PlanProblem, Solve, Any] | None = None
+    """The problem without inplace options, the search's solve, and that problem's solves started beside the floor's
+    (``_plain_floor_ahead``)."""
     seen: list[tuple[PlanProblem, dict]] = field(default_factory=list)
     """Per problem the local moves ran on, the account peaks of the moves they tried (``local.improve``'s ``seen``),
     shared by every descent of the search."""
@@ -234,7 +235,7 @@ def _search(inputs: SearchInputs, *, verify: Verify, solve: Solve, fallback: Sol
         return _searched(run, rounds_from_floor)
     finally:
         if run.state.plain_floor is not None:
-            run.state.plain_floor[1].wait()  # a floor solved ahead and not needed: never left running
+            run.state.plain_floor[2].wait()  # a floor solved ahead and not needed: never left running
 
 
 def _searched(run: _Run, rounds_from_floor: bool) -> SearchResult:
@@ -368,7 +369,7 @@ class _Ahead:
     """A solve run on a thread of its own while the planning thread solves another problem (each CBC solve is a
     process of its own, so the two run at once); ``result`` waits for it and raises what it raised."""
 
-    def __init__(self, name: str, solve: Solve, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, name: str, solve: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.solve = solve
         self._out: tuple[bool, Any] | None = None
         self._thread = threading.Thread(target=self._run, args=args, kwargs=kwargs, name=f"memcompile-{name}",
@@ -384,7 +385,7 @@ class _Ahead:
     def wait(self) -> None:
         self._thread.join()
 
-    def result(self) -> PlanSolution:
+    def result(self) -> Any:
         self.wait()
         ok, value = self._out
         if not ok:
@@ -573,11 +574,11 @@ def _floor_solution(run: _Run) -> PlanSolution:
 
 
 PLAIN_FLOOR_AHEAD = True
-"""Where a fraction's search plans for the floor and the problem has inplace options, the floor without them (which
-``_floor_plan`` solves where the floor's plan uses inplace and runs above its model peak) is solved beside the
-floor's own solve, on a thread of its own with the search's solve (each CBC solve is a process: the two run at
-once): the two problems learn their chain rows apart, so its plan is the one ``_floor_plan`` would solve. Waited for
-and dropped where not needed. The same plans either way; off only to check that in tests."""
+"""Where a fraction's search plans for the floor and the problem has inplace options, the floor without them and the
+fastest plan at its peak (which ``_floor_plan`` solves where the floor's plan uses inplace and runs above its model
+peak) are solved beside the floor's own solve, on a thread of their own with the search's solve (each CBC solve is
+a process: they run at once): the two problems learn their chain rows apart, so these are the plans ``_floor_plan``
+would solve. Waited for and dropped where not needed. The same plans either way; off only to check that in tests."""
 
 
 def _plain_floor_ahead(run: _Run) -> None:
@@ -586,16 +587,27 @@ def _plain_floor_ahead(run: _Run) -> None:
             or not any(opt.mode == INPLACE for opt in problem.options):
         return
     plain = without_modes(problem, (INPLACE,))
-    run.state.plain_floor = (plain, _Ahead("floor", run.solve, plain, budget_bytes=None, objective=PEAK,
-                                           **_limits(run.inputs)))
+    run.state.plain_floor = (plain, run.solve, _Ahead("floor", _plain_floor_solves, run.solve, plain,
+                                                      _limits(run.inputs)))
 
 
-def _plain_floor(run: _Run) -> tuple[PlanProblem, PlanSolution | None]:
-    """The problem without inplace options and its floor where it was solved ahead (``PLAIN_FLOOR_AHEAD``) with the
-    solve the search has now, else that problem and None."""
-    ahead = run.state.plain_floor
-    if ahead is not None and ahead[1].solve is run.solve:
-        return ahead[0], ahead[1].result()
+def _plain_floor_solves(solve: Solve, problem: PlanProblem, limits: dict) -> tuple[PlanSolution, PlanSolution | None]:
+    """The solves ``_floor_plan`` makes of the problem without inplace, in its order: the floor, then (where there is
+    one) the fastest plan at its peak. Nothing else solves that problem in between, so its chain rows are the same."""
+    floor = solve(problem, budget_bytes=None, objective=PEAK, **limits)
+    return floor, (_fastest_at_floor(solve, problem, floor, limits) if floor.feasible else None)
+
+
+def _fastest_at_floor(solve: Solve, problem: PlanProblem, floor: PlanSolution, limits: dict) -> PlanSolution:
+    return solve(problem, budget_bytes=floor.predicted_peak_bytes, objective=TIME, **limits)
+
+
+def _plain_floor(run: _Run) -> tuple[PlanProblem, tuple[PlanSolution, PlanSolution | None] | None]:
+    """The problem without inplace options and, where they were solved ahead (``PLAIN_FLOOR_AHEAD``) with the solve
+    the search has now, its floor and its fastest plan at that peak; else that problem and None."""
+    problem, solve, ahead = run.state.plain_floor or (None, None, None)
+    if ahead is not None and solve is run.solve:
+        return problem, ahead.result()
     return without_modes(run.inputs.problem, (INPLACE,)), None
 
 
@@ -634,12 +646,11 @@ def _floor_plan(run: _Run) -> Verified:
     if sol.feasible and sol.inplace and built.peak_bytes > sol.predicted_peak_bytes:
         # inplace costs nothing, so it must not leave a higher floor than the plan without it
         plain_problem, solved = _plain_floor(run)
-        plain = _floor_without(run, plain_problem, solved)
+        plain = _floor_without(run, plain_problem, solved[0] if solved else None)
         if plain.feasible:
             # and the fastest plan at that peak, as a fraction's search without inplace builds it: plans
             # the model rates equal differ in the chains they recompute
-            fast = run.solve(plain_problem, budget_bytes=plain.predicted_peak_bytes, objective=TIME,
-                             **_limits(inputs))
+            fast = solved[1] if solved else _fastest_at_floor(run.solve, plain_problem, plain, _limits(inputs))
             if fast.feasible and fast.recompute != plain.recompute:
                 _verify(run, fast)
     if sol.feasible and LOSSLESS_FLOOR and any(opt.mode in LOSSY_MODES for opt in inputs.problem.options):
