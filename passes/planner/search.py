@@ -599,6 +599,8 @@ def _plain_floor_solves(solve: Solve, problem: PlanProblem, limits: dict) -> tup
 
 
 def _fastest_at_floor(solve: Solve, problem: PlanProblem, floor: PlanSolution, limits: dict) -> PlanSolution:
+    """The fastest plan of ``problem`` at its floor's peak: plans the model rates equal differ in the chains they
+    recompute."""
     return solve(problem, budget_bytes=floor.predicted_peak_bytes, objective=TIME, **limits)
 
 
