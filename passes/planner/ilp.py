@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Collection, Mapping, Sequence
@@ -325,25 +326,21 @@ def solve_ilp(
     # of repeated layers CBC finds a near-optimal plan in a fraction of a second, then spends
     # minutes proving the last few percent.
     gap_abs = _GAP_FRACTION_OF_FORWARD * sum(problem.recompute_seconds) * _MS if objective == TIME else 0.0
-    with warnings.catch_warnings():
-        # PuLP 3.x marks its bundled-CBC command deprecated (removed in 4.0, which pyproject excludes);
-        # it is the solver every PuLP install ships, so it stays until the pin moves.
-        warnings.filterwarnings("ignore", message="PULP_CBC_CMD is deprecated", category=DeprecationWarning)
-        with tempfile.TemporaryDirectory(prefix="memcompile-cbc-") as tmp:
-            log_path = os.path.join(tmp, "cbc.log")
-            # No ``threads``: CBC's default (0) searches in the main thread. ``threads=1`` starts CBC 2.10's
-            # threaded search with one worker, which now and then never starts ("Thread 0 used 0 times,
-            # waiting to start 10.0" in its log): the solve idles to the time limit and returns the
-            # feasibility pump's plan (2% of solves of a small test problem, 0% serial; retrying did not help:
-            # under pytest the retries stalled again). Serial CBC walks another tree under the node cap, so
-            # some plans differ from the threaded mode's (docs/BENCHMARKS.md, "CBC's worker thread").
-            solver = pulp.PULP_CBC_CMD(
-                msg=False, timeLimit=max(1, int(round(time_limit_seconds))), gapRel=_GAP_REL,
-                gapAbs=gap_abs or None, warmStart=start_point is not None, maxNodes=node_limit,
-                logPath=log_path, options=[f"pumpTune {pump_tune(pump_rounds)}"] if pump_rounds is not None else None,
-            )
-            model.solve(solver)
-            stop, nodes = _read_cbc_log(log_path)
+    with tempfile.TemporaryDirectory(prefix="memcompile-cbc-") as tmp:
+        log_path = os.path.join(tmp, "cbc.log")
+        # No ``threads``: CBC's default (0) searches in the main thread. ``threads=1`` starts CBC 2.10's
+        # threaded search with one worker, which now and then never starts ("Thread 0 used 0 times,
+        # waiting to start 10.0" in its log): the solve idles to the time limit and returns the
+        # feasibility pump's plan (2% of solves of a small test problem, 0% serial; retrying did not help:
+        # under pytest the retries stalled again). Serial CBC walks another tree under the node cap, so
+        # some plans differ from the threaded mode's (docs/BENCHMARKS.md, "CBC's worker thread").
+        solver = _cbc(
+            msg=False, timeLimit=max(1, int(round(time_limit_seconds))), gapRel=_GAP_REL,
+            gapAbs=gap_abs or None, warmStart=start_point is not None, maxNodes=node_limit,
+            logPath=log_path, options=[f"pumpTune {pump_tune(pump_rounds)}"] if pump_rounds is not None else None,
+        )
+        model.solve(solver)
+        stop, nodes = _read_cbc_log(log_path)
     elapsed = time.perf_counter() - start
     status = pulp.LpStatus[model.status]
     sol_status = getattr(model, "sol_status", None)
@@ -385,6 +382,19 @@ def solve_ilp(
         nodes=nodes,
         **option_names(problem, chosen_options),
     )
+
+
+_WARNINGS = threading.Lock()
+
+
+def _cbc(**options) -> pulp.PULP_CBC_CMD:
+    """PuLP's bundled CBC command. PuLP 3.x marks it deprecated (removed in 4.0, which pyproject excludes) when it
+    is made; it is the solver every PuLP install ships, so it stays until the pin moves, and that warning is
+    silenced. ``warnings.catch_warnings`` swaps the process's filters, so two solves on two threads
+    (search.PLAIN_FLOOR_AHEAD) take a lock for it, and only around making the command, not the solve."""
+    with _WARNINGS, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PULP_CBC_CMD is deprecated", category=DeprecationWarning)
+        return pulp.PULP_CBC_CMD(**options)
 
 
 _CBC_STOP = {"Stopped on time": "time", "Stopped on node": "nodes", "Optimal solution found": "optimal"}
