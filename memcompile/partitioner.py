@@ -80,7 +80,7 @@ class _StageTimer:
         self.counts: dict[str, int] = {}
         """How many times each stage was entered (solves, extractions, ...)."""
         self._open: tuple[str, float] | None = None
-        self._lock = threading.Lock()  # stages run on the references' worker and beside a solve too
+        self._lock = threading.Lock()  # stages run on the references' worker and on a solve ahead too
 
     def start(self, name: str) -> None:
         self.stop()
@@ -312,7 +312,6 @@ class MemPartitioner(CustomPartitionerFn):
         torch_reference = References(build_reference, on_wait=lambda: stages("reference wait"))
 
         memory_rows = []  # the problem's memory constraints, written for its first solve and reused
-        rows_lock = threading.Lock()  # the search may solve on two threads at once (search.PROBE_AHEAD)
 
         def new_solve() -> Callable[..., PlanSolution]:
             """A solve that learns the recompute chains its solves find (per problem solved) and has
@@ -322,9 +321,8 @@ class MemPartitioner(CustomPartitionerFn):
             def timed_solve(*args, chain_rounds: int | None = None, **kwargs) -> PlanSolution:
                 with stages("solve"):
                     if args and args[0] is problem:
-                        with rows_lock:
-                            if not memory_rows:
-                                memory_rows.append(build_memory_rows(problem))
+                        if not memory_rows:
+                            memory_rows.append(build_memory_rows(problem))
                         kwargs.setdefault("memory_rows", memory_rows[0])
                     if tuning.CHAIN_ROUNDS:
                         cache = chain_caches.setdefault(id(args[0]), (args[0], ChainCache({}, [])))[1]

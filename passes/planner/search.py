@@ -394,7 +394,8 @@ class _Ahead:
 
 
 def _certificate_tried(run: _Run, wanted: int) -> bool:
-    """Whether ``_certify_above_floor`` solves at all (its conditions before any solve)."""
+    """Whether ``_certify_above_floor`` is tried: not where no plan can show the target above the floor, ``wanted``
+    within the slack of what every plan holds (the problem's base bytes), nor where the floor is solved already."""
     inputs, state = run.inputs, run.state
     if not tuning.CERTIFY_ABOVE_FLOOR or state.floor_solution is not None:
         return False
@@ -408,11 +409,8 @@ def _certify_above_floor(run: _Run, wanted: int) -> bool:
     that far under it: CBC's root plan of the smallest-peak problem (``maxNodes`` 0) usually is one. The floor's
     own solve, whose proof of its last percent takes most of its time on deep graphs, is then left until a stage
     needs the floor itself (none does where the target is met). A root plan CBC proves optimal (within its gap)
-    is the floor, certificate or not. Not tried where no plan can show it: ``wanted`` within the slack of what
-    every plan holds (the problem's base bytes), or the floor solved already."""
+    is the floor, certificate or not. Called only where ``_certificate_tried``."""
     inputs, state = run.inputs, run.state
-    if not _certificate_tried(run, wanted):
-        return False
     problem = inputs.problem
     limits = _limits(inputs)
     limits["node_limit"] = 0
