@@ -250,10 +250,11 @@ def _pointwise_like(node: fx.Node) -> bool:
     return node.op == "call_function" and (is_pointwise(node) or (GATHERS_FUSE and str(node.target) in _GATHERS))
 
 
-def _inlines(user: fx.Node, value: fx.Node) -> bool:
+def _inlines(user: fx.Node, value: fx.Node, extern: Collection[fx.Node] = ()) -> bool:
     """``user``'s kernel computes ``value`` inside itself when ``value`` is an unrealized expression: a
-    pointwise op, a reduction, or a gather from ``value`` (not one indexed by it)."""
-    if user.op != "call_function":
+    pointwise op, a reduction, or a gather from ``value`` (not one indexed by it); not an add in ``extern``
+    (folded into an addmm, which reads its inputs from memory)."""
+    if user.op != "call_function" or user in extern:
         return False
     if str(user.target) in _GATHERS:
         return GATHERS_FUSE and bool(user.args) and user.args[0] is value
@@ -278,7 +279,11 @@ def _readers_through_views(node: fx.Node) -> list[tuple[fx.Node, fx.Node]]:
     return out
 
 
-def _fusible(node: fx.Node) -> bool:
+def _fusible(node: fx.Node, extern: Collection[fx.Node] = ()) -> bool:
+    """Whether Inductor computes ``node`` inside its readers' kernels (it gets no buffer of its own); ``extern``:
+    adds Inductor folds into an addmm (``inductor_order``), extern kernels that inline nothing."""
+    if node in extern:
+        return False
     if str(node.target) in _CONSTANTS and node.op == "call_function":
         # read only by scatters (checked against Inductor's code) or, with CONSTANTS_INLINE, by pointwise ops too:
         # Inductor lowers a constant to an expression that loads nothing, inlined into every reader
@@ -292,7 +297,7 @@ def _fusible(node: fx.Node) -> bool:
     readers = _readers_through_views(node) if VIEWS_INLINE else [(u, node) for u in node.users]
     if not readers or len(readers) > _INLINE_MAX_READERS:
         return False
-    return all(_inlines(u, value) for u, value in readers)
+    return all(_inlines(u, value, extern) for u, value in readers)
 
 
 CONSTANTS_INLINE = True
@@ -371,6 +376,8 @@ def analyse(gm: fx.GraphModule | fx.Graph, *, schedule: str = "graph") -> Lifeti
         nodes, merged = inductor_order(nodes)
     elif schedule != "graph":
         raise ValueError(f"schedule: expected 'graph' or 'inductor', got {schedule!r}")
+    # the adds Inductor folds into an addmm: an extern kernel, though the add is pointwise (FOLDED_ADDS_EXTERN)
+    extern = frozenset(next(iter(mm.users)) for mm in merged) if FOLDED_ADDS_EXTERN else frozenset()
     index = {n: i for i, n in enumerate(nodes)}
     backward = _backward_nodes(graph)
     output_node = next(iter(graph.find_nodes(op="output")), None)
@@ -410,8 +417,8 @@ def analyse(gm: fx.GraphModule | fx.Graph, *, schedule: str = "graph") -> Lifeti
             side=side,
             is_primal=is_primal(node),
             is_tangent=is_tangent(node),
-            fusible=_fusible(node),
-            pointwise=is_pointwise(node),
+            fusible=_fusible(node, extern),
+            pointwise=is_pointwise(node) and node not in extern,
             gathered=(node.args[0].name if str(node.target) in _GATHERS and node.op == "call_function"
                       and node.args and isinstance(node.args[0], fx.Node) else None),
         )
@@ -437,6 +444,7 @@ def inductor_order(nodes: list[fx.Node]) -> tuple[list[fx.Node], frozenset[fx.No
     after it, holding the saved convolution output it reads across the recompute)."""
     folded = {add: mm for add in nodes if (mm := _addmm_product(add)) is not None}
     moved = frozenset(folded.values())
+    extern = frozenset(folded) if FOLDED_ADDS_EXTERN else frozenset()
     out: list[fx.Node] = []
     for node in nodes:
         if node in moved:
@@ -448,7 +456,7 @@ def inductor_order(nodes: list[fx.Node]) -> tuple[list[fx.Node], frozenset[fx.No
     deferred: dict[fx.Node, list[fx.Node]] = {}  # extern reader -> the chains realized just before it
     chained: set[fx.Node] = set()
     for node in out:
-        chain = None if node in folded else _realized_at(node, present)  # a folded add is an addmm
+        chain = None if node in folded else _realized_at(node, present, extern)  # a folded add is an addmm
         if chain is not None:
             *values, reader = chain
             deferred.setdefault(reader, []).extend(values)
@@ -464,7 +472,7 @@ def inductor_order(nodes: list[fx.Node]) -> tuple[list[fx.Node], frozenset[fx.No
     return order, moved
 
 
-def _realized_at(node: fx.Node, present: Collection[fx.Node]) -> list[fx.Node] | None:
+def _realized_at(node: fx.Node, present: Collection[fx.Node], extern: Collection[fx.Node] = ()) -> list[fx.Node] | None:
     """``[node, views..., reader]`` when ``node`` is a pointwise value Inductor realizes only at
     ``reader``'s lowering: its one reader, through views that each have one reader, is an op that is
     neither pointwise nor a reduction (an extern kernel). None otherwise (several readers: realized at
@@ -478,12 +486,20 @@ def _realized_at(node: fx.Node, present: Collection[fx.Node]) -> list[fx.Node] |
             return None
         chain.append(reader)
         reader = next(iter(reader.users))
-    if reader.op != "call_function" or reader not in present or is_pointwise(reader) \
+    if reader.op != "call_function" or reader not in present or (is_pointwise(reader) and reader not in extern) \
             or str(reader.target) in _REDUCTIONS or alias_source(reader) is not None:
         return None
     if reader.target is operator.getitem:
         return None
     return [*chain, reader]
+
+
+FOLDED_ADDS_EXTERN = True
+"""Whether an add Inductor folds into an addmm (``inductor_order``) is an extern kernel for the simulator, as it is for
+Inductor: it gets a buffer of its own (``extern_kernels.addmm(c, a, b, out=buf)``), never takes a dying input's
+buffer, and inlines none of its inputs. As a pointwise add it wrote into the dying accumulator of an unrolled GRU's
+weight gradient, one buffer fewer than Inductor's code holds (docs/BENCHMARKS.md, "Five more families"). Off only to
+compare with the simulator before the rule."""
 
 
 def _addmm_product(add: fx.Node) -> fx.Node | None:

@@ -231,6 +231,40 @@ def test_inductor_writes_into_the_buffer_it_reads_through_a_reshape():
     assert abs(measured - 3 * BYTES) <= 64, measured
 
 
+
+def _accumulated(x1, h1, x2, h2):
+    """A shared weight's gradient summed over two uses (an unrolled RNN's, a tied embedding's): one product is a
+    buffer of its own, the add with the other is folded into an addmm that reads it."""
+    return torch.mm(x1.t(), h1) + torch.mm(x2.t(), h2)
+
+
+@pytest.mark.parametrize("rule", [True, False])
+def test_an_add_folded_into_an_addmm_writes_a_buffer_of_its_own(monkeypatch, rule):
+    from memcompile.passes import lifetimes
+
+    monkeypatch.setattr(lifetimes, "FOLDED_ADDS_EXTERN", rule)
+    gm = _graph(_accumulated, *_args()[:4])
+    tl = simulate_step(gm, None, num_fwd_outputs=1, model="inductor")
+    # the four inputs, the product, and the addmm's output beside it (without the rule the add took the product's
+    # buffer, as a pointwise kernel takes a dying input's)
+    assert tl.peak_bytes == (6 if rule else 5) * BYTES
+
+
+@pytest.mark.slow
+def test_inductor_writes_an_addmm_into_a_new_buffer():
+    from memcompile.measure import measure_peak
+
+    inputs = _args()[:4]
+    gm = _graph(_accumulated, *inputs)
+    predicted = simulate_step(gm, None, num_fwd_outputs=1, model="inductor").peak_bytes
+    torch._dynamo.reset()
+    compiled = torch.compile(_accumulated, backend="inductor")
+    compiled(*inputs)
+    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
+    torch._dynamo.reset()
+    assert abs(measured - 6 * BYTES) <= 64 and abs(predicted - measured) <= 64, (predicted, measured)
+
+
 # ----------------------------------------------------------------------------- lazy realization
 
 def _sum_read_late(a, b, x, w, w2, *, fold=False):
@@ -714,10 +748,11 @@ def test_inductor_gives_the_mask_of_gathers_a_buffer():
 
 # ------------------------------------------------------------------ a value read through a view by several ops
 def _view_read_twice(a, b, c, d, e, w):
-    """A five-load expression read only through a transpose, which an op before a matmul and an add after it read."""
+    """A five-load expression read only through a transpose, which an op before a matmul and a product after it read
+    (a product: an add of the matmul would be folded into an addmm, an extern kernel that reads ``p`` from memory)."""
     v = a * b + c * d - e
     p = v.t()
-    return torch.mm(p * 2, w) + p
+    return torch.mm(p * 2, w) * p
 
 
 @pytest.mark.parametrize("views", [True, False])
