@@ -2,8 +2,9 @@
 
 The planner must be faithful on models it was never tuned on, so the zoo spans Hugging Face
 decoders (with and without grouped-query attention), an encoder, a vision transformer and an
-encoder-decoder, plus hand-written convolutional and MLP models (BatchNorm ResNet, MLP-Mixer,
-ConvNeXt) and the toy transformers of ``memcompile.models``. Every entry is built from a
+encoder-decoder, plus hand-written models (BatchNorm ResNet, MLP-Mixer, ConvNeXt, a GroupNorm U-Net, a
+mixture of experts, Swin-style shifted windows, torch's nn.TransformerEncoder, an unrolled GRU
+cell) and the toy transformers of ``memcompile.models``. Every entry is built from a
 config with seeded random weights, sized for a CPU (one step well under a second).
 
 Contract as for the toy presets: ``make(name) -> (model, example_inputs)`` with
@@ -259,6 +260,154 @@ class ConvNeXt(nn.Module):
         return F.cross_entropy(self.head(self.norm(x.mean((2, 3)))), labels)
 
 
+class UNetBlock(nn.Sequential):
+    """Two 3x3 convolutions, each with GroupNorm and SiLU (a diffusion model's block)."""
+
+    def __init__(self, cin: int, cout: int, groups: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU())
+
+
+class UNet(nn.Module):
+    """A small U-Net for dense regression: max-pool down, transposed-convolution up, skip connections
+    concatenated, mean-squared error against a target image."""
+
+    def __init__(self, *, widths: tuple[int, ...], groups: int) -> None:
+        super().__init__()
+        chans = (3, *widths)
+        self.down = nn.ModuleList(UNetBlock(chans[i], chans[i + 1], groups) for i in range(len(widths)))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(w, v, 2, stride=2) for w, v in zip(widths[:0:-1], widths[-2::-1]))
+        self.merge = nn.ModuleList(UNetBlock(2 * v, v, groups) for v in widths[-2::-1])
+        self.out = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        skips = []
+        x = images
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for up, merge, skip in zip(self.up, self.merge, skips[-2::-1]):
+            x = merge(torch.cat([up(x), skip], 1))
+        return F.mse_loss(self.out(x), target)
+
+
+class MoELayer(nn.Module):
+    """Pre-norm mixture-of-experts MLP: a top-k softmax router, its weights scattered into a dense gate, every
+    expert run on every token (einsum), and the router's load-balancing term."""
+
+    def __init__(self, dim: int, experts: int, top_k: int) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.norm = nn.LayerNorm(dim)
+        self.router = nn.Linear(dim, experts)
+        self.w_in = nn.Parameter(torch.randn(experts, dim, 2 * dim) * dim ** -0.5)
+        self.w_out = nn.Parameter(torch.randn(experts, 2 * dim, dim) * (2 * dim) ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.norm(x)
+        probs = self.router(h).softmax(-1)
+        weights, chosen = probs.topk(self.top_k, -1)
+        gate = torch.zeros_like(probs).scatter(-1, chosen, weights / weights.sum(-1, keepdim=True))
+        hidden = F.silu(torch.einsum("btd,edf->btef", h, self.w_in))
+        out = torch.einsum("btef,efd->bted", hidden, self.w_out)
+        balance = probs.mean((0, 1)).pow(2).sum() * probs.shape[-1]
+        return x + (out * gate.unsqueeze(-1)).sum(-2), balance
+
+
+class MoELM(nn.Module):
+    """A language model of mixture-of-experts layers (no attention), cross-entropy plus 0.01 of the balance term."""
+
+    def __init__(self, *, vocab: int, dim: int, layers: int, experts: int, top_k: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(MoELayer(dim, experts, top_k) for _ in range(layers))
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        balance = x.new_zeros(())
+        for layer in self.layers:
+            x, b = layer(x)
+            balance = balance + b
+        return F.cross_entropy(self.head(x).flatten(0, 1), labels.flatten()) + 0.01 * balance
+
+
+class SwinBlock(nn.Module):
+    """Window attention (``nn.MultiheadAttention`` within square windows), shifted by half a window with
+    ``torch.roll`` on odd blocks, then a tanh-GELU MLP; pre-norm, residual."""
+
+    def __init__(self, dim: int, heads: int, window: int, shift: bool) -> None:
+        super().__init__()
+        self.window, self.shift = window, window // 2 if shift else 0
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H, W, C)
+        b, h, w, c = x.shape
+        k = self.window
+        y = torch.roll(x, (-self.shift, -self.shift), (1, 2)) if self.shift else x
+        y = y.view(b, h // k, k, w // k, k, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, k * k, c)
+        n = self.norm1(y)
+        y, _ = self.attn(n, n, n, need_weights=False)
+        y = y.view(b, h // k, w // k, k, k, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        x = x + (torch.roll(y, (self.shift, self.shift), (1, 2)) if self.shift else y)
+        return x + self.mlp(self.norm2(x))
+
+
+class Swin(nn.Module):
+    """A one-stage Swin-style classifier: 2x2 patches, alternating plain and shifted window blocks."""
+
+    def __init__(self, *, dim: int, depth: int, heads: int, window: int, classes: int = 10) -> None:
+        super().__init__()
+        self.patchify = nn.Conv2d(3, dim, 2, 2)
+        self.blocks = nn.ModuleList(SwinBlock(dim, heads, window, shift=i % 2 == 1) for i in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = self.patchify(images).permute(0, 2, 3, 1)
+        for block in self.blocks:
+            x = block(x)
+        return F.cross_entropy(self.head(self.norm(x.mean((1, 2)))), labels)
+
+
+class TorchEncoder(nn.Module):
+    """``nn.TransformerEncoder`` (pre-norm, GELU) as a token classifier with label smoothing."""
+
+    def __init__(self, *, vocab: int, dim: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.encoder(self.embed(idx)))
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), label_smoothing=0.1)
+
+
+class GRUSequence(nn.Module):
+    """A ``nn.GRUCell`` unrolled over the sequence (the compiled graph holds every step), a per-step readout,
+    smooth-L1 loss."""
+
+    def __init__(self, *, features: int, hidden: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, hidden)
+        self.cell = nn.GRUCell(hidden, hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], self.cell.hidden_size)
+        outs = []
+        for t in range(x.shape[1]):
+            h = self.cell(torch.tanh(self.inp(x[:, t])), h)
+            outs.append(self.out(h))
+        return F.smooth_l1_loss(torch.cat(outs, 1), target)
+
+
 def _resnet(*, widths: tuple[int, ...], blocks_per_stage: int, image: int, batch: int, seed: int):
     torch.manual_seed(seed)
     return ResNet(widths, blocks_per_stage), _image_batch(batch, 3, image, 10, seed)
@@ -272,6 +421,35 @@ def _mixer(*, image: int, patch: int, dim: int, depth: int, batch: int, seed: in
 def _convnext(*, dims: tuple[int, ...], depths: tuple[int, ...], image: int, batch: int, seed: int):
     torch.manual_seed(seed)
     return ConvNeXt(dims=dims, depths=depths), _image_batch(batch, 3, image, 10, seed)
+
+
+def _unet(*, widths: tuple[int, ...], groups: int, image: int, batch: int, seed: int):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    return UNet(widths=widths, groups=groups), (torch.randn(batch, 3, image, image, generator=g),
+                                                torch.randn(batch, 1, image, image, generator=g))
+
+
+def _moe(*, vocab: int, dim: int, layers: int, experts: int, top_k: int, seq: int, batch: int, seed: int):
+    torch.manual_seed(seed)
+    return MoELM(vocab=vocab, dim=dim, layers=layers, experts=experts, top_k=top_k), _token_batch(vocab, batch, seq, seed)
+
+
+def _swin(*, dim: int, depth: int, heads: int, window: int, image: int, batch: int, seed: int):
+    torch.manual_seed(seed)
+    return Swin(dim=dim, depth=depth, heads=heads, window=window), _image_batch(batch, 3, image, 10, seed)
+
+
+def _torch_encoder(*, vocab: int, dim: int, layers: int, heads: int, seq: int, batch: int, seed: int):
+    torch.manual_seed(seed)
+    return TorchEncoder(vocab=vocab, dim=dim, layers=layers, heads=heads), _token_batch(vocab, batch, seq, seed)
+
+
+def _gru(*, features: int, hidden: int, steps: int, batch: int, seed: int):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    return GRUSequence(features=features, hidden=hidden), (torch.randn(batch, steps, features, generator=g),
+                                                           torch.randn(batch, steps, generator=g))
 
 
 def _toy(*, seed: int, **args):
@@ -311,6 +489,14 @@ _ENTRIES: dict[str, _Entry] = {
     "resnet-bn": _Entry(build=_resnet, kwargs=dict(widths=(16, 32, 64), blocks_per_stage=2, image=32, batch=8)),
     "mlp-mixer": _Entry(build=_mixer, kwargs=dict(image=32, patch=4, dim=128, depth=4, batch=8)),
     "convnext": _Entry(build=_convnext, kwargs=dict(dims=(32, 64, 128), depths=(2, 2, 2), image=32, batch=8)),
+    # Plain torch, families no other entry has: a U-Net (GroupNorm, transposed convolutions, concatenated
+    # skips), a mixture of experts (top-k router, scatter), Swin-style shifted windows (roll, nn.MultiheadAttention),
+    # torch's own nn.TransformerEncoder, and a GRU cell unrolled over time.
+    "unet-gn": _Entry(build=_unet, kwargs=dict(widths=(16, 32, 64), groups=4, image=32, batch=4)),
+    "moe-topk": _Entry(build=_moe, kwargs=dict(vocab=256, dim=64, layers=3, experts=4, top_k=2, seq=64, batch=4)),
+    "swin-window": _Entry(build=_swin, kwargs=dict(dim=64, depth=4, heads=4, window=4, image=32, batch=4)),
+    "torch-encoder": _Entry(build=_torch_encoder, kwargs=dict(vocab=512, dim=128, layers=4, heads=4, seq=64, batch=4)),
+    "gru-cell": _Entry(build=_gru, kwargs=dict(features=16, hidden=64, steps=8, batch=16)),
     # The project's own toy transformers (memcompile.models), CPU-sized.
     "toy-gpt": _Entry(build=_toy, kwargs=dict(vocab_size=512, dim=128, n_layers=4, n_heads=4, max_seq_len=128,
                                               batch_size=4, seq_len=128, arch="gpt")),
@@ -386,6 +572,26 @@ def mlp_mixer():
 
 def convnext():
     return make("convnext")
+
+
+def unet_gn():
+    return make("unet-gn")
+
+
+def moe_topk():
+    return make("moe-topk")
+
+
+def swin_window():
+    return make("swin-window")
+
+
+def torch_encoder():
+    return make("torch-encoder")
+
+
+def gru_cell():
+    return make("gru-cell")
 
 
 def toy_gpt():

@@ -28,6 +28,13 @@ def _param(name: str):
 
 ALL = [_param(name) for name in zoo.NAMES]
 
+EAGER_TORCH_LOWER = {
+    "torch-encoder": "with inner='eager' the planner's model puts the backward of nn.TransformerEncoderLayer 0.6-0.8 "
+                     "MiB under the simulator; six repair rounds do not close it, and torch's plan at 0.5, which "
+                     "simulates lower, is taken (docs/limitations.md)",
+}
+"""Entries whose plan at 0.5 with ``inner="eager"`` is torch's own: it simulates below every plan the search built."""
+
 
 @pytest.fixture(autouse=True)
 def _quiet_third_party():
@@ -46,7 +53,8 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_zoo_is_wide():
     families = {name.split("-")[0] if not name.startswith("hf-") else name.split("-")[1] for name in zoo.NAMES}
     assert len(zoo.NAMES) >= 12
-    assert {"gpt2", "llama", "qwen2", "bert", "vit", "t5", "resnet", "mlp", "convnext", "toy"} <= families
+    assert {"gpt2", "llama", "qwen2", "bert", "vit", "t5", "resnet", "mlp", "convnext", "toy",
+            "unet", "moe", "swin", "torch", "gru"} <= families
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -101,5 +109,9 @@ def test_zoo_model_plans_at_half_budget_with_eager_gradients(name, no_compile_ca
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=lambda m, k=key: f"{name} {k}: {m}")
     plans = memcompile.last_plans()
     assert len(plans) == 1, f"{name}: {len(plans)} graphs (a graph break or recompile)"
-    assert plans[0].source in ("ilp", "ilp+local"), plans[0].notes
+    if name in EAGER_TORCH_LOWER:
+        # a known gap, not a pass: the day the planner's own plan wins here, this fails and the entry goes
+        assert plans[0].source == "torch", (EAGER_TORCH_LOWER[name], plans[0].source)
+    else:
+        assert plans[0].source in ("ilp", "ilp+local"), plans[0].notes
     assert plans[0].predicted_peak_bytes < plans[0].baseline_peak_bytes, "budget 0.5 planned nothing below the default"
