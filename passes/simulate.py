@@ -209,6 +209,12 @@ def _fusion(table: LifetimeTable, inputs: Mapping[str, list[str]]) -> Fusion:
             away.add(name)
         elif not _readers_split(table, name, pos, inputs):
             away.add(name)
+    if INLINED_READERS_RUN_LATE:
+        # a value fused away because its readers join its kernel keeps its buffer where a reader Inductor inlines
+        # runs, in the kernel it is inlined into, after a matmul that depends on the value
+        for name in [n for n in table.order if n in away and n not in inlined]:
+            if _readers_split(table, name, pos, inputs, inlined):
+                away.discard(name)
     together = _reductions_together(table, inputs) if REDUCTIONS_TOGETHER else {}
     early = {}
     for name in would_inline if EARLY_INLINE and together else ():  # only readers run together count
@@ -365,14 +371,15 @@ def _broadcast_read(table: LifetimeTable, name: str) -> bool:
 
 
 def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int],
-                   inputs: Mapping[str, list[str]] | None = None) -> bool:
+                   inputs: Mapping[str, list[str]] | None = None, inlined: Collection[str] | None = None) -> bool:
     """A reader of ``name`` waits for a non-fusible step (a matmul, an extern kernel) that itself depends on
     ``name``: no one kernel can hold that reader and the value's first readers, so Inductor's scheduler
     cannot fuse the value's buffer away (it does when all readers join its kernel, by dependence, not by
     the graph's order: a reader the graph puts after the matmul but that does not wait for it joins).
     A reduction over the trailing dims of a value of ``name``'s size (``_row_reduction``: softmax's and a
     norm's row sums) is no such step: Inductor puts it in one kernel with the pointwise ops before and
-    after it over the same rows. ``inputs``: ``_inputs_of(table)``, when the caller has it."""
+    after it over the same rows. ``inputs``: ``_inputs_of(table)``, when the caller has it; ``inlined``: the values
+    Inductor inlines, where known (``INLINED_READERS_RUN_LATE``): a reader among them is taken where its kernel runs."""
     tensors = table.tensors
     if BROADCAST_SPLITS and _broadcast_read(table, name):
         return True
@@ -389,6 +396,8 @@ def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int],
             return False
         return not (ROW_REDUCTIONS_FUSE and _row_reduction(tensors, node, inputs, numel))
 
+    if inlined is not None:
+        readers = _kernels_of(tensors, readers, pos, inlined)
     last = max(pos[r] for r in readers)
     # descendants up to the last reader, each with whether its path from the value passed a split
     seen: set[tuple[str, bool]] = set()
@@ -405,6 +414,37 @@ def _readers_split(table: LifetimeTable, name: str, pos: Mapping[str, int],
                 seen.add(state)
                 stack.append(state)
     return False
+
+
+INLINED_READERS_RUN_LATE = True
+"""Whether a value fused away because its readers join its kernel is tested again once every value's fusion is
+decided, with each reader Inductor inlines (``Fusion.inlined``) taken where its kernel runs: at the values it is
+inlined into (``_kernels_of``), not where the graph puts it. A tanh-GELU's ``tanh``, recomputed at the backward's
+start, is read by the GELU (needed at once) and by its derivative's ``mul(tanh, tanh)``, which is inlined into the
+product with the gradient of a later matmul that depends on the GELU: Inductor keeps the ``tanh`` term's buffer
+until then (swin-window's floor: 1 MiB, docs/BENCHMARKS.md "Five more families"). A reader that is only fusible,
+not inlined, runs at its own place: tested that way too, unet-gn's default came out 4.6% high. Off only to compare
+with the simulator before the rule."""
+
+
+def _kernels_of(tensors, readers: set[str], pos: Mapping[str, int], inlined: Collection[str]) -> set[str]:
+    """``readers`` with each one in ``inlined`` replaced by the values it is inlined into, followed through inlined
+    values and views to those that are not (a value with a buffer, a reduction, an extern kernel's input)."""
+    out: set[str] = set()
+    seen: set[str] = set()
+    stack = list(readers)
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        info = tensors.get(node)
+        users = [u for u in info.users if u in pos] if info is not None else []
+        if info is not None and (node in inlined or info.alias_root != node) and users:
+            stack.extend(users)
+        else:
+            out.add(node)
+    return out
 
 
 BROADCAST_SPLITS = True

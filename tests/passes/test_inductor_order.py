@@ -265,6 +265,40 @@ def test_inductor_writes_an_addmm_into_a_new_buffer():
     assert abs(measured - 6 * BYTES) <= 64 and abs(predicted - measured) <= 64, (predicted, measured)
 
 
+def _tanh_read_after_a_matmul(x, w):
+    """A tanh-GELU's shape: ``t`` feeds the matmul's input at once and, through ``1 - t * t`` (inlined into the last
+    product), a product with the matmul's output."""
+    t = torch.tanh(x)
+    y = torch.mm(x * (1 + t), w)
+    return y * (1 - t * t)
+
+
+@pytest.mark.parametrize("rule", [True, False])
+def test_a_value_read_by_an_inlined_reader_after_a_matmul_keeps_its_buffer(monkeypatch, rule):
+    from memcompile.passes import simulate
+
+    monkeypatch.setattr(simulate, "INLINED_READERS_RUN_LATE", rule)
+    gm = _graph(_tanh_read_after_a_matmul, *_args()[:2])
+    tanh = next(n.name for n in gm.graph.nodes if n.target == aten.tanh.default)
+    away, _ = simulate.fused_values(analyse(gm, schedule="inductor"))
+    assert (tanh not in away) == rule
+
+
+@pytest.mark.slow
+def test_inductor_keeps_the_tanh_until_the_product_after_the_matmul():
+    from memcompile.measure import measure_peak
+
+    inputs = _args()[:2]
+    gm = _graph(_tanh_read_after_a_matmul, *inputs)
+    predicted = simulate_step(gm, None, num_fwd_outputs=1, model="inductor").peak_bytes
+    torch._dynamo.reset()
+    compiled = torch.compile(_tanh_read_after_a_matmul, backend="inductor")
+    compiled(*inputs)
+    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
+    torch._dynamo.reset()
+    assert abs(predicted - measured) <= 64, (predicted, measured)
+
+
 # ----------------------------------------------------------------------------- lazy realization
 
 def _sum_read_late(a, b, x, w, w2, *, fold=False):
