@@ -31,6 +31,18 @@ def _args(dtype=torch.float32):
     return [torch.randn(N, N, dtype=dtype) for _ in range(6)]
 
 
+def _measured_peak(fn, inputs) -> int:
+    """``fn`` compiled by Inductor, run once to warm it, then its step's measured peak bytes beyond its inputs."""
+    from memcompile.measure import measure_peak
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="inductor")
+    compiled(*inputs)
+    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
+    torch._dynamo.reset()
+    return measured
+
+
 def test_inductor_runs_an_mm_read_only_by_an_add_at_the_add():
     gm = _graph(_tied_gradient, *_args())
     nodes = [n for n in gm.graph.nodes if n.op != "output"]
@@ -166,8 +178,6 @@ def _mul_read_twice(x, w1, w2, w):
 def test_a_cheap_value_read_across_a_matmul_is_inlined_and_keeps_its_inputs():
     """Inductor computes a * b in both kernels (no buffer), so a and b live until the last one: one buffer
     more at the matmul than if a * b had one of its own (the rule before)."""
-    from memcompile.measure import measure_peak
-
     inputs = [torch.randn(N, N) for _ in range(4)]
     gm = _graph(_mul_read_twice, *inputs)
     tl = simulate_step(gm, None, num_fwd_outputs=1, model="inductor")
@@ -177,10 +187,7 @@ def test_a_cheap_value_read_across_a_matmul_is_inlined_and_keeps_its_inputs():
     last_mm = tl.steps.index(mms[2])
     assert {mms[0], mms[1]} <= {iv.root for iv in tl.live_at(last_mm)}
 
-    torch._dynamo.reset()
-    compiled = torch.compile(_mul_read_twice, backend="inductor")
-    compiled(*inputs)
-    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
+    measured = _measured_peak(_mul_read_twice, inputs)
     assert abs(tl.peak_bytes - measured) <= 64, (tl.peak_bytes, measured)
 
 
@@ -190,16 +197,11 @@ def _written_in_place(x, w1):
 
 
 def test_a_kernel_writes_its_output_into_an_input_that_dies_there():
-    from memcompile.measure import measure_peak
-
     inputs = [torch.randn(N, N) for _ in range(2)]
     gm = _graph(_written_in_place, *inputs)
     tl = simulate_step(gm, None, num_fwd_outputs=1, model="inductor")
     assert tl.peak_bytes == 3 * BYTES  # the two inputs and one buffer: a's, then the result's
-    torch._dynamo.reset()
-    compiled = torch.compile(_written_in_place, backend="inductor")
-    compiled(*inputs)
-    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
+    measured = _measured_peak(_written_in_place, inputs)
     assert abs(tl.peak_bytes - measured) <= 64, (tl.peak_bytes, measured)
 
 
@@ -220,16 +222,9 @@ def test_a_kernel_writes_its_output_into_an_input_it_reads_through_a_reshape(mon
 
 @pytest.mark.slow
 def test_inductor_writes_into_the_buffer_it_reads_through_a_reshape():
-    from memcompile.measure import measure_peak
-
     inputs = [torch.randn(N, N) for _ in range(2)]
-    torch._dynamo.reset()
-    compiled = torch.compile(_written_in_place_through_a_reshape, backend="inductor")
-    compiled(*inputs)
-    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
-    torch._dynamo.reset()
+    measured = _measured_peak(_written_in_place_through_a_reshape, inputs)
     assert abs(measured - 3 * BYTES) <= 64, measured
-
 
 
 def _accumulated(x1, h1, x2, h2):
@@ -252,16 +247,10 @@ def test_an_add_folded_into_an_addmm_writes_a_buffer_of_its_own(monkeypatch, rul
 
 @pytest.mark.slow
 def test_inductor_writes_an_addmm_into_a_new_buffer():
-    from memcompile.measure import measure_peak
-
     inputs = _args()[:4]
     gm = _graph(_accumulated, *inputs)
     predicted = simulate_step(gm, None, num_fwd_outputs=1, model="inductor").peak_bytes
-    torch._dynamo.reset()
-    compiled = torch.compile(_accumulated, backend="inductor")
-    compiled(*inputs)
-    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
-    torch._dynamo.reset()
+    measured = _measured_peak(_accumulated, inputs)
     assert abs(measured - 6 * BYTES) <= 64 and abs(predicted - measured) <= 64, (predicted, measured)
 
 
@@ -286,16 +275,10 @@ def test_a_value_read_by_an_inlined_reader_after_a_matmul_keeps_its_buffer(monke
 
 @pytest.mark.slow
 def test_inductor_keeps_the_tanh_until_the_product_after_the_matmul():
-    from memcompile.measure import measure_peak
-
     inputs = _args()[:2]
     gm = _graph(_tanh_read_after_a_matmul, *inputs)
     predicted = simulate_step(gm, None, num_fwd_outputs=1, model="inductor").peak_bytes
-    torch._dynamo.reset()
-    compiled = torch.compile(_tanh_read_after_a_matmul, backend="inductor")
-    compiled(*inputs)
-    measured = measure_peak(lambda: compiled(*inputs), live_before_bytes=sum(t.nbytes for t in inputs)).peak_bytes
-    torch._dynamo.reset()
+    measured = _measured_peak(_tanh_read_after_a_matmul, inputs)
     assert abs(predicted - measured) <= 64, (predicted, measured)
 
 
